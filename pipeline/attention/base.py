@@ -1,0 +1,119 @@
+"""The attention interface, its registry, and the token layers the mechanisms share.
+
+An attention module maps spike tokens `x_t[B, N, D]` (N tokens in raster order over a token
+grid `(Gh, Gw)`) to `[B, N, D]`, including its own Q/K/V projections and the output projection
+`BN(W_o .)`; the block adds the residual. State is a flat `dict[str, Tensor]` that the caller
+owns; `forward(x[T, B, N, D])` equals the scan of `step` (spikes exactly, reals to 1e-5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from spikestream.pipeline.neurons import LIF
+
+State = dict[str, Tensor]
+
+ATTENTION: dict[str, type[Attention]] = {}
+
+
+def register_attention(key: str) -> Callable[[type[Attention]], type[Attention]]:
+    """Class decorator: make a mechanism available as `create_attention(key, ...)`."""
+
+    def deco(cls: type[Attention]) -> type[Attention]:
+        if key in ATTENTION:
+            raise ValueError(f"attention key {key!r} registered twice")
+        cls.key = key
+        ATTENTION[key] = cls
+        return cls
+
+    return deco
+
+
+def create_attention(key: str, dim: int, heads: int, grid: tuple[int, int], **kwargs) -> Attention:
+    """Build the mechanism registered under `key`."""
+    try:
+        cls = ATTENTION[key]
+    except KeyError:
+        raise ValueError(f"unknown attention {key!r}; known: {sorted(ATTENTION)}") from None
+    return cls(dim=dim, heads=heads, grid=grid, **kwargs)
+
+
+class Attention(nn.Module):
+    """Base class: subclasses implement `init_state` and `step`; `forward` scans `step`."""
+
+    key: str = ""
+    #: False for mechanisms that cannot run one timestep at a time (they raise in `step`).
+    causal: bool = True
+
+    def __init__(self, dim: int, heads: int, grid: tuple[int, int]) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.dim = dim
+        self.heads = heads
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.num_tokens = self.grid[0] * self.grid[1]
+
+    def init_state(self, batch: int, device=None, dtype=None) -> State:
+        raise NotImplementedError
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        state = self.init_state(x.shape[1], device=x.device, dtype=x.dtype)
+        out = []
+        for x_t in x:
+            y, state = self.step(x_t, state)
+            out.append(y)
+        return torch.stack(out)
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        """`[B, N, D] -> [B, h, N, d]`."""
+        b, n, _ = x.shape
+        return x.reshape(b, n, self.heads, self.dim // self.heads).transpose(1, 2)
+
+    def merge_heads(self, x: Tensor) -> Tensor:
+        """`[B, h, N, d] -> [B, N, D]`."""
+        b, h, n, d = x.shape
+        return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+class TokenBN(nn.BatchNorm1d):
+    """BatchNorm over the channel axis of tokens `[..., N, D]`."""
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        shape = x.shape
+        return super().forward(x.reshape(-1, shape[-1])).reshape(shape)
+
+
+class TokenProj(nn.Module):
+    """`BN(W x)` on tokens: a 1x1 conv (linear) and batch norm, no bias in the linear."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim_out, bias=False)
+        self.bn = TokenBN(dim_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.linear(x))
+
+
+class TokenLIF(nn.Module):
+    """`SN(BN(W x))` on tokens with explicit membrane state `[B, N, D_out]`."""
+
+    def __init__(self, dim_in: int, dim_out: int, v_th: float = 1.0) -> None:
+        super().__init__()
+        self.proj = TokenProj(dim_in, dim_out)
+        self.lif = LIF(v_th=v_th)
+        self.dim_out = dim_out
+
+    def init_state(self, batch: int, num_tokens: int, device=None, dtype=None) -> Tensor:
+        return self.lif.init_state((batch, num_tokens, self.dim_out), device=device, dtype=dtype)
+
+    def step(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        return self.lif.step(self.proj(x), v)
