@@ -80,7 +80,7 @@ class LIF(snntorch.Leaky):
 
 
 class TernaryLIF(nn.Module):
-    """Ternary LIF of A²OS²A: fires +1 at `H >= v_th`, -1 at `H <= -v_th`, resets to zero on either."""
+    """Ternary LIF of A²OS²A: +1 at `H >= v_th`, -1 at `H <= -v_th`, reset to zero on either."""
 
     def __init__(self, tau: float = 2.0, v_th: float = 1.0, alpha: float = 4.0) -> None:
         super().__init__()

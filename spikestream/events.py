@@ -73,7 +73,9 @@ def as_events(events: np.ndarray) -> np.ndarray:
     return make_events(events["x"], events["y"], events["t"], events["p"])
 
 
-def validate_events(events: np.ndarray, sensor_size: SensorSize, *, source: Any = "<events>") -> None:
+def validate_events(
+    events: np.ndarray, sensor_size: SensorSize, *, source: Any = "<events>"
+) -> None:
     """Raise `EventFormatError` unless events are time-ordered and inside the sensor."""
     if events.dtype != EVENT_DTYPE:
         raise EventFormatError(source, f"dtype {events.dtype}", expected=str(EVENT_DTYPE))
