@@ -1,5 +1,14 @@
 """Pluggable spiking self-attention mechanisms, registered by key (see DESIGN.md)."""
 
+from spikestream.pipeline.attention import (  # noqa: F401  (importing registers the keys)
+    a2os2a,
+    lrf_dyn,
+    lrf_ssa,
+    sdsa,
+    ssa,
+    sssa,
+    statten,
+)
 from spikestream.pipeline.attention.base import (
     ATTENTION,
     Attention,
@@ -10,10 +19,12 @@ from spikestream.pipeline.attention.base import (
     create_attention,
     register_attention,
 )
+from spikestream.pipeline.attention.local import LocalRF
 
 __all__ = [
     "ATTENTION",
     "Attention",
+    "LocalRF",
     "State",
     "TokenBN",
     "TokenLIF",

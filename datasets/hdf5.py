@@ -1,0 +1,251 @@
+"""HDF5 event files via h5py: our own layout, DSEC's layout, and the `Recorder`.
+
+Our layout: one chunked, gzip-compressed, resizable compound dataset `/events` of `EVENT_DTYPE`,
+a one-element int64 dataset `/n_committed` (events written up to the last flush), and root
+attributes `format = "spikestream-events"`, `version`, `sensor_size` (W, H, P) and `metadata`
+(JSON). The `Recorder` writes in HDF5 SWMR mode and updates `/n_committed` after the events at
+every flush, so a file whose writer was killed reads back every event up to its last flush.
+
+DSEC (`events/{x,y,t,p}`, `t_offset`, `ms_to_idx`): t is µs relative to `t_offset`; we return
+absolute µs (`t + t_offset`) and check `ms_to_idx` against the timestamps. The sensor is 640x480.
+DSEC's own files are Blosc-compressed and need the `hdf5plugin` package to decompress.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import numpy as np
+
+from spikestream.events import EVENT_DTYPE, EventFormatError, Recording, SensorSize, as_events
+
+LAYOUT = "spikestream-events"
+VERSION = 1
+CHUNK = 1 << 16
+DSEC_SIZE = (640, 480, 2)
+
+
+def _open(path: Path) -> tuple[h5py.File, bool]:
+    """Open for reading; a file left open by a killed SWMR writer opens in SWMR-read mode."""
+    try:
+        return h5py.File(path, "r"), False
+    except OSError as e:
+        if "already open for write" not in str(e):
+            raise EventFormatError(path, f"not a readable HDF5 file: {e}",
+                                   expected="an HDF5 file") from e
+    try:
+        return h5py.File(path, "r", swmr=True), True
+    except OSError as e:
+        raise EventFormatError(path, f"HDF5 file left open and unreadable: {e}",
+                               expected="an HDF5 file") from e
+
+
+def layout_of(f: h5py.File) -> str | None:
+    """'hdf5' for our layout, 'dsec' for DSEC's, None otherwise."""
+    if f.attrs.get("format") == LAYOUT and "events" in f:
+        return "hdf5"
+    if isinstance(f.get("events"), h5py.Group) and {"x", "y", "t", "p"} <= set(f["events"]):
+        return "dsec"
+    return None
+
+
+def open_source(
+    path: Path, chunk_events: int
+) -> tuple[SensorSize | None, Iterator[tuple[np.ndarray, np.ndarray | None]], dict[str, Any]]:
+    """Sensor size, packets and metadata of our layout or DSEC's."""
+    f, recovered = _open(path)
+    try:
+        kind = layout_of(f)
+        if kind == "hdf5":
+            return _ours(path, f, chunk_events, recovered)
+        if kind == "dsec":
+            return _dsec(path, f, chunk_events)
+        raise EventFormatError(path, f"HDF5 layout with keys {sorted(f)}",
+                               expected="our /events layout or DSEC's events/{x,y,t,p}")
+    except BaseException:
+        f.close()
+        raise
+
+
+def _ours(path: Path, f: h5py.File, chunk: int, recovered: bool) -> tuple[Any, Any, Any]:
+    ds = f["events"]
+    if ds.dtype != EVENT_DTYPE or ds.ndim != 1:
+        f.close()
+        raise EventFormatError(path, f"/events dtype {ds.dtype}, shape {ds.shape}",
+                               expected=f"1-D {EVENT_DTYPE}")
+    size = np.asarray(f.attrs.get("sensor_size", ()), dtype=np.int64).ravel()
+    if len(size) != 3 or (size <= 0).any():
+        f.close()
+        raise EventFormatError(path, f"sensor_size attribute {size}", expected="(W, H, P) > 0")
+    n_stored = ds.shape[0]
+    n = int(f["n_committed"][0]) if "n_committed" in f else n_stored
+    if not 0 <= n <= n_stored:
+        f.close()
+        raise EventFormatError(path, f"n_committed={n} but /events holds {n_stored}",
+                               expected="0 <= n_committed <= len(/events)")
+    try:
+        meta = json.loads(f.attrs.get("metadata", "{}"))
+    except (TypeError, ValueError) as e:
+        f.close()
+        raise EventFormatError(path, f"metadata attribute: {e}", expected="JSON text") from e
+    if not isinstance(meta, dict):
+        meta = {"metadata": meta}
+    if recovered:
+        meta["recovered_after_crash"] = True
+
+    def packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        with f:
+            for i in range(0, n, chunk):
+                yield ds[i:min(i + chunk, n)], None
+
+    return (int(size[0]), int(size[1]), int(size[2])), packets(), meta
+
+
+def _dsec(path: Path, f: h5py.File, chunk: int) -> tuple[Any, Any, Any]:
+    g = f["events"]
+    cols = [g[k] for k in ("x", "y", "t", "p")]
+    n = cols[2].shape[0]
+    if any(c.ndim != 1 or c.shape[0] != n for c in cols):
+        shapes = {k: g[k].shape for k in ("x", "y", "t", "p")}
+        f.close()
+        raise EventFormatError(path, f"events/{{x,y,t,p}} shapes {shapes}",
+                               expected="four 1-D datasets of equal length")
+    t_offset = int(np.asarray(f["t_offset"][()]).ravel()[0]) if "t_offset" in f else 0
+    ms_to_idx = np.asarray(f["ms_to_idx"][()], dtype=np.int64) if "ms_to_idx" in f else None
+    if ms_to_idx is not None and len(ms_to_idx) and (
+        (np.diff(ms_to_idx) < 0).any() or ms_to_idx[0] < 0 or ms_to_idx[-1] > n
+    ):
+        f.close()
+        raise EventFormatError(path, "ms_to_idx is not a non-decreasing index into events",
+                               expected=f"0 <= ms_to_idx <= {n}, non-decreasing")
+
+    def packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        with f:
+            for i in range(0, n, chunk):
+                sl = slice(i, min(i + chunk, n))
+                x, y, t, p = (c[sl] for c in cols)
+                if len(t) and (t.min() < 0 or (p > 1).any()):
+                    raise EventFormatError(path, "negative t or polarity > 1", record=i,
+                                           expected="t >= 0, p in {0, 1}")
+                ev = np.empty(len(t), dtype=EVENT_DTYPE)
+                ev["x"], ev["y"], ev["t"], ev["p"] = x, y, t.astype(np.int64) + t_offset, p
+                if ms_to_idx is not None:
+                    _check_ms_to_idx(path, ms_to_idx, t.astype(np.int64), i)
+                yield ev, None
+
+    meta = {"t_offset_us": t_offset, "ms_to_idx_len": None if ms_to_idx is None else len(ms_to_idx)}
+    return DSEC_SIZE, packets(), meta
+
+
+def _check_ms_to_idx(path: Path, ms_to_idx: np.ndarray, t: np.ndarray, first: int) -> None:
+    """Within a chunk of relative timestamps starting at index `first`, every ms_to_idx entry that
+    points into the chunk must be the first event at or after that millisecond."""
+    last = first + len(t)
+    ms = np.flatnonzero((ms_to_idx >= first) & (ms_to_idx < last))
+    if not ms.size:
+        return
+    idx = ms_to_idx[ms] - first
+    ok = t[idx] >= ms * 1000
+    prev = idx - 1
+    ok &= np.where(prev >= 0, t[np.maximum(prev, 0)] < ms * 1000, True)
+    if not ok.all():
+        k = int(ms[np.flatnonzero(~ok)[0]])
+        raise EventFormatError(path, f"ms_to_idx[{k}] = {int(ms_to_idx[k])} does not point at the "
+                               f"first event of millisecond {k}", record=int(ms_to_idx[k]),
+                               expected="the DSEC ms_to_idx convention")
+
+
+class Recorder:
+    """Append event packets to our HDF5 layout while a stream runs; crash-safe up to `flush()`.
+
+    `Recorder(path, sensor_size, metadata=..., flush_every=...)` is a context manager;
+    `append(packet)` buffers and writes, flushing every `flush_every` events (0: only on
+    `flush()`/`close()`).
+    """
+
+    def __init__(self, path: str | Path, sensor_size: SensorSize, *,
+                 metadata: dict[str, Any] | None = None, flush_every: int = 1 << 18,
+                 compression: str | None = "gzip") -> None:
+        self.path = Path(path)
+        self.sensor_size = tuple(int(s) for s in sensor_size)
+        if len(self.sensor_size) == 2:
+            self.sensor_size = (*self.sensor_size, 2)
+        self.flush_every = int(flush_every)
+        self._file = h5py.File(self.path, "w", libver="latest")
+        self._file.attrs["format"] = LAYOUT
+        self._file.attrs["version"] = VERSION
+        self._file.attrs["sensor_size"] = np.asarray(self.sensor_size, dtype=np.int64)
+        self._file.attrs["metadata"] = json.dumps(metadata or {}, default=str)
+        opts: dict[str, Any] = {"compression": compression, "shuffle": compression is not None}
+        if compression == "gzip":
+            opts["compression_opts"] = 1
+        self._events = self._file.create_dataset(
+            "events", shape=(0,), maxshape=(None,), dtype=EVENT_DTYPE, chunks=(CHUNK,), **opts
+        )
+        self._committed = self._file.create_dataset("n_committed", data=np.zeros(1, np.int64))
+        self._file.swmr_mode = True
+        self._n = 0
+        self._since_flush = 0
+        self._last_t: int | None = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, packet: np.ndarray) -> None:
+        """Write a time-ordered packet that continues the stream."""
+        if self._file is None:
+            raise ValueError(f"{self.path}: recorder is closed")
+        ev = as_events(np.asarray(packet))
+        if not len(ev):
+            return
+        t = ev["t"]
+        w, h = self.sensor_size[0], self.sensor_size[1]
+        if (np.diff(t) < 0).any() or (self._last_t is not None and t[0] < self._last_t):
+            raise ValueError(f"{self.path}: packet timestamps go back in time")
+        if (ev["x"] >= w).any() or (ev["y"] >= h).any():
+            raise ValueError(f"{self.path}: packet has events outside the {w}x{h} sensor")
+        n = self._n + len(ev)
+        self._events.resize((n,))
+        self._events[self._n:n] = ev
+        self._n = n
+        self._last_t = int(t[-1])
+        self._since_flush += len(ev)
+        if self.flush_every and self._since_flush >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Make every appended event durable: a reader (or a crash) sees at least these."""
+        if self._file is None:
+            return
+        self._events.flush()
+        self._committed[0] = self._n
+        self._file.flush()
+        self._since_flush = 0
+
+    def close(self) -> None:
+        if self._file is not None:
+            self.flush()
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def write_events(path: str | Path, recording: Recording, *, compression: str | None = "gzip"
+                 ) -> None:
+    """Write a `Recording` to our HDF5 layout."""
+    with Recorder(path, recording.sensor_size, metadata=recording.metadata, flush_every=0,
+                  compression=compression) as rec:
+        ev = recording.events
+        for i in range(0, len(ev), 1 << 20):
+            rec.append(ev[i:i + (1 << 20)])

@@ -1,0 +1,157 @@
+"""Prophesee EVT 2.0 / EVT 3.0 `.raw` and DAT files via `expelliarmus`.
+
+expelliarmus needs the file to end in `.raw` (EVT) or `.dat` (DAT); a file with another name is
+read through a hard link (or a temporary copy) with the right suffix. It reports errors by printing and stopping
+early, so we check that it reached the end of the file and locate the first bad word ourselves.
+The sensor size comes from the `%` header (`% geometry WxH`, `% format ...;width=..;height=..`,
+`% Width`/`% Height`, or a known plugin name); when the header names none it is inferred from the
+events (metadata `sensor_size_inferred`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from expelliarmus import Wizard
+
+from spikestream.events import EVENT_DTYPE, EventFormatError, SensorSize
+
+#: Prophesee HAL plugin-name fragments -> (width, height).
+PLUGINS: dict[str, tuple[int, int]] = {
+    "gen41": (1280, 720),
+    "imx636": (1280, 720),
+    "gen31": (640, 480),
+    "gen3": (640, 480),
+}
+
+#: EVT word types (top 4 bits) that expelliarmus decodes.
+_EVT3_TYPES = (0x0, 0x2, 0x3, 0x4, 0x5, 0x6, 0x8)
+_EVT2_TYPES = (0x0, 0x1, 0x8)
+
+
+def parse_header(path: Path) -> tuple[int, list[str]]:
+    """Byte offset of the binary data and the `%` header lines (without `% `)."""
+    lines: list[str] = []
+    pos = 0
+    with open(path, "rb") as f:
+        while True:
+            first = f.read(1)
+            if first != b"%":
+                break
+            line = f.readline(1 << 20)
+            if not line.endswith(b"\n"):
+                raise EventFormatError(path, "header line not terminated", offset=pos,
+                                       expected="'\\n' ending a '%' line")
+            pos += 1 + len(line)
+            text = line.decode("latin-1").strip()
+            if text == "end":
+                break
+            lines.append(text)
+    return pos, lines
+
+
+def encoding_of(lines: list[str], suffix: str) -> str | None:
+    """'evt2', 'evt3' or 'dat' from the header lines (None when they do not say)."""
+    for ln in lines:
+        low = ln.lower().replace(" ", "")
+        if low.startswith("evt3") or "format=evt3" in low or low.startswith("formatevt3"):
+            return "evt3"
+        if low.startswith("evt2") or "format=evt2" in low or low.startswith("formatevt2"):
+            return "evt2"
+        if "event2d" in low or "eventcd" in low:
+            return "dat"
+    return "dat" if suffix == ".dat" else None
+
+
+def header_size(lines: list[str]) -> tuple[int, int] | None:
+    """(width, height) named by the header, if any."""
+    text = "\n".join(lines)
+    m = re.search(r"geometry\s+(\d+)x(\d+)", text)
+    if m:
+        return int(m.group(1)), int(m.group(2))
+    w = re.search(r"width[=\s]+(\d+)", text, re.I)
+    h = re.search(r"height[=\s]+(\d+)", text, re.I)
+    if w and h:
+        return int(w.group(1)), int(h.group(1))
+    low = text.lower()
+    for key, size in PLUGINS.items():
+        if f"plugin_name hal_plugin_{key}" in low or f"hal_plugin_{key}_" in low:
+            return size
+    return None
+
+
+def _first_bad_word(path: Path, start: int, encoding: str) -> int | None:
+    """Byte offset of the first word whose type expelliarmus does not decode."""
+    data = np.fromfile(path, dtype=np.uint8, offset=start)
+    if encoding == "evt3":
+        words = data[: len(data) // 2 * 2].view("<u2")
+        types, ok, size = words >> 12, _EVT3_TYPES, 2
+    else:
+        words = data[: len(data) // 4 * 4].view("<u4")
+        types, ok, size = words >> 28, _EVT2_TYPES, 4
+    bad = np.flatnonzero(~np.isin(types, ok))
+    return start + int(bad[0]) * size if bad.size else None
+
+
+def open_source(
+    path: Path, chunk_events: int, encoding: str | None = None
+) -> tuple[SensorSize | None, Iterator[tuple[np.ndarray, np.ndarray | None]], dict[str, Any]]:
+    """Sensor size (None if the header names none), packets, metadata of an EVT2/EVT3/DAT file."""
+    start, lines = parse_header(path)
+    enc = encoding or encoding_of(lines, path.suffix.lower())
+    if enc not in ("evt2", "evt3", "dat"):
+        raise EventFormatError(path, "the '%' header names no event encoding",
+                               expected="'% evt 2.0', '% evt 3.0' or format='evt3'/'evt2'/'dat'")
+    size = path.stat().st_size
+    body = start + (2 if enc == "dat" else 0)  # DAT: event type and size bytes follow the header
+    if enc == "dat":
+        with open(path, "rb") as f:
+            f.seek(start)
+            ts = f.read(2)
+        if len(ts) < 2 or ts[1] != 8:
+            raise EventFormatError(path, f"DAT event type/size bytes {ts!r}", offset=start,
+                                   expected="event size 8")
+    unit = {"evt3": 2, "evt2": 4, "dat": 8}[enc]
+    if (size - body) % unit:
+        bad = body + (size - body) // unit * unit
+        raise EventFormatError(path, f"truncated: {size - bad} stray bytes after the last record",
+                               offset=bad, expected=f"{unit}-byte words")
+    wh = header_size(lines)
+
+    def packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        suffix = ".dat" if enc == "dat" else ".raw"
+        with tempfile.TemporaryDirectory(prefix="spikestream-") as tmp:
+            src = path
+            if path.resolve().suffix != suffix:
+                # expelliarmus resolves links and checks the suffix: hard link, else copy
+                src = Path(tmp) / f"events{suffix}"
+                try:
+                    os.link(path.resolve(), src)
+                except OSError:
+                    shutil.copyfile(path, src)
+            wizard = Wizard(encoding=enc, fpath=src, chunk_size=max(chunk_events, 16))
+            for arr in wizard.read_chunk():
+                ev = np.empty(len(arr), dtype=EVENT_DTYPE)
+                neg = np.flatnonzero((arr["x"] < 0) | (arr["y"] < 0) | (arr["t"] < 0))
+                if neg.size:
+                    raise EventFormatError(path, "negative coordinate or timestamp decoded",
+                                           expected="x, y, t >= 0")
+                ev["x"] = arr["x"]
+                ev["y"] = arr["y"]
+                ev["t"] = arr["t"]
+                ev["p"] = arr["p"] > 0
+                yield ev, None
+            if not wizard.cargo.events_info.finished and size > body:
+                at = _first_bad_word(path, body, enc) if enc != "dat" else None
+                raise EventFormatError(path, f"{enc.upper()} decoding stopped early", offset=at,
+                                       expected=f"valid {enc.upper()} words")
+
+    meta: dict[str, Any] = {"encoding": enc, "header": lines}
+    return ((wh[0], wh[1], 2) if wh else None), packets(), meta

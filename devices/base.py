@@ -1,0 +1,207 @@
+"""The `EventSource` interface every source implements, its counters, and real-time pacing."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from spikestream import EVENT_DTYPE, EventFormatError, SensorSize, empty_events
+
+
+@dataclass
+class SourceCounters:
+    """What a source has delivered and what it has refused.
+
+    `events`/`packets`: delivered to the consumer. `drops`: input units known to be lost before
+    they reached the source (e.g. datagrams missing from a sequence). `malformed`: input units
+    the source rejected (each with a reason in `reasons`); `rejected_events`: events they held,
+    where that is known.
+    """
+
+    events: int = 0
+    packets: int = 0
+    drops: int = 0
+    malformed: int = 0
+    rejected_events: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def reject(self, reason: str, events: int = 0) -> None:
+        """Count one malformed input unit with its reason."""
+        self.malformed += 1
+        self.rejected_events += int(events)
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Pacer:
+    """Maps stream time to wall time: `wait(t_us)` sleeps until `t_us` is due.
+
+    `speed=1.0` is real time, `2.0` twice as fast, `None` as fast as possible (never sleeps).
+    The clock starts at the first timestamp it is given.
+    """
+
+    def __init__(self, speed: float | None = 1.0) -> None:
+        if speed is not None and not speed > 0:
+            raise ValueError(f"speed must be > 0 or None, got {speed}")
+        self.speed = speed
+        self._t0_us: int | None = None
+        self._wall0 = 0.0
+
+    def reset(self) -> None:
+        self._t0_us = None
+
+    def wait(self, t_us: int) -> float:
+        """Sleep until stream time `t_us` is due; return how late (s) it was, 0 if on time."""
+        if self.speed is None:
+            return 0.0
+        now = time.perf_counter()
+        if self._t0_us is None:
+            self._t0_us, self._wall0 = int(t_us), now
+            return 0.0
+        due = self._wall0 + (int(t_us) - self._t0_us) * 1e-6 / self.speed
+        if due > now:
+            time.sleep(due - now)
+            return 0.0
+        return now - due
+
+
+class EventSource(ABC):
+    """A context manager that yields time-ordered event packets from one sensor.
+
+    Iterate over it (inside `with`, or directly: iteration opens and closes it) to get
+    `EVENT_DTYPE` arrays; packets may be empty (a live source yields an empty packet when
+    nothing arrived within its poll interval, so a consumer can keep its own clock).
+    Every packet is checked against the contract (dtype, sensor bounds, time order within and
+    across packets) before it is handed out; `counters` says what was delivered and refused.
+    """
+
+    def __init__(self, sensor_size: SensorSize) -> None:
+        w, h = int(sensor_size[0]), int(sensor_size[1])
+        p = int(sensor_size[2]) if len(sensor_size) > 2 else 2
+        if w <= 0 or h <= 0 or w > 65535 or h > 65535:
+            raise ValueError(f"sensor size {tuple(sensor_size)} outside 1..65535 pixels")
+        self.sensor_size: SensorSize = (w, h, p)
+        self.counters = SourceCounters()
+        self._is_open = False
+        self._last_t: int | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def open(self) -> EventSource:
+        """Acquire what the source needs (sockets, devices); idempotent."""
+        if not self._is_open:
+            self._last_t = None
+            self._open()
+            self._is_open = True
+        return self
+
+    def close(self) -> None:
+        """Release the source; idempotent."""
+        if self._is_open:
+            self._is_open = False
+            self._close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._is_open
+
+    def __enter__(self) -> EventSource:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open(self) -> None:  # noqa: B027 - optional hook
+        """Subclass hook: acquire resources."""
+
+    def _close(self) -> None:  # noqa: B027 - optional hook
+        """Subclass hook: release resources."""
+
+    # -- packets -----------------------------------------------------------------------------
+    @abstractmethod
+    def _packets(self) -> Iterator[np.ndarray]:
+        """Yield raw packets (EVENT_DTYPE); the base class checks and counts them."""
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        opened_here = not self._is_open
+        self.open()
+        try:
+            for packet in self._packets():
+                self._check(packet)
+                self.counters.packets += 1
+                self.counters.events += len(packet)
+                yield packet
+        finally:
+            if opened_here:
+                self.close()
+
+    def events(self) -> np.ndarray:
+        """Everything the source yields until it ends, as one array (finite sources only)."""
+        parts = [p for p in self if len(p)]
+        return np.concatenate(parts) if parts else empty_events()
+
+    def _check(self, packet: np.ndarray) -> None:
+        name = type(self).__name__
+        if not isinstance(packet, np.ndarray) or packet.dtype != EVENT_DTYPE:
+            dtype = getattr(packet, "dtype", type(packet).__name__)
+            raise EventFormatError(name, f"packet of {dtype}", expected=str(EVENT_DTYPE))
+        if len(packet) == 0:
+            return
+        t = packet["t"]
+        if self._last_t is not None and t[0] < self._last_t:
+            raise EventFormatError(
+                name,
+                f"packet starts at {int(t[0])} µs, before the previous packet's {self._last_t} µs",
+                expected="time-ordered packets",
+            )
+        w, h = self.sensor_size[0], self.sensor_size[1]
+        if len(packet) > 1 and bool(np.any(t[1:] < t[:-1])):
+            raise EventFormatError(name, "timestamps go back inside a packet")
+        if bool(np.any(packet["x"] >= w) or np.any(packet["y"] >= h) or np.any(packet["p"] > 1)):
+            raise EventFormatError(name, "event outside the sensor", expected=f"x < {w}, y < {h}")
+        self._last_t = int(t[-1])
+
+
+def split_packets(
+    events: np.ndarray,
+    *,
+    packet_us: int | None = None,
+    packet_events: int | None = None,
+    t_start: int | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Cut time-ordered events into packets; yield `(t_end_us, packet)`.
+
+    With `packet_us`, packets cover consecutive windows `[t_start + k*packet_us, + packet_us)`
+    (empty windows give empty packets, so a paced consumer sees time pass); `t_end_us` is the
+    window's end. With `packet_events`, packets hold that many events; `t_end_us` is the last
+    event's time.
+    """
+    if (packet_us is None) == (packet_events is None):
+        raise ValueError("give exactly one of packet_us and packet_events")
+    if packet_events is not None:
+        if packet_events <= 0:
+            raise ValueError(f"packet_events must be > 0, got {packet_events}")
+        for i in range(0, len(events), packet_events):
+            chunk = events[i : i + packet_events]
+            yield int(chunk["t"][-1]), chunk
+        return
+    assert packet_us is not None
+    if packet_us <= 0:
+        raise ValueError(f"packet_us must be > 0, got {packet_us}")
+    if len(events) == 0:
+        return
+    t = events["t"]
+    t0 = int(t[0]) if t_start is None else int(t_start)
+    n_windows = (int(t[-1]) - t0) // packet_us + 1
+    edges = t0 + packet_us * np.arange(1, n_windows + 1, dtype=np.int64)
+    cuts = np.searchsorted(t, edges, side="left")
+    start = 0
+    for edge, stop in zip(edges.tolist(), cuts.tolist(), strict=True):
+        yield edge, events[start:stop]
+        start = stop

@@ -1,0 +1,203 @@
+"""`lrf_dyn`: LRF-Dyn attention, charge-fire-reset dynamics over the token stream (DESIGN.md).
+
+Per head, with spike tokens `Q, K, V = SN(BN(W x))` and tokens n in raster order:
+
+    u_n = k_n ⊙ v_n                      binary, channel-wise
+    X_n = A X_{n-1} + Gamma u_n          X: k dendritic compartments per channel (charge)
+    y_n = C^T X_n                        soma potential
+    s_n = [y_n >= theta]                 fire (`spike_ge`, sigmoid surrogate)
+    X_n[0] -= theta * s_n                subtractive reset (detached for the gradient)
+    a_n = q_n ⊙ s_n + local_n            local_n = sum_d DWConv_d(V)_n (`LocalRF`)
+    out = BN(W_o SN_0.5(a))
+
+Choices of this project (docs/lrf_dyn.md):
+
+- Compartment 0 is the soma and its readout weight is fixed to 1 (`C[0] = 1`), so subtracting
+  theta from `X[0]` lowers `y` by exactly theta: the reset is "subtraction of theta on s_n".
+- `A` is tridiagonal per head: diagonal decays `a_j = 1 - 2**-S_j`, neighbour couplings
+  `A[j, j-1] = lower_j`, `A[j, j+1] = upper_j`, each `0.5 * tanh(raw)` (the int8 range of the
+  integer core's `>> 8` products). The decay shift is `S_j = 0.5 + max_shift * sigmoid(rho_j)`,
+  rounded to an integer in the forward pass with a straight-through gradient
+  (`quantize_decay=True`), so the float model uses exactly the shifts the device uses.
+- The state X carries over from token to token and from timestep to timestep: the neuron
+  integrates the camera's continuous token stream. State per sample is `[heads, k, d]`.
+
+The core computing `s` from `u` is the attribute `core` (`DendriticCore` by default). Any module
+with `init_state(batch, device, dtype) -> Tensor` and `step(u[B, N, D], state) -> (s, state)`
+can replace it: the integer core of `spikestream.firmware_bridge` is injected this way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from spikestream.pipeline.attention.base import State, register_attention
+from spikestream.pipeline.attention.local import LocalRF
+from spikestream.pipeline.attention.ssa import SpikingQKV
+from spikestream.pipeline.neurons import spike_ge
+
+
+def _round_ste(x: Tensor) -> Tensor:
+    """Round in the forward pass, identity gradient."""
+    return x + (torch.round(x) - x).detach()
+
+
+class DendriticCore(nn.Module):
+    """The float LRF-Dyn neuron: `u[B, N, D] -> s[B, N, D]` with carried state `X[B, h, k, d]`."""
+
+    def __init__(
+        self,
+        heads: int,
+        head_dim: int,
+        k: int = 8,
+        theta: float = 1.0,
+        max_shift: int = 12,
+        quantize_decay: bool = True,
+        alpha: float = 4.0,
+    ) -> None:
+        super().__init__()
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if theta <= 0:
+            raise ValueError(f"theta must be > 0, got {theta}")
+        self.heads, self.head_dim, self.k = int(heads), int(head_dim), int(k)
+        self.max_shift = int(max_shift)
+        self.quantize_decay = bool(quantize_decay)
+        self.alpha = float(alpha)
+        self.register_buffer("theta", torch.tensor(float(theta)))
+        # time constants spread over 2**1 .. 2**8 tokens (1 .. 8 shifts)
+        shifts = torch.linspace(1.0, min(8.0, float(self.max_shift)), k) if k > 1 else torch.ones(1)
+        frac = (shifts - 0.5) / self.max_shift
+        self.decay_logit = nn.Parameter(torch.logit(frac).repeat(heads, 1))
+        self.lower_raw = nn.Parameter(torch.zeros(heads, k))
+        self.upper_raw = nn.Parameter(torch.zeros(heads, k))
+        self.gamma = nn.Parameter(torch.pow(2.0, 1.0 - shifts).repeat(heads, 1))
+        self.readout_rest = nn.Parameter(torch.full((heads, k - 1), 1.0 / max(k - 1, 1)))
+        end = torch.ones(k)
+        end[0] = 0.0
+        self.register_buffer("lower_mask", end.clone(), persistent=False)
+        self.register_buffer("upper_mask", end.flip(0), persistent=False)
+
+    # --- the parameters as the equations use them -------------------------------------------
+    def decay_shift(self) -> Tensor:
+        """Decay shifts `S[h, k]` (integers when `quantize_decay`), `a = 1 - 2**-S`."""
+        s = 0.5 + self.max_shift * torch.sigmoid(self.decay_logit)
+        if self.quantize_decay:
+            s = _round_ste(s).clamp(1.0, float(self.max_shift))
+        return s
+
+    def decays(self) -> Tensor:
+        return 1.0 - torch.pow(2.0, -self.decay_shift())
+
+    def couplings(self) -> tuple[Tensor, Tensor]:
+        """`(lower, upper)` `[h, k]`: `A[j, j-1] = lower[j]`, `A[j, j+1] = upper[j]`."""
+        return (
+            0.5 * torch.tanh(self.lower_raw) * self.lower_mask,
+            0.5 * torch.tanh(self.upper_raw) * self.upper_mask,
+        )
+
+    def transition(self) -> Tensor:
+        """The tridiagonal `A[h, k, k]`."""
+        lower, upper = self.couplings()
+        a = torch.diag_embed(self.decays())
+        if self.k > 1:
+            a = a + torch.diag_embed(lower[:, 1:], offset=-1) + torch.diag_embed(upper[:, :-1], 1)
+        return a
+
+    def readout(self) -> Tensor:
+        """`C[h, k]` with the soma's weight `C[:, 0] = 1`."""
+        one = torch.ones(self.heads, 1, dtype=self.readout_rest.dtype, device=self.theta.device)
+        return torch.cat([one, self.readout_rest], dim=1)
+
+    # --- the stateful-layer contract ---------------------------------------------------------
+    def init_state(self, batch: int, device=None, dtype=None) -> Tensor:
+        return torch.zeros(batch, self.heads, self.k, self.head_dim, device=device, dtype=dtype)
+
+    def step(self, u: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """One timestep: scan the N tokens of `u[B, N, D]` in order; returns `(s[B, N, D], X)`."""
+        s, x, _ = self.scan(u, x)
+        return s, x
+
+    def scan(
+        self, u: Tensor, x: Tensor, keep_potential: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """`step`, optionally also returning the soma potentials `y[B, N, D]` before firing."""
+        b, n, _ = u.shape
+        h, k, d = self.heads, self.k, self.head_dim
+        a = self.transition().to(u.dtype)  # [h, k, k]
+        gamma = self.gamma.to(u.dtype).unsqueeze(-1)  # [h, k, 1]
+        c = self.readout().to(u.dtype).unsqueeze(1)  # [h, 1, k]
+        theta = self.theta.to(u.dtype)
+        reset = torch.zeros(k, 1, dtype=u.dtype, device=u.device)
+        reset[0] = theta  # theta on compartment 0, the soma
+        grad = torch.is_grad_enabled()
+        resets = bool(torch.isfinite(theta))  # theta = inf: the linear system alone, no spikes
+        # the loop runs on [h, k, B*d] so that each token is one batched matmul per head
+        x = x.permute(1, 2, 0, 3).reshape(h, k, b * d)
+        us = u.reshape(b, n, h, 1, d).permute(1, 2, 3, 0, 4).reshape(n, h, 1, b * d)
+        out, pots = [], []
+        for u_n in us.unbind(0):
+            x = torch.baddbmm(gamma * u_n, a, x)  # charge: A X + Gamma u
+            y = torch.bmm(c, x)  # soma potential, [h, 1, B*d]
+            if keep_potential:
+                pots.append(y)
+            y = y - theta
+            s = spike_ge(y, self.alpha) if grad else (y >= 0).to(y.dtype)  # fire
+            if resets:
+                x = x - reset * s.detach()  # subtractive reset
+            out.append(s)
+        x = x.reshape(h, k, b, d).permute(2, 0, 1, 3)
+        return self._tokens(out, b), x, (self._tokens(pots, b) if keep_potential else None)
+
+    def _tokens(self, per_token: list[Tensor], b: int) -> Tensor:
+        """Stack N tensors `[h, 1, B*d]` into `[B, N, D]`."""
+        n = len(per_token)
+        t = torch.stack(per_token, dim=0).reshape(n, self.heads, b, self.head_dim)
+        return t.permute(2, 0, 1, 3).reshape(b, n, self.heads * self.head_dim)
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.heads}, head_dim={self.head_dim}, k={self.k}, "
+            f"theta={float(self.theta)}, quantize_decay={self.quantize_decay}"
+        )
+
+
+@register_attention("lrf_dyn")
+class LRFDyn(SpikingQKV):
+    """LRF-Dyn attention: `BN(W_o SN_0.5(q ⊙ core(k ⊙ v) + LocalRF(v)))`, O(k D) state."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        grid: tuple[int, int],
+        k: int = 8,
+        theta: float = 1.0,
+        dilations: Sequence[int] = (1, 3, 5),
+        max_shift: int = 12,
+        quantize_decay: bool = True,
+    ) -> None:
+        super().__init__(dim, heads, grid)
+        self.core: nn.Module = DendriticCore(
+            heads, dim // heads, k=k, theta=theta, max_shift=max_shift,
+            quantize_decay=quantize_decay,
+        )  # fmt: skip
+        self.local = LocalRF(dim, grid, dilations)
+
+    def init_state(self, batch: int, device=None, dtype=None) -> State:
+        st = super().init_state(batch, device, dtype)
+        st["core"] = self.core.init_state(batch, device=device, dtype=dtype)
+        return st
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        q, vq = self.q.step(x, state["q"])
+        k, vk = self.k.step(x, state["k"])
+        v, vv = self.v.step(x, state["v"])
+        s, xc = self.core.step(k * v, state["core"])
+        a = q * s + self.local(v)
+        y, st = self.fire(a, state)
+        st.update(q=vq, k=vk, v=vv, core=xc)
+        return y, st

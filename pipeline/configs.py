@@ -1,0 +1,73 @@
+"""Model configurations as data, created by name (timm style): `create_model("tiny", "ssa")`.
+
+Each entry overrides `model.DEFAULTS`. Stem channels follow from `embed_dim` and the number of
+stem stages (`D / 2^(S-1-i)` for stage i of S, as Spikformer's SPS), and the token grid from
+`input_size` and `stem_pool` (halved after every stage marked True).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from spikestream.pipeline.model import SpikingTransformer
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    # fast enough for CPU tests and demos: 64x64 input -> 8x8 tokens
+    "tiny": {
+        "input_size": (64, 64),
+        "embed_dim": 64,
+        "depth": 1,
+        "heads": 4,
+        "time_steps": 8,
+        "stem_pool": (True, True, True),
+    },
+    # DVS resolution with a quarter of the papers' width: 128x128 -> 8x8 tokens
+    "small": {
+        "input_size": (128, 128),
+        "embed_dim": 128,
+        "depth": 2,
+        "heads": 8,
+        "time_steps": 16,
+        "stem_pool": (True, True, True, True),
+    },
+    # the papers' DVS setting (Spikformer's CIFAR10-DVS / DVS128 Gesture code: embed_dims=256,
+    # num_heads=16, depths=2, four stem stages each followed by a max-pool, T = 16)
+    "spikformer-2-256": {
+        "input_size": (128, 128),
+        "embed_dim": 256,
+        "depth": 2,
+        "heads": 16,
+        "time_steps": 16,
+        "stem_pool": (True, True, True, True),
+    },
+}
+
+
+def list_configs() -> list[str]:
+    """Names accepted by `create_model`."""
+    return sorted(CONFIGS)
+
+
+def get_config(name: str) -> dict[str, Any]:
+    """A copy of the named config (without defaults filled in)."""
+    try:
+        return copy.deepcopy(CONFIGS[name])
+    except KeyError:
+        raise ValueError(f"unknown model config {name!r}; known: {list_configs()}") from None
+
+
+def create_model(
+    config: str = "tiny",
+    attention: str = "ssa",
+    attention_kwargs: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> SpikingTransformer:
+    """Build the named config with the given attention key; `overrides` replace config entries
+    (`input_size`, `in_channels`, `num_classes`, `embed_dim`, `depth`, `heads`, `time_steps`,
+    `mlp_ratio`, `stem_pool`, `pool`)."""
+    cfg = get_config(config)
+    cfg.update(overrides)
+    cfg["attention"] = attention
+    cfg["attention_kwargs"] = dict(attention_kwargs or {})
+    return SpikingTransformer(cfg)

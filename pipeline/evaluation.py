@@ -1,0 +1,225 @@
+"""Evaluation: accuracy, per-class accuracy, confusion matrix, accuracy over stream time, latency.
+
+The model runs stepwise, one frame at a time (`init_state` / `step`), exactly as it would on a
+live stream, and the decision after step t is the argmax of the mean of the logits of steps
+1..t (rate decoding, the same rule as training's loss). `accuracy_per_step[t]` therefore
+shows how early the streaming model decides; its last entry is the final accuracy. A model
+that cannot step causally (e.g. STAtten's chunk mode) is evaluated with `forward`, which by
+the model contract gives the same logits. Latency per step is timed separately, with batch 1.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+
+@dataclass
+class EvalResult:
+    """Scores of one evaluation (`to_json()` gives the `--json` object)."""
+
+    accuracy: float
+    samples: int
+    classes: list[str]
+    per_class_accuracy: list[float]
+    confusion: list[list[int]]
+    accuracy_per_step: list[float]
+    step_latency_ms: float
+    latency_samples: int
+    mode: str = "step"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        d["per_class_accuracy"] = {
+            c: (None if np.isnan(a) else a) for c, a in zip(self.classes, self.per_class_accuracy)
+        }
+        return d
+
+
+def _run_stepwise(model: nn.Module, frames: torch.Tensor) -> torch.Tensor:
+    """Logits `[T, B, C]` of `frames[T, B, P, H, W]`, one `model.step` per frame."""
+    state = model.init_state(frames.shape[1], device=frames.device)
+    out = []
+    for t in range(frames.shape[0]):
+        logits, state = model.step(frames[t], state)
+        out.append(logits)
+    return torch.stack(out)
+
+
+def _steps_ok(model: nn.Module) -> bool:
+    return bool(getattr(model, "causal", True))
+
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def shipped_weights() -> list[str]:
+    """Names of the checkpoints shipped with the package (`pipeline/weights/<name>.pt`)."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt") if p.with_suffix(".json").is_file())
+
+
+def resolve_checkpoint(path_or_name: str | Path) -> Path:
+    """A checkpoint path as given, or the shipped weights of that name (e.g. `"nmnist"`)."""
+    p = Path(path_or_name)
+    if p.is_file():
+        return p
+    if p.is_dir() and (p / "best.pt").is_file():
+        return p / "best.pt"
+    shipped = WEIGHTS_DIR / f"{path_or_name}.pt"
+    if shipped.is_file():
+        return shipped
+    raise FileNotFoundError(
+        f"no checkpoint {str(path_or_name)!r}: not a file, not a training folder with best.pt, "
+        f"and not a shipped name (shipped: {', '.join(shipped_weights()) or 'none'})"
+    )
+
+
+@torch.no_grad()
+def measure_step_latency(model: nn.Module, dataset: Dataset, device: torch.device,
+                         samples: int = 8, warmup: int = 2) -> tuple[float, int]:
+    """Mean wall time of one `model.step` at batch 1 (ms) over the first `samples` samples."""
+    model.eval()
+    n = min(samples, len(dataset))  # type: ignore[arg-type]
+    times: list[float] = []
+    for i in range(n):
+        frames = dataset[i][0].to(device)[:, None]  # [T, 1, P, H, W]
+        state = model.init_state(1, device=device)
+        for t in range(frames.shape[0]):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            _, state = model.step(frames[t], state)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i > 0 or t >= warmup:
+                times.append(time.perf_counter() - t0)
+    return (1000.0 * float(np.mean(times)) if times else float("nan")), n
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    classes: list[str] | None = None,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    latency_samples: int = 8,
+    progress: bool = True,
+) -> EvalResult:
+    """Score `model` on a dataset of `(frames[T, P, H, W], label)` (see the module doc)."""
+    device = torch.device(device)
+    model.to(device).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    n_classes = len(classes) if classes else None
+    confusion: np.ndarray | None = None
+    correct_t: np.ndarray | None = None
+    total = 0
+    mode = "step"
+    with Progress(TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), disable=not progress) as bar:
+        task = bar.add_task("eval", total=len(loader))
+        for frames, target in loader:
+            frames = frames.to(device).transpose(0, 1)  # [T, B, P, H, W]
+            if total == 0 and not _steps_ok(model):
+                mode = "forward"
+            logits = _run_stepwise(model, frames) if mode == "step" else model(frames)
+            logits = logits.float().cpu()
+            if confusion is None:
+                n_classes = n_classes or logits.shape[-1]
+                confusion = np.zeros((n_classes, n_classes), np.int64)
+            running = logits.cumsum(0) / torch.arange(1, logits.shape[0] + 1)[:, None, None]
+            pred_t = running.argmax(-1)  # [T, B]
+            hits = (pred_t == target[None]).sum(1).numpy()
+            if correct_t is None:
+                correct_t = np.zeros(len(hits), np.int64)
+            if len(hits) != len(correct_t):
+                raise ValueError(f"samples differ in length: {len(hits)} vs {len(correct_t)} "
+                                 "timesteps (bin with n_time_bins for a fixed T)")
+            correct_t += hits
+            np.add.at(confusion, (target.numpy(), pred_t[-1].numpy()), 1)
+            total += int(target.numel())
+            bar.advance(task)
+    if total == 0 or confusion is None or correct_t is None:
+        raise ValueError("the evaluation set is empty")
+    per_class = [
+        float(confusion[c, c] / confusion[c].sum()) if confusion[c].sum() else float("nan")
+        for c in range(confusion.shape[0])
+    ]
+    latency, lat_n = (measure_step_latency(model, dataset, device, latency_samples)
+                      if mode == "step" and latency_samples > 0 else (float("nan"), 0))
+    names = list(classes) if classes else [str(c) for c in range(confusion.shape[0])]
+    return EvalResult(
+        accuracy=float(np.trace(confusion) / total),
+        samples=total,
+        classes=names,
+        per_class_accuracy=per_class,
+        confusion=confusion.tolist(),
+        accuracy_per_step=(correct_t / total).tolist(),
+        step_latency_ms=latency,
+        latency_samples=lat_n,
+        mode=mode,
+    )
+
+
+def plot_confusion(result: EvalResult, path: str | Path) -> Path:
+    """Write the confusion matrix (rows: true class, columns: predicted) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(result.confusion)
+    n = cm.shape[0]
+    size = max(4.0, min(16.0, 0.45 * n + 2))
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    if n <= 30:
+        ax.set_xticks(range(n), result.classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), result.classes, fontsize=7)
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6,
+                            color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"accuracy {result.accuracy:.2%} on {result.samples} samples")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_accuracy_over_time(result: EvalResult, path: str | Path,
+                            bin_ms: float | None = None) -> Path:
+    """Write accuracy after each timestep (how early the streaming model decides) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc = np.asarray(result.accuracy_per_step)
+    steps = np.arange(1, len(acc) + 1)
+    x = steps * bin_ms if bin_ms else steps
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(x, acc, marker="o", ms=3)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("time into the stream (ms)" if bin_ms else "timestep")
+    ax.set_ylabel("accuracy of the running decision")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"final {acc[-1]:.2%}, {result.samples} samples")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,285 @@
+"""The spiking vision transformer: SPS stem, L blocks of attention + MLP, a linear head.
+
+Stepwise and whole-sequence inference compute the same function: `step(frame, state)` runs one
+timestep on explicit state (a flat `dict[str, Tensor]` the caller owns, constant in size), and
+`forward(frames[T])` runs the same layers over the sequence, batching the stateless conv,
+linear and norm layers over T x B and scanning only the neurons (and the attention, which
+scans its own neurons). In eval mode the two agree (spikes exactly, logits to 1e-5).
+
+Blocks use the Spike-driven Transformer's membrane shortcut so that every linear layer sees
+binary spikes: `x = x + Attn(SN(x))`, `x = x + MLP(SN(x))` with
+`MLP(s) = BN(W_2 SN(BN(W_1 s)))`, hidden width `mlp_ratio * D`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from spikestream.pipeline.attention import create_attention
+from spikestream.pipeline.attention.base import State, TokenProj
+from spikestream.pipeline.neurons import LIF
+
+POOLS = ("max", "avg")
+
+
+def state_nbytes(state: State) -> int:
+    """Bytes held by the tensors of a state dict."""
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def _time_batched(layer: nn.Module, x: Tensor) -> Tensor:
+    """Apply a stateless layer to `x[T, B, ...]` with T and B merged."""
+    return layer(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
+
+class StemStage(nn.Module):
+    """conv3x3 - BN - LIF, then optional 2x down-sampling (max-pool 3/2/1 or avg-pool 2/2)."""
+
+    def __init__(self, c_in: int, c_out: int, pool: str | None) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.lif = LIF()
+        if pool is None:
+            self.pool: nn.Module = nn.Identity()
+        elif pool == "max":
+            self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        elif pool == "avg":
+            self.pool = nn.AvgPool2d(2, stride=2)
+        else:
+            raise ValueError(f"pool must be one of {POOLS} or None, got {pool!r}")
+
+    def step(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        s, v = self.lif.step(self.bn(self.conv(x)), v)
+        return self.pool(s), v
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.lif(_time_batched(lambda z: self.bn(self.conv(z)), x))
+        return _time_batched(self.pool, s)
+
+
+class SPS(nn.Module):
+    """Spiking patch splitting: stem stages, then a relative position embedding
+    `x + SN(BN(conv3x3(x)))` (Spikformer's RPE); `[B, P, H, W]` -> tokens `[B, N, D]`."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        embed_dim: int,
+        input_size: tuple[int, int],
+        stem_pool: tuple[bool, ...],
+        pool: str,
+    ) -> None:
+        super().__init__()
+        n = len(stem_pool)
+        if n < 1:
+            raise ValueError("the stem needs at least one stage")
+        chans = [max(1, embed_dim // 2 ** (n - 1 - i)) for i in range(n)]
+        self.stages = nn.ModuleList()
+        h, w = input_size
+        shapes = []
+        c_prev = in_channels
+        for c, down in zip(chans, stem_pool, strict=True):
+            shapes.append((c, h, w))
+            if down:
+                if h % 2 or w % 2:
+                    raise ValueError(
+                        f"input size {input_size} cannot be halved {sum(stem_pool)} times "
+                        f"by the stem (reached {h}x{w})"
+                    )
+                h, w = h // 2, w // 2
+            self.stages.append(StemStage(c_prev, c, pool if down else None))
+            c_prev = c
+        self.stage_shapes = shapes  # (C, H, W) at each stage's neurons
+        self.grid = (h, w)
+        self.embed_dim = embed_dim
+        self.rpe = StemStage(embed_dim, embed_dim, None)
+
+    def init_state(self, batch: int, device=None, dtype=None) -> State:
+        st = {
+            f"stem.{i}": torch.zeros(batch, *shape, device=device, dtype=dtype)
+            for i, shape in enumerate(self.stage_shapes)
+        }
+        st["stem.rpe"] = torch.zeros(batch, self.embed_dim, *self.grid, device=device, dtype=dtype)
+        return st
+
+    @staticmethod
+    def tokens(x: Tensor) -> Tensor:
+        """`[..., D, Gh, Gw]` -> `[..., N, D]` in raster order."""
+        return x.flatten(-2).transpose(-1, -2)
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        new = {}
+        for i, stage in enumerate(self.stages):
+            x, new[f"stem.{i}"] = stage.step(x, state[f"stem.{i}"])
+        r, new["stem.rpe"] = self.rpe.step(x, state["stem.rpe"])
+        return self.tokens(x + r), new
+
+    def forward(self, x: Tensor) -> Tensor:
+        for stage in self.stages:
+            x = stage(x)
+        return self.tokens(x + self.rpe(x))
+
+
+class Block(nn.Module):
+    """`x = x + Attn(SN(x))`, `x = x + BN(W_2 SN(BN(W_1 SN(x))))`."""
+
+    def __init__(
+        self,
+        attention: str,
+        dim: int,
+        heads: int,
+        grid: tuple[int, int],
+        mlp_ratio: int,
+        attention_kwargs: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self.attn_in = LIF()
+        self.attn = create_attention(attention, dim, heads, grid, **attention_kwargs)
+        self.mlp_in = LIF()
+        self.fc1 = TokenProj(dim, mlp_ratio * dim)
+        self.mlp_lif = LIF()
+        self.fc2 = TokenProj(mlp_ratio * dim, dim)
+        self.dim = dim
+        self.hidden = mlp_ratio * dim
+        self.num_tokens = grid[0] * grid[1]
+
+    def init_state(self, batch: int, prefix: str, device=None, dtype=None) -> State:
+        n = self.num_tokens
+        st = {
+            f"{prefix}attn_in": torch.zeros(batch, n, self.dim, device=device, dtype=dtype),
+            f"{prefix}mlp_in": torch.zeros(batch, n, self.dim, device=device, dtype=dtype),
+            f"{prefix}mlp_hidden": torch.zeros(batch, n, self.hidden, device=device, dtype=dtype),
+        }
+        attn = self.attn.init_state(batch, device=device, dtype=dtype)
+        st.update({f"{prefix}attn.{k}": v for k, v in attn.items()})
+        return st
+
+    def step(self, x: Tensor, state: State, prefix: str) -> tuple[Tensor, State]:
+        new = {}
+        s, new[f"{prefix}attn_in"] = self.attn_in.step(x, state[f"{prefix}attn_in"])
+        pa = f"{prefix}attn."
+        attn_state = {k[len(pa):]: v for k, v in state.items() if k.startswith(pa)}
+        a, attn_state = self.attn.step(s, attn_state)
+        new.update({pa + k: v for k, v in attn_state.items()})
+        x = x + a
+        s, new[f"{prefix}mlp_in"] = self.mlp_in.step(x, state[f"{prefix}mlp_in"])
+        h, new[f"{prefix}mlp_hidden"] = self.mlp_lif.step(
+            self.fc1(s), state[f"{prefix}mlp_hidden"]
+        )
+        return x + self.fc2(h), new
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.attn_in(x))
+        h = self.mlp_lif(self.fc1(self.mlp_in(x)))
+        return x + self.fc2(h)
+
+
+class SpikingTransformer(nn.Module):
+    """Spiking vision transformer built from a config dict (see `configs.py`).
+
+    `config` holds `input_size`, `in_channels`, `num_classes`, `embed_dim`, `depth`, `heads`,
+    `time_steps`, `mlp_ratio`, `stem_pool` (one bool per stem stage: halve after it or not),
+    `pool` ("max" or "avg"), `attention` (a registered key) and `attention_kwargs`.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        cfg = normalize_config(config)
+        self.config = cfg
+        self.attention_key: str = cfg["attention"]
+        self.input_size: tuple[int, int] = tuple(cfg["input_size"])  # type: ignore[assignment]
+        self.in_channels: int = cfg["in_channels"]
+        self.num_classes: int = cfg["num_classes"]
+        self.time_steps: int = cfg["time_steps"]
+        self.sps = SPS(
+            cfg["in_channels"], cfg["embed_dim"], self.input_size, tuple(cfg["stem_pool"]),
+            cfg["pool"],
+        )
+        self.grid = self.sps.grid
+        self.num_tokens = self.grid[0] * self.grid[1]
+        self.blocks = nn.ModuleList(
+            Block(cfg["attention"], cfg["embed_dim"], cfg["heads"], self.grid, cfg["mlp_ratio"],
+                  cfg["attention_kwargs"])
+            for _ in range(cfg["depth"])
+        )
+        self.head = nn.Linear(cfg["embed_dim"], cfg["num_classes"])
+
+    @property
+    def causal(self) -> bool:
+        """Whether `step` can run (False for mechanisms that need future frames)."""
+        return all(b.attn.causal for b in self.blocks)
+
+    def init_state(self, batch: int, device=None, dtype=None) -> State:
+        """Zero state for `batch` streams: a flat dict of tensors, constant in size."""
+        if device is None:
+            device = self.head.weight.device
+        st = self.sps.init_state(batch, device=device, dtype=dtype)
+        for i, block in enumerate(self.blocks):
+            st.update(block.init_state(batch, f"blocks.{i}.", device=device, dtype=dtype))
+        return st
+
+    def _check(self, frames: Tensor, ndim: int) -> None:
+        want = (self.in_channels, *self.input_size)
+        if frames.dim() != ndim or tuple(frames.shape[-3:]) != want:
+            lead = "[T, B, " if ndim == 5 else "[B, "
+            raise ValueError(
+                f"expected frames {lead}P, H, W] with (P, H, W) = {want}, "
+                f"got shape {tuple(frames.shape)}"
+            )
+
+    def step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:
+        """One timestep: `frame[B, P, H, W]` -> `(logits[B, C], new state)`."""
+        self._check(frame, 4)
+        x, new = self.sps.step(frame, state)
+        for i, block in enumerate(self.blocks):
+            x, st = block.step(x, state, f"blocks.{i}.")
+            new.update(st)
+        return self.head(x.mean(dim=1)), new
+
+    def forward(self, frames: Tensor) -> Tensor:
+        """Whole sequence: `frames[T, B, P, H, W]` -> `logits[T, B, C]`."""
+        self._check(frames, 5)
+        x = self.sps(frames)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean(dim=2))
+
+
+DEFAULTS: dict[str, Any] = {
+    "input_size": (64, 64),
+    "in_channels": 2,
+    "num_classes": 10,
+    "embed_dim": 64,
+    "depth": 1,
+    "heads": 4,
+    "time_steps": 8,
+    "mlp_ratio": 4,
+    "stem_pool": (True, True, True),
+    "pool": "max",
+    "attention": "ssa",
+    "attention_kwargs": {},
+}
+
+
+def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Fill defaults, reject unknown keys, and make the dict JSON-able (lists, not tuples)."""
+    unknown = set(config) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    cfg = {**DEFAULTS, **config}
+    size = cfg["input_size"]
+    if isinstance(size, int):
+        size = (size, size)
+    cfg["input_size"] = [int(size[0]), int(size[1])]
+    cfg["stem_pool"] = [bool(p) for p in cfg["stem_pool"]]
+    cfg["attention_kwargs"] = dict(cfg["attention_kwargs"] or {})
+    for key in ("in_channels", "num_classes", "embed_dim", "depth", "heads", "time_steps",
+                "mlp_ratio"):
+        if int(cfg[key]) < 1:
+            raise ValueError(f"model config {key} must be >= 1, got {cfg[key]}")
+        cfg[key] = int(cfg[key])
+    return cfg
