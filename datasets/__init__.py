@@ -1,5 +1,8 @@
 """Event files (read, stream, write) and datasets, under the import name `spikestream.datasets`."""
 
+from spikestream.datasets.cache import FrameCache, FrameDataset
+from spikestream.datasets.download import DownloadError, MissingDataError
+from spikestream.datasets.dvsgesture import DVSGesture
 from spikestream.datasets.hdf5 import Recorder
 from spikestream.datasets.io import (
     FORMATS,
@@ -10,8 +13,19 @@ from spikestream.datasets.io import (
     read_events,
     write_events,
 )
+from spikestream.datasets.ncaltech101 import NCaltech101
+from spikestream.datasets.nmnist import NMNIST
+from spikestream.datasets.synthetic import SyntheticGestures
 
 __all__ = [
+    "DVSGesture",
+    "DownloadError",
+    "FrameCache",
+    "FrameDataset",
+    "MissingDataError",
+    "NCaltech101",
+    "NMNIST",
+    "SyntheticGestures",
     "FORMATS",
     "EventStream",
     "Recorder",

@@ -1,4 +1,4 @@
-"""Dataset archives: download with a timeout and a checksum, safe extraction, clear missing-data errors.
+"""Dataset archives: download with timeout and checksum, safe extraction, missing-data errors.
 
 An archive that is present and verified is never fetched again: the first successful check
 leaves a small `<archive>.verified` stamp (size, mtime, digest), so later runs neither hash a

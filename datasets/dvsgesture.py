@@ -54,7 +54,8 @@ TONIC_ARCHIVES = {
 }
 
 LAYOUT_HELP = (
-    "DVS Gesture expects Tonic's layout ROOT/DVSGesture/ibmGestureTrain/userNN_<lighting>/<class>.npy "
+    "DVS Gesture expects Tonic's layout "
+    "ROOT/DVSGesture/ibmGestureTrain/userNN_<lighting>/<class>.npy "
     "(and ibmGestureTest; or Tonic's ibmGestureTrain.tar.gz/ibmGestureTest.tar.gz in "
     "ROOT/DVSGesture), or the original IBM release ROOT/DvsGesture/ with userNN_<lighting>.aedat, "
     "userNN_<lighting>_labels.csv, trials_to_train.txt and trials_to_test.txt."

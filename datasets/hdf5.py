@@ -75,23 +75,19 @@ def open_source(
 def _ours(path: Path, f: h5py.File, chunk: int, recovered: bool) -> tuple[Any, Any, Any]:
     ds = f["events"]
     if ds.dtype != EVENT_DTYPE or ds.ndim != 1:
-        f.close()
         raise EventFormatError(path, f"/events dtype {ds.dtype}, shape {ds.shape}",
                                expected=f"1-D {EVENT_DTYPE}")
     size = np.asarray(f.attrs.get("sensor_size", ()), dtype=np.int64).ravel()
     if len(size) != 3 or (size <= 0).any():
-        f.close()
         raise EventFormatError(path, f"sensor_size attribute {size}", expected="(W, H, P) > 0")
     n_stored = ds.shape[0]
     n = int(f["n_committed"][0]) if "n_committed" in f else n_stored
     if not 0 <= n <= n_stored:
-        f.close()
         raise EventFormatError(path, f"n_committed={n} but /events holds {n_stored}",
                                expected="0 <= n_committed <= len(/events)")
     try:
         meta = json.loads(f.attrs.get("metadata", "{}"))
     except (TypeError, ValueError) as e:
-        f.close()
         raise EventFormatError(path, f"metadata attribute: {e}", expected="JSON text") from e
     if not isinstance(meta, dict):
         meta = {"metadata": meta}
@@ -112,7 +108,6 @@ def _dsec(path: Path, f: h5py.File, chunk: int) -> tuple[Any, Any, Any]:
     n = cols[2].shape[0]
     if any(c.ndim != 1 or c.shape[0] != n for c in cols):
         shapes = {k: g[k].shape for k in ("x", "y", "t", "p")}
-        f.close()
         raise EventFormatError(path, f"events/{{x,y,t,p}} shapes {shapes}",
                                expected="four 1-D datasets of equal length")
     t_offset = int(np.asarray(f["t_offset"][()]).ravel()[0]) if "t_offset" in f else 0
@@ -120,7 +115,6 @@ def _dsec(path: Path, f: h5py.File, chunk: int) -> tuple[Any, Any, Any]:
     if ms_to_idx is not None and len(ms_to_idx) and (
         (np.diff(ms_to_idx) < 0).any() or ms_to_idx[0] < 0 or ms_to_idx[-1] > n
     ):
-        f.close()
         raise EventFormatError(path, "ms_to_idx is not a non-decreasing index into events",
                                expected=f"0 <= ms_to_idx <= {n}, non-decreasing")
 

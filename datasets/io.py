@@ -123,8 +123,8 @@ class EventStream:
     """
 
     def __init__(self, path: str | Path, *, format: str | None = None,
-                 chunk_events: int = DEFAULT_CHUNK, sensor_size: SensorSize | None = None
-                 ) -> None:
+                 chunk_events: int = DEFAULT_CHUNK, sensor_size: SensorSize | None = None,
+                 _defer_size: bool = False) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such file")
@@ -141,8 +141,9 @@ class EventStream:
             size = tuple(int(s) for s in sensor_size)
             if len(size) == 2:
                 size = (*size, 2)
-        elif size is None:
+        elif size is None and not _defer_size:
             size = self._scan_size()
+        # None only inside `read_events`, which sizes the sensor from the events it loaded
         self.sensor_size: SensorSize = size  # type: ignore[assignment]
         self._iterated = False
         self.n_events = 0
@@ -154,6 +155,9 @@ class EventStream:
         for ev, _ in _guard(self.path, source):
             if len(ev):
                 mx, my = max(mx, int(ev["x"].max())), max(my, int(ev["y"].max()))
+        return self._size_from_extent(mx, my)
+
+    def _size_from_extent(self, mx: int, my: int) -> SensorSize:
         if self.format == "nbin":
             w, h = nbin.size_from_extent(mx, my)
         else:
@@ -168,7 +172,7 @@ class EventStream:
         return self._packets()
 
     def _packets(self) -> Iterator[np.ndarray]:
-        w, h = self.sensor_size[0], self.sensor_size[1]
+        w, h = self.sensor_size[:2] if self.sensor_size else (1 << 16, 1 << 16)
         last_t: int | None = None
         pending: list[np.ndarray] = []
         n_pending = 0
@@ -203,12 +207,19 @@ class EventStream:
         self.close()
 
 
+def _is_decoder_failure(e: BaseException) -> bool:
+    """An error of a decoder on bad content (pyo3's PanicException derives from BaseException)."""
+    if isinstance(e, _PASS) or isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        return False
+    return isinstance(e, Exception) or type(e).__name__ == "PanicException"
+
+
 def _wrap(path: Path, fn: Callable[[], Any]) -> Any:
     try:
         return fn()
-    except _PASS:
-        raise
-    except Exception as e:  # a library error on bad content
+    except BaseException as e:
+        if not _is_decoder_failure(e):
+            raise
         raise EventFormatError(path, f"{type(e).__name__}: {e}") from e
 
 
@@ -220,14 +231,10 @@ def _guard(path: Path, source: Iterator[Any]) -> Iterator[Any]:
             item = next(it)
         except StopIteration:
             return
-        except _PASS:
-            raise
-        except Exception as e:
-            raise EventFormatError(path, f"{type(e).__name__}: {e}") from e
-        except BaseException as e:  # pyo3 PanicException derives from BaseException
-            if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        except BaseException as e:
+            if not _is_decoder_failure(e):
                 raise
-            raise EventFormatError(path, f"decoder panic: {e}") from e
+            raise EventFormatError(path, f"{type(e).__name__}: {e}") from e
         yield item
 
 
@@ -268,10 +275,15 @@ open_events = iter_events
 def read_events(path: str | Path, format: str | None = None, *,
                 sensor_size: SensorSize | None = None) -> Recording:
     """Read a whole file into a `Recording` (format by magic bytes / header, else extension)."""
-    with EventStream(path, format=format, chunk_events=1 << 22, sensor_size=sensor_size) as s:
+    with EventStream(path, format=format, chunk_events=1 << 22, sensor_size=sensor_size,
+                     _defer_size=True) as s:
         packets = list(s)
         events = np.concatenate(packets) if packets else np.zeros(0, dtype=EVENT_DTYPE)
-        meta = dict(s.metadata, format=s.format, source=str(s.path))
+        if s.sensor_size is None:
+            s.sensor_size = s._size_from_extent(
+                int(events["x"].max()) if len(events) else -1,
+                int(events["y"].max()) if len(events) else -1)
+        meta = dict(s.metadata, format=s.format, path=str(s.path))
         return Recording(events, s.sensor_size, meta)
 
 

@@ -1,4 +1,4 @@
-"""N-MNIST: Tonic's `Train/<digit>/*.bin` layout, and a flat folder of `<id>.bin|.bs2` + `labels.txt`.
+"""N-MNIST: Tonic's `Train/<digit>/*.bin` layout, and a flat folder of `<id>.bin|.bs2` files.
 
 The flat layout is the one of slayerPytorch's NMNISTsmall (`../shared/data/nmnist-small/train`):
 `labels.txt` starts with the line `#sample #class` and then holds `<id> <class>` lines, and the
@@ -26,9 +26,11 @@ SENSOR_SIZE: SensorSize = (34, 34, 2)
 # Tonic's archive of the N-MNIST training and test sets (the same URLs and checksums).
 _TONIC_BASE = "https://data.mendeley.com/public-files/datasets/468j46mzdv/files/"
 ARCHIVES = {
-    True: ("Train", "train.zip", _TONIC_BASE + "39c25547-014b-4137-a934-9d29fa53c7a0/file_downloaded",
+    True: ("Train", "train.zip",
+           _TONIC_BASE + "39c25547-014b-4137-a934-9d29fa53c7a0/file_downloaded",
            "20959b8e626244a1b502305a9e6e2031"),
-    False: ("Test", "test.zip", _TONIC_BASE + "05a4d654-7e03-4c15-bdfa-9bb2bcbea494/file_downloaded",
+    False: ("Test", "test.zip",
+            _TONIC_BASE + "05a4d654-7e03-4c15-bdfa-9bb2bcbea494/file_downloaded",
             "69ca8762b2fe404d9b9bad1103e97832"),
 }
 

@@ -73,8 +73,9 @@ def _load_npz_member(zf: zipfile.ZipFile, name: str, path: Path) -> np.ndarray:
         need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         have = info.file_size - f.tell()
         if need != have:
-            raise EventFormatError(path, f"member {name}: header claims {need} bytes, {have} stored",
-                                   expected="an array of the size its header states")
+            raise EventFormatError(
+                path, f"member {name}: header claims {need} bytes, {have} stored",
+                expected="an array of the size its header states")
         data = f.read(need)
     arr = np.frombuffer(data, dtype=dtype)
     return arr.reshape(shape, order="F" if fortran else "C")

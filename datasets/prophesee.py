@@ -1,8 +1,9 @@
 """Prophesee EVT 2.0 / EVT 3.0 `.raw` and DAT files via `expelliarmus`.
 
 expelliarmus needs the file to end in `.raw` (EVT) or `.dat` (DAT); a file with another name is
-read through a hard link (or a temporary copy) with the right suffix. It reports errors by printing and stopping
-early, so we check that it reached the end of the file and locate the first bad word ourselves.
+read through a hard link (or a temporary copy) with the right suffix. It reports errors by
+printing and stopping early, so we check that it reached the end of the file and locate the first
+bad word ourselves.
 The sensor size comes from the `%` header (`% geometry WxH`, `% format ...;width=..;height=..`,
 `% Width`/`% Height`, or a known plugin name); when the header names none it is inferred from the
 events (metadata `sensor_size_inferred`).

@@ -254,8 +254,12 @@ class GestureScene:
         self._blend_start = t
 
     def _to_px(self, p: np.ndarray, body_shift: np.ndarray) -> np.ndarray:
+        """Canonical units (a centred square of side min(W, H)) to pixels."""
         q = 0.5 + self.scale * (p - 0.5) + self.offset + body_shift
-        return np.array([q[0] * self.width, q[1] * self.height])
+        side = min(self.width, self.height)
+        return np.array(
+            [(self.width - side) / 2 + q[0] * side, (self.height - side) / 2 + q[1] * side]
+        )
 
     def _capsule(
         self, img: np.ndarray, a: np.ndarray, b: np.ndarray, r: float, level: float

@@ -151,12 +151,14 @@ class SimulatedCamera(EventSource):
         return None if self.label is None else GESTURE_CLASSES[self.label]
 
     def label_at(self, t_us: int) -> int | None:
-        """Ground-truth gesture at time `t_us` (None outside the sequence or for video)."""
+        """Ground-truth gesture at time `t_us` (None outside the sequence or for video).
+
+        Segments are `(start, end]` in time, as packets are: a packet that ends at a segment's
+        end holds that segment's events. Time 0 belongs to the first segment.
+        """
         for a, b, lab in self.segments:
-            if a <= t_us < b:
+            if a <= t_us <= b if a == 0 else a < t_us <= b:
                 return lab
-        if self.segments and t_us == self.segments[-1][1]:
-            return self.segments[-1][2]
         return None
 
     # -- EventSource -------------------------------------------------------------------------

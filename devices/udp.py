@@ -50,9 +50,10 @@ AESTREAM_DATAGRAM = 512
 class PacketError(ValueError):
     """A datagram that does not follow the format; `reason` is a short key for the counters."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, seq: int | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.seq = seq  # the datagram's sequence number, when its header was sound
 
 
 # -- encoding --------------------------------------------------------------------------------
@@ -118,6 +119,16 @@ def decode_spikestream(data: bytes, sensor_size: SensorSize) -> tuple[int, int, 
             "length",
             f"{len(data)} bytes for {count} records, expected {HEADER_SIZE + RECORD_SIZE * count}",
         )
+    try:
+        return seq, flags, _spikestream_events(data, sensor_size, count, w, h, t0)
+    except PacketError as e:
+        e.seq = seq
+        raise
+
+
+def _spikestream_events(
+    data: bytes, sensor_size: SensorSize, count: int, w: int, h: int, t0: int
+) -> np.ndarray:
     if (w, h) != (int(sensor_size[0]), int(sensor_size[1])):
         raise PacketError(
             "sensor", f"sensor {w}x{h}, this source expects {sensor_size[0]}x{sensor_size[1]}"
@@ -131,18 +142,26 @@ def decode_spikestream(data: bytes, sensor_size: SensorSize) -> tuple[int, int, 
     ev["p"] = rec["yp"] >> 15
     ev["t"] = t0 + rec["dt"].astype(np.int64)
     _check_events(ev, sensor_size)
-    return seq, flags, ev
+    return ev
 
 
-def decode_aestream(data: bytes, sensor_size: SensorSize) -> tuple[np.ndarray, np.ndarray | None]:
-    """`(events with t unset, 32-bit timestamps or None)`; raises `PacketError` if malformed."""
+def decode_aestream(
+    data: bytes, sensor_size: SensorSize, timestamps: bool | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`(events with t unset, 32-bit timestamps or None)`; raises `PacketError` if malformed.
+
+    `timestamps=None` reads bit 31 of the first word (set: no timestamps) and requires every
+    word to agree; `False` takes every word as an event whatever bit 31 says (as aestream's
+    receiver does); `True` expects (event, timestamp) word pairs.
+    """
     if len(data) == 0:
         raise PacketError("empty", "empty datagram")
     if len(data) % 4:
         raise PacketError("length", f"{len(data)} bytes, not a whole number of 32-bit words")
     words = np.frombuffer(data, dtype="<u4")
-    untimed = bool(words[0] >> 31)
-    if untimed:
+    if timestamps is False:
+        ev_words, stamps = words, None
+    elif timestamps is None and bool(words[0] >> 31):
         if not bool(np.all(words >> 31)):
             raise PacketError("mixed_timestamps", "some words lack the no-timestamp bit")
         ev_words, stamps = words, None
@@ -181,11 +200,13 @@ def _check_events(ev: np.ndarray, sensor_size: SensorSize) -> None:
 class UDPSource(EventSource):
     """Receives events on a UDP port (bound to 127.0.0.1 unless `host` says otherwise).
 
-    `port=0` picks a free port (see `address`). Each iteration step waits up to `poll_s` for
-    datagrams, validates every one, and yields what arrived as one packet (empty if nothing
-    did). Iteration ends on an END datagram (spikestream format, when `stop_on_end`), after
-    `idle_timeout_s` without data, or when `stop()` is called from another thread.
-    Lost datagrams (gaps in the sequence numbers) are counted in `counters.drops`.
+    `port=0` picks a free port (see `address`). For the aestream format, `timestamps` says
+    whether words carry timestamps (None: read bit 31; False: ignore it, as aestream does).
+    Each iteration step waits up to `poll_s` for datagrams, validates every one, and yields
+    what arrived as one packet (empty if nothing did). Iteration ends on an END datagram
+    (spikestream format, when `stop_on_end`), after `idle_timeout_s` without data, or when
+    `stop()` is called from another thread. Lost datagrams (gaps in the sequence numbers)
+    are counted in `counters.drops`.
     """
 
     def __init__(
@@ -195,6 +216,7 @@ class UDPSource(EventSource):
         sensor_size: SensorSize = (128, 128, 2),
         *,
         format: str = "spikestream",
+        timestamps: bool | None = None,
         poll_s: float = 0.05,
         idle_timeout_s: float | None = None,
         stop_on_end: bool = True,
@@ -205,6 +227,7 @@ class UDPSource(EventSource):
         if format not in FORMATS:
             raise ValueError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
         self.host, self.port, self.format = host, int(port), format
+        self.timestamps = timestamps
         self.poll_s = float(poll_s)
         self.idle_timeout_s = idle_timeout_s
         self.stop_on_end = stop_on_end
@@ -217,6 +240,7 @@ class UDPSource(EventSource):
         self._clock0 = 0.0
         self._ts_high = 0  # unwrapped high bits of aestream's 32-bit timestamps
         self._ts_last: int | None = None
+        self._accepted_t: int | None = None  # last time delivered, across datagrams
 
     @property
     def address(self) -> tuple[str, int]:
@@ -241,6 +265,7 @@ class UDPSource(EventSource):
         self._expected_seq = None
         self._clock0 = time.perf_counter()
         self._ts_high, self._ts_last = 0, None
+        self._accepted_t = None
 
     def _close(self) -> None:
         if self._sock is not None:
@@ -294,30 +319,42 @@ class UDPSource(EventSource):
             self.counters.reject(e.reason, events=max(0, n))
             return None
         if len(ev):
-            if self._last_t is not None and int(ev["t"][0]) < self._last_t:
+            if self._accepted_t is not None and int(ev["t"][0]) < self._accepted_t:
                 self.counters.reject("time_order", events=len(ev))
                 return None
-            self._last_t = int(ev["t"][-1])
+            self._accepted_t = int(ev["t"][-1])
         return ev
 
     def _accept_spikestream(self, data: bytes) -> np.ndarray:
-        seq, flags, ev = decode_spikestream(data, self.sensor_size)
+        try:
+            seq, flags, ev = decode_spikestream(data, self.sensor_size)
+        except PacketError as e:
+            if e.seq is not None:  # it arrived, though its content is refused: not a loss
+                try:
+                    self._sequence(e.seq)
+                except PacketError:
+                    pass  # stale as well; the content's reason is the one reported
+            raise
+        self._sequence(seq)
+        if flags & FLAG_END and self.stop_on_end:
+            self.ended = True
+        return ev
+
+    def _sequence(self, seq: int) -> None:
+        """Count the datagrams missing before `seq`; refuse one older than expected."""
         if self._expected_seq is not None:
             gap = (seq - self._expected_seq) & 0xFFFFFFFF
             if gap >= 0x80000000:
                 raise PacketError("stale_sequence", f"sequence {seq} is older than expected")
             self.counters.drops += gap
         self._expected_seq = (seq + 1) & 0xFFFFFFFF
-        if flags & FLAG_END and self.stop_on_end:
-            self.ended = True
-        return ev
 
     def _accept_aestream(self, data: bytes) -> np.ndarray:
-        ev, stamps = decode_aestream(data, self.sensor_size)
+        ev, stamps = decode_aestream(data, self.sensor_size, self.timestamps)
         if stamps is None:
             ev["t"] = int((time.perf_counter() - self._clock0) * 1e6)
-            if self._last_t is not None:
-                ev["t"] = max(int(ev["t"][0]), self._last_t)
+            if self._accepted_t is not None:
+                ev["t"] = max(int(ev["t"][0]), self._accepted_t)
             return ev
         s = stamps.astype(np.int64)
         if len(s) > 1 and bool(np.any(np.diff(s) < 0)):

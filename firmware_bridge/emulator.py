@@ -76,7 +76,10 @@ class DeviceStats:
 
 
 class DeviceEmulator:
-    """The device's protocol state machine (see docs/protocol.md) around an IntCore."""
+    """The device's protocol state machine (see docs/protocol.md) around an IntCore.
+
+    `core_factory` builds the core from committed parameters (default: the reference IntCore).
+    """
 
     def __init__(
         self,
@@ -89,6 +92,7 @@ class DeviceEmulator:
         faults: FaultConfig | None = None,
         seed: int = 0,
         sleep: Callable[[float], None] = time.sleep,
+        core_factory: Callable[[CoreParams], IntCore] = IntCore,
     ) -> None:
         if not 64 <= mtu <= 0xFFFF:
             raise ValueError(f"mtu {mtu} outside 64..65535")
@@ -98,6 +102,7 @@ class DeviceEmulator:
         self.max_tokens, self.max_dim, self.max_blob = max_tokens, max_dim, max_blob
         self.faults = FaultInjector(faults or FaultConfig(), seed)
         self._sleep = sleep
+        self._core_factory = core_factory
         self._outer = Deframer(max_len=4 * mtu + 64)  # splits frames for per-frame faults
         self._inner = Deframer(max_len=4 * mtu + 64)  # the receiver proper
         self.stats = DeviceStats()
@@ -178,12 +183,12 @@ class DeviceEmulator:
             return [], False  # our own frames echoed back: ignore
         if f.version != PROTOCOL_VERSION:
             return [self._nak(NakReason.BAD_VERSION, f.seq, f"frame version {f.version}")], False
+        if f.type == MsgType.HELLO:  # always a fresh start: a new host may reuse old seqs
+            return [self._hello(f)], False
         behind = self.synced and seq_diff(f.seq, self.expected) < 0
         if behind and f.seq in self._cache:
             self.stats.duplicates += 1
             return [self._cache[f.seq]], False  # answered before: never applied twice
-        if f.type == MsgType.HELLO:
-            return [self._hello(f)], False
         if not self.synced:
             return [self._nak(NakReason.NOT_SYNCED, f.seq, "no HELLO since boot")], False
         if behind:
@@ -316,7 +321,7 @@ class DeviceEmulator:
                 )
             if STEP_HEAD.size + 4 + bytes_per_step(params.n_tokens, params.dim) > self.mtu:
                 raise _Refuse(NakReason.TOO_LARGE, "one timestep does not fit the MTU")
-            self.params, self.core, self.model_hash = params, IntCore(params), crc
+            self.params, self.core, self.model_hash = params, self._core_factory(params), crc
             return MsgType.OK, COMMIT.pack(TARGET_PARAMS, crc)
         core = self._need_core()
         shape = core.state().shape

@@ -65,7 +65,9 @@ class FaultConfig:
             try:
                 values[key] = int(raw) if key == "reset_after" else float(raw)
             except ValueError:
-                raise ValueError(f"fault spec {spec!r}: {key} value {raw!r} is not a number") from None
+                raise ValueError(
+                    f"fault spec {spec!r}: {key} value {raw!r} is not a number"
+                ) from None
         return cls(**values)  # type: ignore[arg-type]
 
     @property

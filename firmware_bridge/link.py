@@ -14,6 +14,7 @@ outputs must equal the ones already received.
 
 from __future__ import annotations
 
+import os
 import select
 import time
 import zlib
@@ -193,7 +194,7 @@ class Link:
         self.stats = LinkStats()
         self.caps: Caps | None = None
         self._deframer = Deframer()
-        self._seq = 0
+        self._seq = int.from_bytes(os.urandom(2), "little")  # no overlap with a past session
         self._srtt: float | None = None
         self._rttvar = 0.0
         self._gbn_at = -1.0
@@ -217,6 +218,11 @@ class Link:
     def close(self) -> None:
         if self._own and self._ser.is_open:
             self._ser.close()
+
+    @property
+    def serial(self) -> serial.SerialBase:
+        """The underlying pyserial port."""
+        return self._ser
 
     @property
     def retransmits(self) -> int:
@@ -444,7 +450,8 @@ class Link:
     def _handshake(self) -> Caps:
         for _ in range(self.max_retries):
             try:
-                (f,) = self._exchange([(MsgType.HELLO, HELLO.pack(PROTOCOL_VERSION, PROTOCOL_VERSION))])
+                hello = HELLO.pack(PROTOCOL_VERSION, PROTOCOL_VERSION)
+                (f,) = self._exchange([(MsgType.HELLO, hello)])
                 break
             except _DeviceReset:  # cannot happen for HELLO, but keep the loop total
                 continue
@@ -481,7 +488,10 @@ class Link:
         parts = [first.payload[STATE_DATA.size :]]
         have = len(parts[0])
         if have < total:
-            reqs = [(MsgType.READ_STATE, READ_STATE.pack(off, size)) for off in range(have, total, size)]
+            reqs = [
+                (MsgType.READ_STATE, READ_STATE.pack(off, size))
+                for off in range(have, total, size)
+            ]
             for f in self._exchange(reqs):
                 t2, _, c2 = STATE_DATA.unpack_from(f.payload)
                 if (t2, c2) != (total, crc):
@@ -502,7 +512,7 @@ class Link:
         base = self.timeout
         if self._srtt is not None:
             base = max(base, 1.5 * self._srtt + 4 * self._rttvar)
-        return base * (1 << min(tries, 4))
+        return base * (1 << min(tries, 2))
 
     def _exchange(
         self,

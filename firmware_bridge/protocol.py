@@ -101,7 +101,7 @@ class Frame:
 def encode_frame(frame: Frame) -> bytes:
     """Frame bytes ready for the wire, both delimiters included."""
     if len(frame.payload) > 0xFFFF:
-        raise ValueError(f"payload of {len(frame.payload)} bytes exceeds the 65535-byte header field")
+        raise ValueError(f"payload of {len(frame.payload)} bytes exceeds the 16-bit length field")
     body = HEADER.pack(
         frame.version, frame.flags, frame.seq % SEQ_MOD, frame.ack % SEQ_MOD, int(frame.type),
         len(frame.payload),
@@ -246,7 +246,8 @@ class Nak:
     detail: str = ""
 
     def pack(self) -> bytes:
-        return NAK_HEAD.pack(self.reason, self.boot_counter, self.expected_seq) + self.detail.encode()
+        head = NAK_HEAD.pack(self.reason, self.boot_counter, self.expected_seq)
+        return head + self.detail.encode()
 
     @classmethod
     def unpack(cls, payload: bytes) -> Nak:

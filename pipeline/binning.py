@@ -39,32 +39,35 @@ _OK, _OUTSIDE, _UNSORTED = 0, 1, 2
 def _accumulate(x, y, p, t, starts, ends, xlut, ylut, plut, out, binary, maxval, check_sorted):
     """Count events `starts[k]:ends[k]` into the flat frame `out[k]`.
 
-    An event goes to `out[k, plut[p] + ylut[y] + xlut[x]]`. Returns `(_OK, -1)`, or the first
-    problem: `(_OUTSIDE, i)` for an event outside the sensor, `(_UNSORTED, i)` for a visited
-    event whose timestamp is below its predecessor's (when `check_sorted`).
+    An event goes to `out[k, plut[p] + ylut[y] + xlut[x]]`; the tables cover every value of
+    the field types and map coordinates outside the sensor past the frame's end. Counts
+    saturate at `maxval` (checked only in slices with more than `maxval` events). Returns
+    `(_OK, -1)`, or the first problem: `(_OUTSIDE, i)` for an event outside the sensor,
+    `(_UNSORTED, i)` for a visited event whose timestamp is below its predecessor's (when
+    `check_sorted`).
     """
-    nx = xlut.shape[0]
-    ny = ylut.shape[0]
-    npol = plut.shape[0]
+    size = out.shape[1]
     for k in range(starts.shape[0]):
         frame = out[k]
         lo = starts[k]
+        hi = ends[k]
+        saturate = (not binary) and hi - lo > maxval
         prev = t[lo - 1] if lo > 0 else t[lo] if lo < t.shape[0] else 0
-        for i in range(lo, ends[k]):
-            xi = x[i]
-            yi = y[i]
-            pi = p[i]
-            if xi >= nx or yi >= ny or pi >= npol:
+        for i in range(lo, hi):
+            j = plut[p[i]] + ylut[y[i]] + xlut[x[i]]
+            if j >= size:
                 return _OUTSIDE, i
             if check_sorted:
                 ti = t[i]
                 if ti < prev:
                     return _UNSORTED, i
                 prev = ti
-            j = plut[pi] + ylut[yi] + xlut[xi]
             if binary:
                 frame[j] = 1
-            elif frame[j] < maxval:
+            elif saturate:
+                if frame[j] < maxval:
+                    frame[j] += 1
+            else:
                 frame[j] += 1
     return _OK, -1
 
@@ -152,13 +155,17 @@ class _Maps:
         self.shape = frame_shape(sensor_size, merge_polarity=merge_polarity,
                                  target_size=target_size)
         _, ho, wo = self.shape
-        # Flat offsets into a frame `[P, H_out, W_out]`: plut[p] + ylut[y] + xlut[x].
-        self.xlut = (np.arange(w, dtype=np.int64) * wo) // w
-        self.ylut = (np.arange(h, dtype=np.int64) * ho) // h * wo
+        # Flat offsets into a frame `[P, H_out, W_out]`: plut[p] + ylut[y] + xlut[x], for every
+        # value of the field types; values outside the sensor map past the end of the frame.
+        past = np.int64(1) << 40
+        self.xlut = np.full(1 << 16, past, np.int64)
+        self.xlut[:w] = (np.arange(w, dtype=np.int64) * wo) // w
+        self.ylut = np.full(1 << 16, past, np.int64)
+        self.ylut[:h] = (np.arange(h, dtype=np.int64) * ho) // h * wo
         # A single-polarity sensor takes events of one polarity only (as Tonic); both are
         # accepted by the look-up table here and checked in `check_polarity`.
-        pol = np.zeros(2, np.int64) if (merge_polarity or p == 1) else np.arange(2)
-        self.plut = pol * (ho * wo)
+        self.plut = np.full(1 << 8, past, np.int64)
+        self.plut[:2] = (np.zeros(2) if (merge_polarity or p == 1) else np.arange(2)) * (ho * wo)
         self.single_polarity = p == 1 and not merge_polarity
 
     def check_polarity(self, pol: np.ndarray) -> None:

@@ -40,9 +40,8 @@ class EvalResult:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(d.pop("extra"))
-        d["per_class_accuracy"] = {
-            c: (None if np.isnan(a) else a) for c, a in zip(self.classes, self.per_class_accuracy)
-        }
+        pairs = zip(self.classes, self.per_class_accuracy, strict=True)
+        d["per_class_accuracy"] = {c: (None if np.isnan(a) else a) for c, a in pairs}
         return d
 
 

@@ -28,7 +28,7 @@ def excite(module: nn.Module, seed: int = 0) -> nn.Module:
             m.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
             m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.05)
             m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) * 0.8)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
     return module.eval()
 
 
@@ -94,6 +94,8 @@ def assert_same_run(stepped, whole, x: torch.Tensor) -> None:
             torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     if any(a.numel() != x.numel() for a in in_s.values()):
         assert inner_spiking > 0, "no spikes reached the inner layers: the test would be vacuous"
+    if "proj.linear" in in_s:  # the output projection receives the mechanism's spikes
+        assert in_s["proj.linear"].abs().sum() > 0, "the attention neurons never fired"
 
 
 def test_all_mechanisms_registered() -> None:

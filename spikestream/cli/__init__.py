@@ -12,8 +12,11 @@ import importlib
 import sys
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "model_info",
     "info",
     "convert",
+    "emulator",
+    "hil",
 )
 
 

@@ -1,0 +1,117 @@
+"""`spikestream hil --port PORT [--steps N] [--json]`: conformance run of a device.
+
+Handshake, parameter upload, N timesteps of inputs, each output compared bit for bit with the
+numpy reference core. PORT is anything pyserial opens: /dev/ttyACM0, a pty path,
+socket://HOST:PORT or spikeemu://?faults=...&seed=.... Inputs come from real N-MNIST recordings
+when they are found (--input auto), else from a seeded Bernoulli source; parameters are seeded
+random integers within the arithmetic specification.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from spikestream.firmware_bridge.hil import (
+    bernoulli_kv,
+    events_kv,
+    random_core_params,
+    run_conformance,
+)
+from spikestream.firmware_bridge.link import Link, LinkError
+
+STEPS_PER_SAMPLE = 32
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "hil",
+        help="hardware-in-the-loop conformance run against a device or the emulator",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--port", required=True, help="serial port or URL of the device")
+    p.add_argument("--steps", type=int, default=512, help="timesteps to run (default 512)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--input", default="auto",
+                   help="auto | random | a folder of N-MNIST .bs2/.bin files (default auto)")
+    p.add_argument("--tokens", type=int, default=64, help="tokens N (default 64)")
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--head-dim", type=int, default=16)
+    p.add_argument("--k", type=int, default=3, help="compartments per neuron")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=0.5, help="retransmission timeout (s)")
+    p.add_argument("--window", type=int, default=8, help="frames in flight")
+    p.add_argument("--baud", type=int, default=115200, help="baud rate for a real port")
+    p.set_defaults(func=run)
+
+
+def _nmnist_dir() -> Path | None:
+    env = os.environ.get("SPIKESTREAM_REAL_DATA")
+    roots = ([Path(env)] if env else []) + [Path(__file__).resolve().parents[2].parent / "shared"
+                                           / "data"]
+    for root in roots:
+        d = root / "nmnist-small" / "train"
+        if d.is_dir():
+            return d
+    return None
+
+
+def nmnist_inputs(folder: Path, steps: int, n_tokens: int, dim: int) -> tuple[np.ndarray, str]:
+    """Inputs from consecutive N-MNIST samples, STEPS_PER_SAMPLE timesteps each."""
+    from spikestream.datasets import read_events
+
+    files = sorted(
+        (f for f in folder.iterdir() if f.suffix in (".bs2", ".bin")),
+        key=lambda f: (len(f.stem), f.stem),
+    )
+    if not files:
+        raise FileNotFoundError(f"{folder}: no N-MNIST .bs2/.bin files")
+    chunks, used = [], 0
+    while sum(len(c) for c in chunks) < steps:
+        rec = read_events(files[used % len(files)])
+        chunks.append(events_kv(rec.events, rec.sensor_size, STEPS_PER_SAMPLE, n_tokens, dim))
+        used += 1
+    return np.concatenate(chunks)[:steps], f"N-MNIST {folder} ({used} samples)"
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.steps < 1:
+        raise ValueError("--steps must be >= 1")
+    params = random_core_params(args.heads, args.head_dim, args.k, args.tokens, seed=args.seed)
+    dim = params.dim
+    folder = None
+    if args.input == "auto":
+        folder = _nmnist_dir()
+    elif args.input != "random":
+        folder = Path(args.input)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--input {args.input}: not a folder")
+    if folder is not None:
+        inputs, source = nmnist_inputs(folder, args.steps, args.tokens, dim)
+    else:
+        inputs = bernoulli_kv(args.steps, args.tokens, dim, seed=args.seed)
+        source = f"Bernoulli k AND v, rate 0.3, seed {args.seed}"
+    try:
+        with Link(args.port, timeout=args.timeout, window=args.window, baudrate=args.baud) as link:
+            result = run_conformance(link, params, inputs)
+    except LinkError as e:
+        print(f"spikestream hil: link failed: {type(e).__name__}: {e}")
+        return 3
+    out = result.as_dict()
+    out["input"] = source
+    out["shape"] = {"tokens": args.tokens, "dim": dim, "heads": args.heads, "k": args.k}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for key in ("steps", "bit_exact", "retransmits", "lost", "steps_per_s"):
+            v = out[key]
+            print(f"{key}: {v:.1f}" if isinstance(v, float) else f"{key}: {v}")
+        for key, v in out.items():
+            if key not in ("steps", "bit_exact", "retransmits", "lost", "steps_per_s"):
+                print(f"{key}: {v:.4g}" if isinstance(v, float) else f"{key}: {v}")
+    return 0 if result.bit_exact else 1
