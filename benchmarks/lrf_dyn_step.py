@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             "int_torch_core_ms", "intcore_numpy_ms", "core_state_bytes")  # fmt: skip
     print("  ".join(f"{c:>21}" for c in cols))
     for r in rows:
-        print("  ".join(f"{r[c]:>21.3f}" if isinstance(r[c], float) else f"{r[c]:>21}" for c in cols))
+        print(
+            "  ".join(f"{r[c]:>21.3f}" if isinstance(r[c], float) else f"{r[c]:>21}" for c in cols)
+        )
     return 0
 
 

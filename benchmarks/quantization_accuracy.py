@@ -23,8 +23,13 @@ import torch
 import torch.nn.functional as F
 from rich.progress import Progress
 
-from spikestream.firmware_bridge.quantize import quantize_cores
+from spikestream.firmware_bridge.quantize import (
+    QuantizedLRFDynCore,
+    quantize_cores,
+    quantize_lrf_dyn,
+)
 from spikestream.pipeline import create_model
+from spikestream.pipeline.attention.lrf_dyn import LRFDyn
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32  # the centre 32x32 of the 34x34 sensor
@@ -80,6 +85,42 @@ def accuracy(model: torch.nn.Module, xs: np.ndarray, ys: np.ndarray, batch: int)
     return np.concatenate(preds)
 
 
+def record_core(model: torch.nn.Module) -> tuple[LRFDyn, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Record `(u, s)` of every step of the first `lrf_dyn` layer's core."""
+    layer = next(m for m in model.modules() if isinstance(m, LRFDyn))
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    core_step = layer.core.step
+
+    def step(u: torch.Tensor, st: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s, st = core_step(u, st)
+        calls.append((u, s))
+        return s, st
+
+    layer.core.step = step
+    return layer, calls
+
+
+def spike_agreement(
+    layer: LRFDyn, calls: list, steps: int, state_range: float | None
+) -> tuple[float, float, float]:
+    """Percent of equal spikes, integer vs float core, on the float run's own inputs `u`;
+    with the percentages of active inputs u and of float spikes s (how much there is to agree
+    on)."""
+    qcore = QuantizedLRFDynCore(quantize_lrf_dyn(layer, state_range=state_range))
+    same = total = 0
+    u_on = s_on = 0.0
+    with torch.no_grad():
+        for i, (u, s) in enumerate(calls):
+            if i % steps == 0:  # every forward pass starts from a zero state
+                x = qcore.init_state(u.shape[0])
+            sq, x = qcore.step(u, x)
+            same += int((sq == s).sum())
+            total += s.numel()
+            u_on += float(u.sum())
+            s_on += float(s.sum())
+    return 100.0 * same / total, 100.0 * u_on / total, 100.0 * s_on / total
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "nmnist-small")
@@ -128,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
                 sched.step()
                 bar.advance(task)
     train_s = time.perf_counter() - t0
+    layer, calls = record_core(model)
     pf = accuracy(model, xs[test], ys[test], args.batch)
+    del layer.core.step  # back to the class's method
+    agree, u_rate, s_rate = spike_agreement(layer, calls, args.steps, args.state_range)
     quantize_cores(model, state_range=args.state_range)
     pi = accuracy(model, xs[test], ys[test], args.batch)
     acc_f = float((pf == ys[test]).mean() * 100)
@@ -141,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         "int_accuracy": round(acc_i, 2),
         "delta_points": round(acc_i - acc_f, 2),
         "prediction_agreement": round(float((pf == pi).mean() * 100), 2),
+        "core_spike_agreement": round(agree, 3),
+        "core_input_rate": round(u_rate, 3),
+        "core_spike_rate": round(s_rate, 3),
         "train_seconds": round(train_s, 1),
     }
     if args.json:
@@ -152,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
             f"  float core accuracy   {acc_f:6.2f} %\n"
             f"  integer core accuracy {acc_i:6.2f} %\n"
             f"  change                {acc_i - acc_f:+6.2f} points (target: |change| < 1)\n"
-            f"  same prediction       {res['prediction_agreement']:6.2f} % of test samples"
+            f"  same prediction       {res['prediction_agreement']:6.2f} % of test samples\n"
+            f"  same core spikes      {agree:6.2f} % (first lrf_dyn layer, identical inputs u;\n"
+            f"                        u active {u_rate:.2f} %, float core fires {s_rate:.2f} %)"
         )
     return 0
 

@@ -23,6 +23,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = _THREADS
 
 import argparse  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 
@@ -42,12 +43,14 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def synthetic_source(width: int, height: int, seconds: float, rate_hz: float = 200_000,
+def synthetic_source(width: int, height: int, seconds: float | None, rate_hz: float = 200_000,
                      packet_us: int = 1000, seed: int = 0) -> Iterator[np.ndarray]:
-    """Random events at `rate_hz`, cut into `packet_us` packets."""
+    """Random events at `rate_hz`, cut into `packet_us` packets (`seconds=None`: endless)."""
     rng = np.random.default_rng(seed)
     per = max(1, int(rate_hz * packet_us * 1e-6))
-    for start in range(0, int(seconds * 1e6), packet_us):
+    starts = itertools.count(0, packet_us) if seconds is None else range(
+        0, int(seconds * 1e6), packet_us)
+    for start in starts:
         t = np.sort(rng.integers(start, start + packet_us, per))
         yield make_events(rng.integers(0, width, per), rng.integers(0, height, per), t,
                           rng.integers(0, 2, per))
@@ -84,7 +87,7 @@ def memory_case(config: str, size: int, steps: int) -> dict:
             marks["tenth"] = rss_mib()
 
     # drop_oldest: the live policy, with a source faster than the model
-    result = run_stream(synthetic_source(size, size, steps * BIN_US * 1e-6 * 4), model,
+    result = run_stream(synthetic_source(size, size, None), model,
                         sensor_size=(size, size, 2),
                         max_steps=steps, on_step=on_step)
     return {
@@ -130,6 +133,7 @@ def main() -> int:
         print(f"memory (tiny 128x128, {mem['steps']} steps, {mem['drops']} bins dropped): "
               f"start {mem['rss_start_mib']:.1f} MiB, after a tenth {mem['rss_tenth_mib']:.1f} "
               f"MiB, end {mem['rss_end_mib']:.1f} MiB")
+        print("load average (1, 5, 15 min): " + ", ".join(f"{v:.1f}" for v in os.getloadavg()))
         print(f"target: tiny 128x128 >= {TARGET_RTF:.0f}x real time "
               f"({'met' if verdict['rtf_target_met'] else 'NOT met'}: "
               f"x{verdict['tiny_128_realtime_factor']:.2f}); p99 < {BIN_US / 1000:.0f} ms "

@@ -9,6 +9,7 @@ Change any of them and the key changes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -44,7 +45,19 @@ def _canonical(obj: Any) -> Any:
         return obj.item()
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
+    if isinstance(obj, (np.dtype, type)):
+        return str(np.dtype(obj))
     return repr(obj)
+
+
+def binner_name(binner: Any) -> str:
+    """A stable name for a binner: `module.qualname`, with a partial's bound arguments."""
+    if isinstance(binner, functools.partial):
+        args = [binner_name(a) if callable(a) else _canonical(a) for a in binner.args]
+        kw = {k: (binner_name(v) if callable(v) else _canonical(v))
+              for k, v in sorted(binner.keywords.items())}
+        return f"partial({binner_name(binner.func)}, {args}, {kw})"
+    return f"{getattr(binner, '__module__', '?')}.{getattr(binner, '__qualname__', type(binner))}"
 
 
 def frame_key(dataset: Any, index: int, binner: Binner, params: dict[str, Any]) -> str:
@@ -54,7 +67,7 @@ def frame_key(dataset: Any, index: int, binner: Binner, params: dict[str, Any]) 
         "event_params": getattr(dataset, "event_params", {}),
         "sensor_size": list(dataset.sensor_size),
         "sample": dataset.sample_key(index),
-        "binner": f"{getattr(binner, '__module__', '')}.{getattr(binner, '__qualname__', binner)}",
+        "binner": binner_name(binner),
         "params": params,
     }
     text = json.dumps(_canonical(record), sort_keys=True)

@@ -46,6 +46,13 @@ _SHOULDER = {"right": np.array([0.34, 0.40]), "left": np.array([0.66, 0.40])}
 _UPPER, _FORE = 0.17, 0.16  # arm segment lengths
 _REST = {"right": np.array([0.30, 0.74]), "left": np.array([0.70, 0.74])}
 _ELBOW_PREF = {"right": np.array([-1.0, 0.6]), "left": np.array([1.0, 0.6])}
+# torso, shoulders, neck, head: (from, to, radius) in canonical units
+_BODY_PARTS = (
+    ((0.5, 0.47), (0.5, 1.1), 0.13),
+    ((0.42, 0.42), (0.58, 0.42), 0.05),
+    ((0.5, 0.30), (0.5, 0.40), 0.03),
+    ((0.5, 0.22), (0.5, 0.25), 0.07),
+)
 
 
 def gesture_label(name_or_label: int | str) -> int:
@@ -64,21 +71,23 @@ def gesture_label(name_or_label: int | str) -> int:
     raise ValueError(f"unknown gesture {name_or_label!r}; classes: {', '.join(GESTURE_CLASSES)}")
 
 
-def _two_link_elbow(shoulder: np.ndarray, hand: np.ndarray, pref: np.ndarray) -> np.ndarray:
+def _two_link_elbow(
+    shoulder: Sequence[float], hand: Sequence[float], pref: Sequence[float]
+) -> tuple[float, float]:
     """Elbow of a two-link arm reaching `hand`, on the side that `pref` points to."""
-    d_vec = hand - shoulder
-    d = float(np.hypot(*d_vec))
+    dx, dy = float(hand[0]) - shoulder[0], float(hand[1]) - shoulder[1]
+    d = math.hypot(dx, dy)
     d_cl = min(max(d, abs(_UPPER - _FORE) + 1e-6), _UPPER + _FORE - 1e-6)
-    u = d_vec / d if d > 1e-9 else np.array([0.0, 1.0])
+    ux, uy = (dx / d, dy / d) if d > 1e-9 else (0.0, 1.0)
     cos_g = (_UPPER**2 + d_cl**2 - _FORE**2) / (2 * _UPPER * d_cl)
     g = math.acos(max(-1.0, min(1.0, cos_g)))
-    best, best_score = shoulder, -np.inf
+    best, best_score = (float(shoulder[0]), float(shoulder[1])), -math.inf
     for sign in (1.0, -1.0):
         c, s = math.cos(sign * g), math.sin(sign * g)
-        e = shoulder + _UPPER * np.array([c * u[0] - s * u[1], s * u[0] + c * u[1]])
-        score = float(np.dot(e - shoulder, pref))
+        ex, ey = _UPPER * (c * ux - s * uy), _UPPER * (s * ux + c * uy)
+        score = ex * pref[0] + ey * pref[1]
         if score > best_score:
-            best, best_score = e, score
+            best, best_score = (shoulder[0] + ex, shoulder[1] + ey), score
     return best
 
 
@@ -108,18 +117,22 @@ class _Motion:
         elif lab == 9:
             self.freq = 4.0 * self.speed
         else:
-            # "other": smooth aperiodic wandering of one or both hands, and a body drift
+            # "other": one of several everyday movements that belong to no class:
+            # 0 smooth aperiodic wandering of one or both hands, 1 scratching the head,
+            # 2 stretching both arms up and down slowly
+            self.kind = int(r.integers(0, 3))
             self.n_terms = 3
-            self.which = r.integers(0, 3)  # 0 right hand, 1 left hand, 2 both
+            self.which = int(r.integers(0, 3))  # 0 right hand, 1 left hand, 2 both
             self.f_other = r.uniform(0.3, 1.2, size=(2, 2, self.n_terms))
-            self.a_other = r.uniform(0.02, 0.07, size=(2, 2, self.n_terms))
+            self.a_other = r.uniform(0.03, 0.09, size=(2, 2, self.n_terms))
             self.p_other = r.uniform(0, 2 * math.pi, size=(2, 2, self.n_terms))
             self.center_other = np.array(
                 [
-                    [r.uniform(0.26, 0.40), r.uniform(0.45, 0.70)],
-                    [r.uniform(0.60, 0.74), r.uniform(0.45, 0.70)],
+                    [r.uniform(0.24, 0.40), r.uniform(0.40, 0.70)],
+                    [r.uniform(0.60, 0.76), r.uniform(0.40, 0.70)],
                 ]
             )
+            self.freq = r.uniform(3.0, 5.0) if self.kind == 1 else r.uniform(0.3, 0.6)
         self.amp = r.uniform(0.85, 1.15)
         self.rest_wobble = r.uniform(0, 2 * math.pi, size=2)
 
@@ -131,7 +144,7 @@ class _Motion:
 
     def hands(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         """(right hand, left hand) positions in canonical units at time `t` (s)."""
-        w = 2 * math.pi * self.freq if self.label != 10 else 0.0
+        w = 2 * math.pi * self.freq
         ph = w * t + self.phase
         a = self.amp
         lab = self.label
@@ -179,6 +192,18 @@ class _Motion:
             right = np.array([0.44 + 0.01 * math.sin(ph), 0.66 + a * 0.05 * math.sin(ph)])
             return right, left
         # other
+        if self.kind == 1:  # a hand scratches the side of the head, small and fast
+            side = "right" if self.which != 1 else "left"
+            sx = -1.0 if side == "right" else 1.0
+            hand = np.array([0.5 + sx * 0.09 + 0.012 * math.sin(ph), 0.22 + 0.02 * math.cos(ph)])
+            other = "left" if side == "right" else "right"
+            pair = {side: hand, other: self._rest(other, t)}
+            return pair["right"], pair["left"]
+        if self.kind == 2:  # both arms stretch up overhead and come down, slowly
+            lift = 0.5 * (1 - math.cos(ph)) * a
+            right = _REST["right"] + lift * np.array([-0.02, -0.55])
+            left = _REST["left"] + lift * np.array([0.02, -0.55])
+            return right, left
         out = []
         for k in range(2):
             moving = self.which == 2 or self.which == k
@@ -198,11 +223,12 @@ class _Motion:
 
 
 class GestureScene:
-    """One person, background and clutter; `render(label, t)` draws a gesture at time `t` (s).
+    """One person, background and clutter; `render(t)` draws the current gesture at `t` (s).
 
-    `motion(label)` draws the gesture's random speed, phase and amplitude; a sequence of
-    gestures by the same person calls `set_gesture` between them (the hands blend over
-    `blend_s` from one motion to the next).
+    `set_gesture(label, t)` starts a gesture with its random speed, phase and amplitude; a
+    sequence of gestures by the same person calls it between them (the hands blend over
+    `blend_s` from one motion to the next). The slowly swaying body is drawn at key times
+    `body_step_s` apart and blended in between; the arms are drawn at every frame.
     """
 
     def __init__(self, sensor_size: SensorSize, rng: np.random.Generator) -> None:
@@ -227,7 +253,10 @@ class GestureScene:
             }
             for _ in range(n_clutter)
         ]
-        self._yy, self._xx = np.mgrid[0 : self.height, 0 : self.width].astype(np.float64)
+        self._xs = (np.arange(self.width, dtype=np.float32) + 0.5)[None, :]
+        self._ys = (np.arange(self.height, dtype=np.float32) + 0.5)[:, None]
+        self.body_step_s = 0.02
+        self._body_cache: dict[int, np.ndarray] = {}
         self._motion: _Motion | None = None
         self._prev_motion: _Motion | None = None
         self._blend_start = 0.0
@@ -242,7 +271,7 @@ class GestureScene:
         for _ in range(int(r.integers(3, 9))):
             cx, cy, s = r.uniform(0, 1), r.uniform(0, 1), r.uniform(0.03, 0.15)
             img += r.uniform(-0.08, 0.08) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s * s))
-        return np.clip(img, 0.02, 1.0)
+        return np.clip(img, 0.02, 1.0).astype(np.float32)
 
     def motion(self, label: int) -> _Motion:
         return _Motion(gesture_label(label), self.rng)
@@ -253,16 +282,20 @@ class GestureScene:
         self._motion = self.motion(label)
         self._blend_start = t
 
-    def _to_px(self, p: np.ndarray, body_shift: np.ndarray) -> np.ndarray:
+    def _to_px(self, p: Sequence[float], shift: tuple[float, float]) -> tuple[float, float]:
         """Canonical units (a centred square of side min(W, H)) to pixels."""
-        q = 0.5 + self.scale * (p - 0.5) + self.offset + body_shift
         side = min(self.width, self.height)
-        return np.array(
-            [(self.width - side) / 2 + q[0] * side, (self.height - side) / 2 + q[1] * side]
-        )
+        qx = 0.5 + self.scale * (p[0] - 0.5) + self.offset[0] + shift[0]
+        qy = 0.5 + self.scale * (p[1] - 0.5) + self.offset[1] + shift[1]
+        return (self.width - side) / 2 + qx * side, (self.height - side) / 2 + qy * side
 
     def _capsule(
-        self, img: np.ndarray, a: np.ndarray, b: np.ndarray, r: float, level: float
+        self,
+        img: np.ndarray,
+        a: tuple[float, float],
+        b: tuple[float, float],
+        r: float,
+        level: float,
     ) -> None:
         """Paint an anti-aliased capsule of radius `r` pixels from `a` to `b` (pixels)."""
         pad = r + 1.5
@@ -272,89 +305,83 @@ class GestureScene:
         y1 = min(int(math.ceil(max(a[1], b[1]) + pad)) + 1, self.height)
         if x0 >= x1 or y0 >= y1:
             return
-        px = self._xx[y0:y1, x0:x1] + 0.5
-        py = self._yy[y0:y1, x0:x1] + 0.5
-        ab = b - a
-        den = float(ab @ ab)
+        # pixel centres relative to a
+        px = self._xs[:, x0:x1] - a[0]
+        py = self._ys[y0:y1] - a[1]
+        abx, aby = b[0] - a[0], b[1] - a[1]
+        den = abx * abx + aby * aby
         if den > 1e-12:
-            s = np.clip(((px - a[0]) * ab[0] + (py - a[1]) * ab[1]) / den, 0.0, 1.0)
+            s = (py * (aby / den)) + (px * (abx / den))
+            np.clip(s, 0.0, 1.0, out=s)
+            dx = px - s * abx
+            dy = py - s * aby
         else:
-            s = np.zeros_like(px)
-        dx = px - (a[0] + s * ab[0])
-        dy = py - (a[1] + s * ab[1])
-        cover = np.clip(r - np.sqrt(dx * dx + dy * dy) + 0.5, 0.0, 1.0)
+            dx, dy = px, py  # a disc: broadcasting gives the full patch below
+        cover = np.sqrt(dx * dx + dy * dy)
+        np.subtract(r + 0.5, cover, out=cover)
+        np.clip(cover, 0.0, 1.0, out=cover)
         view = img[y0:y1, x0:x1]
         view += (level - view) * cover
 
+    def _sway(self, t: float) -> tuple[float, float]:
+        amp, f, ph = self.sway
+        w = 2 * math.pi * f * t + ph
+        return amp * math.sin(w), 0.3 * amp * math.cos(w)
+
+    def _body_cover(self, k: int) -> np.ndarray:
+        """Coverage of torso, shoulders, neck and head at key time `k * body_step_s`."""
+        cached = self._body_cache.get(k)
+        if cached is not None:
+            return cached
+        cover = np.zeros((self.height, self.width), dtype=np.float32)
+        shift = self._sway(k * self.body_step_s)
+        unit = self.scale * min(self.width, self.height)
+        px = self._to_px
+        for a, b, r in _BODY_PARTS:
+            self._capsule(cover, px(a, shift), px(b, shift), r * unit, 1.0)
+        if len(self._body_cache) > 2:
+            self._body_cache.pop(min(self._body_cache))
+        self._body_cache[k] = cover
+        return cover
+
     def render(self, t: float) -> np.ndarray:
-        """The intensity image (H x W, [0, 1]) at time `t` (s)."""
+        """The intensity image (H x W, float32 in [0, 1]) at time `t` (s)."""
         if self._motion is None:
             raise RuntimeError("set_gesture() before render()")
         img = self.background.copy()
-        px_unit = self.scale * min(self.width, self.height)
+        side = min(self.width, self.height)
+        unit = self.scale * side
         for c in self.clutter:
-            pos = c["pos"] + c["vel"] * t
-            pos = np.mod(pos + 0.2, 1.4) - 0.2  # wrap around, entering from outside the view
-            p = np.array([pos[0] * self.width, pos[1] * self.height])
-            self._capsule(img, p, p, c["radius"] * min(self.width, self.height), c["level"])
-        amp, f, ph = self.sway
-        shift = np.array(
-            [
-                amp * math.sin(2 * math.pi * f * t + ph),
-                0.3 * amp * math.cos(2 * math.pi * f * t + ph),
-            ]
-        )
+            pos = np.mod(c["pos"] + c["vel"] * t + 0.2, 1.4) - 0.2  # wraps, entering from outside
+            p = (float(pos[0]) * self.width, float(pos[1]) * self.height)
+            self._capsule(img, p, p, c["radius"] * side, c["level"])
+        # the body sways slowly: its coverage is drawn at key times and blended in between
+        k = math.floor(t / self.body_step_s)
+        w = t / self.body_step_s - k
+        cover = (1 - w) * self._body_cover(k) + w * self._body_cover(k + 1)
+        img += (self.body_level - img) * cover
         right, left = self._motion.hands(t)
         if self._prev_motion is not None and t - self._blend_start < self.blend_s:
-            w = max(0.0, (t - self._blend_start) / self.blend_s)
-            w = w * w * (3 - 2 * w)
+            b = max(0.0, (t - self._blend_start) / self.blend_s)
+            b = b * b * (3 - 2 * b)
             pr, pl = self._prev_motion.hands(t)
-            right, left = (1 - w) * pr + w * right, (1 - w) * pl + w * left
-        body, arm = self.body_level, self.arm_level
+            right, left = (1 - b) * pr + b * right, (1 - b) * pl + b * left
+        shift = self._sway(t)
+        arm = self.arm_level
         px = self._to_px
-        # torso and head
-        self._capsule(
-            img,
-            px(np.array([0.5, 0.47]), shift),
-            px(np.array([0.5, 1.1]), shift),
-            0.13 * px_unit,
-            body,
-        )
-        self._capsule(
-            img,
-            px(np.array([0.42, 0.42]), shift),
-            px(np.array([0.58, 0.42]), shift),
-            0.05 * px_unit,
-            body,
-        )
-        self._capsule(
-            img,
-            px(np.array([0.5, 0.30]), shift),
-            px(np.array([0.5, 0.40]), shift),
-            0.03 * px_unit,
-            body,
-        )
-        self._capsule(
-            img,
-            px(np.array([0.5, 0.22]), shift),
-            px(np.array([0.5, 0.25]), shift),
-            0.07 * px_unit,
-            body * 0.95 + 0.05 * arm,
-        )
-        for side, hand in (("right", right), ("left", left)):
-            sh = _SHOULDER[side]
-            elbow = _two_link_elbow(sh, hand, _ELBOW_PREF[side])
-            # the hand as reached: clamp to the arm's length
+        for side_name, hand in (("right", right), ("left", left)):
+            sh = _SHOULDER[side_name]
             d = hand - sh
-            n = float(np.hypot(*d))
-            if n > _UPPER + _FORE:
+            n = math.hypot(float(d[0]), float(d[1]))
+            if n > _UPPER + _FORE:  # the hand as reached: clamp to the arm's length
                 hand = sh + d * ((_UPPER + _FORE) / n)
-            self._capsule(img, px(sh, shift), px(elbow, shift), 0.035 * px_unit, arm)
-            self._capsule(img, px(elbow, shift), px(hand, shift), 0.03 * px_unit, arm)
-            self._capsule(
-                img, px(hand, shift), px(hand, shift), 0.04 * px_unit, min(1.0, arm * 1.1)
-            )
-        return np.clip(img, 0.0, 1.0)
+            elbow = _two_link_elbow(sh, hand, _ELBOW_PREF[side_name])
+            self._capsule(img, px(sh, shift), px(elbow, shift), 0.035 * unit, arm)
+            self._capsule(img, px(elbow, shift), px(hand, shift), 0.03 * unit, arm)
+            hp = px(hand, shift)
+            self._capsule(img, hp, hp, 0.04 * unit, min(1.0, arm * 1.1))
+        np.clip(img, 0.0, 1.0, out=img)
+        return img
 
 
 def default_dvs_params(rng: np.random.Generator) -> DVSParams:

@@ -156,6 +156,9 @@ class DVSEmulator:
         self.neg_thresholds = np.maximum(
             p.neg_threshold + p.sigma_threshold * self._rng.standard_normal(shape), p.min_threshold
         )
+        # the changes at which a pixel fires (the same tolerance as the crossing count below)
+        self._pos_fire = (self.pos_thresholds * (1 - _EPS)).ravel()
+        self._neg_fire = (-self.neg_thresholds * (1 - _EPS)).ravel()
         self._ref: np.ndarray | None = None  # memorised log level per pixel
         self._log: np.ndarray | None = None  # log intensity of the previous frame
         self._t_us: int | None = None
@@ -192,17 +195,22 @@ class DVSEmulator:
         p = self.params
         if p.leak_rate_hz > 0 and dt > 0:
             self._ref -= p.leak_rate_hz * self.pos_thresholds * (dt * 1e-6)
+        l1 = np.array(log, dtype=np.float64).ravel()  # a copy: it becomes the next l0
         l0 = self._log.ravel()
-        l1 = log.ravel().astype(np.float64)
         ref = self._ref.ravel()
         diff = l1 - ref
-        pos_th = self.pos_thresholds.ravel()
-        neg_th = self.neg_thresholds.ravel()
-        n_on = np.floor(np.maximum(diff, 0.0) / pos_th + _EPS).astype(np.int64)
-        n_off = np.floor(np.maximum(-diff, 0.0) / neg_th + _EPS).astype(np.int64)
-        pix, t_ev, pol = self._crossings(l0, l1, ref, n_on, n_off, pos_th, neg_th, t0, dt)
+        # only pixels whose change reaches their threshold fire (most do not)
+        cand = np.flatnonzero((diff >= self._pos_fire) | (diff <= self._neg_fire))
+        d = diff[cand]
+        pos_th = self.pos_thresholds.ravel()[cand]
+        neg_th = self.neg_thresholds.ravel()[cand]
+        n_on = np.floor(np.maximum(d, 0.0) / pos_th + _EPS).astype(np.int64)
+        n_off = np.floor(np.maximum(-d, 0.0) / neg_th + _EPS).astype(np.int64)
+        pix, t_ev, pol = self._crossings(
+            cand, l0[cand], l1[cand], ref[cand], n_on, n_off, pos_th, neg_th, t0, dt
+        )
         # the reference follows every crossing, emitted or lost to the refractory period
-        ref += n_on * pos_th - n_off * neg_th
+        ref[cand] += n_on * pos_th - n_off * neg_th
         if p.shot_noise_rate_hz > 0 and dt > 0:
             n_noise = self._rng.poisson(p.shot_noise_rate_hz * dt * 1e-6 * l1.size)
             npix = self._rng.integers(0, l1.size, n_noise)
@@ -212,7 +220,7 @@ class DVSEmulator:
             t_ev = np.concatenate([t_ev, np.minimum(nt, t0 + dt)])
             pol = np.concatenate([pol, npol])
         pix, t_ev, pol = self._refractory(pix, t_ev, pol)
-        self._log = log.astype(np.float64).copy()
+        self._log = l1.reshape(self.height, self.width)
         self._t_us = t_us
         order = np.lexsort((pix, t_ev))
         ev = np.empty(len(order), dtype=EVENT_DTYPE)
@@ -222,8 +230,9 @@ class DVSEmulator:
         ev["p"] = pol[order]
         return ev
 
+    @staticmethod
     def _crossings(
-        self,
+        cand: np.ndarray,
         l0: np.ndarray,
         l1: np.ndarray,
         ref0: np.ndarray,
@@ -234,22 +243,27 @@ class DVSEmulator:
         t0: int,
         dt: int,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Pixel, time and polarity of every threshold crossing, times interpolated linearly."""
-        on_pix = np.repeat(np.flatnonzero(n_on), n_on[n_on > 0])
-        off_pix = np.repeat(np.flatnonzero(n_off), n_off[n_off > 0])
-        k_on = _ranks(n_on[n_on > 0])
-        k_off = _ranks(n_off[n_off > 0])
+        """Pixel, time and polarity of every threshold crossing, times interpolated linearly.
+
+        Arrays are per candidate pixel (`cand` holds their flat indices).
+        """
+        on = np.flatnonzero(n_on)
+        off = np.flatnonzero(n_off)
+        on_i = np.repeat(on, n_on[on])
+        off_i = np.repeat(off, n_off[off])
+        k_on = _ranks(n_on[on])
+        k_off = _ranks(n_off[off])
         level = np.concatenate(
-            [ref0[on_pix] + k_on * pos_th[on_pix], ref0[off_pix] - k_off * neg_th[off_pix]]
+            [ref0[on_i] + k_on * pos_th[on_i], ref0[off_i] - k_off * neg_th[off_i]]
         )
-        pix = np.concatenate([on_pix, off_pix])
-        pol = np.concatenate([np.ones(len(on_pix), np.uint8), np.zeros(len(off_pix), np.uint8)])
-        span = l1[pix] - l0[pix]
+        idx = np.concatenate([on_i, off_i])
+        pol = np.concatenate([np.ones(len(on_i), np.uint8), np.zeros(len(off_i), np.uint8)])
+        span = l1[idx] - l0[idx]
         with np.errstate(divide="ignore", invalid="ignore"):
-            frac = np.where(np.abs(span) > 0, (level - l0[pix]) / span, 1.0)
+            frac = np.where(np.abs(span) > 0, (level - l0[idx]) / span, 1.0)
         frac = np.clip(frac, 0.0, 1.0)
         t_ev = t0 + np.floor(frac * dt + 1e-6).astype(np.int64)
-        return pix, t_ev, pol
+        return cand[idx], t_ev, pol
 
     def _refractory(
         self, pix: np.ndarray, t_ev: np.ndarray, pol: np.ndarray

@@ -110,8 +110,8 @@ class QuantizedLRFDynCore(nn.Module):
         buf("upper", p.upper[:, :, None])
         buf("charge", p.gamma.astype(np.int32)[:, :, None] << p.gamma_shift[:, :, None])
         buf("readout", p.readout[:, :, None])
-        buf("theta", p.theta[:, None])
-        buf("fire_at", p.readout[:, :1].astype(np.int32) * p.theta[:, None])
+        buf("theta", p.theta[:, None, None])
+        buf("fire_at", (p.readout[:, :1].astype(np.int32) * p.theta[:, None])[:, :, None])
 
     def init_state(self, batch: int, device=None, dtype=None) -> Tensor:
         return torch.zeros(
@@ -121,7 +121,7 @@ class QuantizedLRFDynCore(nn.Module):
     def step(self, u: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """One timestep of N tokens; the state must be the int32 tensor of `init_state`."""
         b, n, dim = u.shape
-        h, k, d = self.heads, self.k, self.head_dim
+        h, d = self.heads, self.head_dim
         if dim != h * d:
             raise ValueError(f"QuantizedLRFDynCore: {dim} channels, expected {h * d}")
         if x.dtype != torch.int32:
@@ -129,17 +129,23 @@ class QuantizedLRFDynCore(nn.Module):
         out_dtype = u.dtype if u.is_floating_point() else torch.float32
         us = (u != 0).to(torch.int32).reshape(b, n, h, 1, d).unbind(1)
         out = []
+        zero = x.new_zeros(b, h, 1, d)
         for u_n in us:
-            nxt = x - (x >> self.shift)
-            if k > 1:
-                nxt[:, :, 1:] += (self.lower[:, 1:] * x[:, :, :-1]) >> COUPLING_SHIFT
-                nxt[:, :, :-1] += (self.upper[:, :-1] * x[:, :, 1:]) >> COUPLING_SHIFT
-            nxt += self.charge * u_n
-            nxt.clamp_(STATE_MIN, STATE_MAX)
-            s = (self.readout * nxt).sum(dim=2) >= self.fire_at  # [B, h, d]
-            nxt[:, :, 0] = (nxt[:, :, 0] - self.theta * s).clamp_(min=STATE_MIN)
+            # X[j-1] and X[j+1] with zeros beyond the ends (L[:, 0] = R[:, k-1] = 0 anyway)
+            below = torch.cat([zero, x[:, :, :-1]], dim=2)
+            above = torch.cat([x[:, :, 1:], zero], dim=2)
+            nxt = (
+                x
+                - (x >> self.shift)
+                + ((self.lower * below) >> COUPLING_SHIFT)
+                + ((self.upper * above) >> COUPLING_SHIFT)
+                + self.charge * u_n
+            ).clamp_(STATE_MIN, STATE_MAX)
+            s = (self.readout * nxt).sum(dim=2, keepdim=True) >= self.fire_at  # [B, h, 1, d]
+            x = torch.cat(
+                [(nxt[:, :, :1] - self.theta * s).clamp_(min=STATE_MIN), nxt[:, :, 1:]], 2
+            )
             out.append(s)
-            x = nxt
         s = torch.stack(out, dim=1).reshape(b, n, dim)
         return s.to(out_dtype), x
 

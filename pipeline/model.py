@@ -149,13 +149,11 @@ class Block(nn.Module):
 
     def init_state(self, batch: int, prefix: str, device=None, dtype=None) -> State:
         n = self.num_tokens
-        st = {
-            f"{prefix}attn_in": torch.zeros(batch, n, self.dim, device=device, dtype=dtype),
-            f"{prefix}mlp_in": torch.zeros(batch, n, self.dim, device=device, dtype=dtype),
-            f"{prefix}mlp_hidden": torch.zeros(batch, n, self.hidden, device=device, dtype=dtype),
-        }
+        st = {f"{prefix}attn_in": torch.zeros(batch, n, self.dim, device=device, dtype=dtype)}
         attn = self.attn.init_state(batch, device=device, dtype=dtype)
         st.update({f"{prefix}attn.{k}": v for k, v in attn.items()})
+        st[f"{prefix}mlp_in"] = torch.zeros(batch, n, self.dim, device=device, dtype=dtype)
+        st[f"{prefix}mlp_hidden"] = torch.zeros(batch, n, self.hidden, device=device, dtype=dtype)
         return st
 
     def step(self, x: Tensor, state: State, prefix: str) -> tuple[Tensor, State]:

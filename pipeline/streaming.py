@@ -199,6 +199,7 @@ class BinQueue:
         self._closed = False
         self._stopped = False
         self.drops = 0
+        self.rejected = 0  # bins offered after `stop`
         self.max_len = 0
 
     def __len__(self) -> int:
@@ -215,6 +216,7 @@ class BinQueue:
                 while len(self._items) >= self.maxsize and not self._stopped:
                     self._cond.wait()
             if self._stopped:
+                self.rejected += 1
                 return False
             while len(self._items) >= self.maxsize:
                 self._items.popleft()
@@ -227,9 +229,15 @@ class BinQueue:
     def put_many(self, items: Sequence[_Bin]) -> bool:
         """Queue several bins in order (one lock round for the drop policy)."""
         if self.policy == "block" or len(items) <= 1:
-            return all(self.put(item) for item in items)
+            for i, item in enumerate(items):
+                if not self.put(item):
+                    with self._cond:
+                        self.rejected += len(items) - i - 1
+                    return False
+            return True
         with self._cond:
             if self._stopped:
+                self.rejected += len(items)
                 return False
             self._items.extend(items)
             excess = len(self._items) - self.maxsize
@@ -300,36 +308,39 @@ class StepInfo:
 
 @dataclass
 class StreamResult:
-    """Summary of a run; `as_dict()` is JSON-able (the CLI's `--json` object)."""
+    """Summary of a run; `as_dict()` is JSON-able (the CLI's `--json` object).
 
-    steps: int = 0
-    events: int = 0
-    drops: int = 0
-    bins: int = 0
-    unprocessed: int = 0
-    late_events: int = 0
-    p50_ms: float | None = None
+    Every bin the binner completed is accounted for: `bins == steps + drops + unprocessed`.
+    """
+
+    steps: int = 0  # bins classified
+    events: int = 0  # events received from the source
+    drops: int = 0  # bins dropped by the queue policy
+    bins: int = 0  # bins completed by the binner
+    unprocessed: int = 0  # bins still queued when the run was stopped early
+    late_events: int = 0  # events older than the binner's open bin (not binned)
+    p50_ms: float | None = None  # step compute time
     p99_ms: float | None = None
     mean_ms: float | None = None
     max_ms: float | None = None
-    lag_p50_ms: float | None = None
+    lag_p50_ms: float | None = None  # bin completed -> decision (queueing included)
     lag_p99_ms: float | None = None
     wall_s: float = 0.0
-    compute_s: float = 0.0
-    stream_s: float | None = None
-    steps_per_s: float | None = None
-    realtime_factor: float | None = None
+    compute_s: float = 0.0  # time spent in steps
+    stream_s: float | None = None  # stream time classified: steps x bin length
+    steps_per_s: float | None = None  # steps / compute_s
+    realtime_factor: float | None = None  # stream_s / compute_s (> 1: faster than real time)
     max_queue: int = 0
     queue_size: int = 0
     policy: str = "drop_oldest"
-    decision: int | None = None
+    decision: int | None = None  # running decision after the last step
     decision_name: str | None = None
     confidence: float | None = None
     early_decision: EarlyDecision | None = None
-    decisions: list[dict[str, Any]] = field(default_factory=list)
-    decisions_omitted: int = 0
-    interrupted: bool = False
-    source: dict[str, Any] = field(default_factory=dict)
+    decisions: list[dict[str, Any]] = field(default_factory=list)  # each change of decision
+    decisions_omitted: int = 0  # changes beyond `max_decisions`
+    interrupted: bool = False  # ended by Ctrl-C
+    source: dict[str, Any] = field(default_factory=dict)  # the source's counters
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -364,7 +375,7 @@ def run_stream(
     time_window_us: int = 10_000,
     binary: bool = False,
     binner: StreamBinner | None = None,
-    queue_size: int = 8,
+    queue_size: int = 4,
     policy: str = "drop_oldest",
     window: int | None = 16,
     threshold: float = 0.9,
@@ -511,6 +522,7 @@ def run_stream(
         thread.join(timeout=5.0)
     if errors:
         raise errors[0]
+    result.unprocessed += queue.rejected
     result.wall_s = time.perf_counter() - start
     result.events = binner.events_in
     result.late_events = binner.late_events

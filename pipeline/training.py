@@ -8,7 +8,9 @@ Under `torchrun` it trains with DistributedDataParallel (gloo on CPU, nccl on CU
 writes files. Every epoch it saves `last.pt`/`last.json` (weights + JSON config, loadable with
 `weights_only=True`), `best.pt`/`best.json` when validation accuracy improves, and
 `train_state.pt` (optimizer, schedule, scaler, history) so that `resume=True` continues exactly
-where it stopped. Data order depends only on the seed and the epoch.
+where it stopped. Data order depends only on the seed and the epoch. After every epoch the BatchNorm running
+statistics are re-estimated with the epoch's final weights (`recalibrate_bn`), so validation
+and the saved checkpoint see the statistics of the weights they hold.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"
+    bn_recalibrate_batches: int = 20
 
     def __post_init__(self) -> None:
         if self.loss not in {"rate", "tet"}:
@@ -205,6 +208,44 @@ def _to_time_major(frames: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool,
+                   max_batches: int, info: DistInfo | None = None) -> int:
+    """Re-estimate every BatchNorm's running statistics with the current weights.
+
+    The running averages are exponential averages over batches seen while the weights kept
+    changing, so after a short or fast run they lag behind the final weights and eval-mode
+    spiking diverges from train mode. As `torch.optim.swa_utils.update_bn` does for SWA, this
+    resets them and takes a plain cumulative average over `max_batches` training batches (in
+    train mode, without gradients), averaged over DDP ranks. Returns the batches used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+           and m.track_running_stats]
+    if not bns or max_batches <= 0:
+        return 0
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    was_training = model.training
+    model.train()
+    used = 0
+    for frames, _ in loader:
+        if used >= max_batches:
+            break
+        with _autocast(device, amp):
+            model(_to_time_major(frames.to(device)))
+        used += 1
+    for m, mom in zip(bns, momenta, strict=True):
+        m.momentum = mom
+        if info is not None and info.distributed:
+            for buf in (m.running_mean, m.running_var):
+                dist.all_reduce(buf)
+                buf /= info.world
+    model.train(was_training)
+    return used
+
+
+@torch.no_grad()
 def validate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool,
              info: DistInfo | None = None) -> tuple[float, int]:
     """Accuracy of time-averaged logits over `loader` (summed over ranks), and sample count."""
@@ -259,6 +300,8 @@ def fit(
     pin = device.type == "cuda"
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler,
                               num_workers=cfg.num_workers, pin_memory=pin, drop_last=False)
+    calib_loader = DataLoader(_shard(train_set, info), batch_size=cfg.batch_size, shuffle=False,
+                              num_workers=cfg.num_workers, pin_memory=pin)
     val_loader = None
     if val_set is not None and len(val_set) > 0:  # type: ignore[arg-type]
         val_loader = DataLoader(_shard(val_set, info), batch_size=cfg.batch_size, shuffle=False,
@@ -327,6 +370,7 @@ def fit(
                 correct += int((logits.detach().float().mean(0).argmax(-1) == target).sum())
                 bar.update(task, advance=1,
                            info=f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
+            recalibrate_bn(model, calib_loader, device, cfg.amp, cfg.bn_recalibrate_batches, info)
             stats = torch.tensor([loss_sum, seen, correct], dtype=torch.float64, device=device)
             if info.distributed:
                 dist.all_reduce(stats)

@@ -182,3 +182,46 @@ def test_checkpoint_round_trip(tmp_path) -> None:
     config.unlink()
     with pytest.raises(FileNotFoundError, match="m.json"):
         load_checkpoint(weights)
+
+
+def test_synaptic_operation_counts() -> None:
+    from spikestream.pipeline.energy import SynOpCounter, count_synops
+
+    lin, conv = nn.Linear(8, 5), nn.Conv2d(2, 3, 3, padding=1)
+    spikes_in = torch.zeros(4, 8)
+    spikes_in[0, :3] = 1  # 3 of 32 inputs spike
+    real_in = torch.randn(4, 8)
+    frame = torch.zeros(1, 2, 6, 6)
+    frame[0, 0, 2, 2] = 1.0
+    with torch.no_grad(), SynOpCounter() as c:
+        lin(spikes_in)
+    assert (c.ac, c.mac) == (4 * 8 * 5 * 3 / 32, 0)
+    with torch.no_grad(), SynOpCounter() as c:
+        lin(real_in)
+        conv(frame * 2.5)  # real-valued input: every product is a MAC
+    assert (c.ac, c.mac) == (0, 4 * 8 * 5 + 36 * 3 * 18)
+    with torch.no_grad(), SynOpCounter() as c:
+        conv(frame)
+    assert (c.ac, c.mac) == (36 * 3 * 18 / 72, 0)
+
+    # the whole model: the first convolution sees event counts (MAC), the rest spikes (AC)
+    model = excite(create_model("tiny", "ssa", input_size=(16, 16), **SMALL))
+    x = frames(3, 1, (16, 16)) * 1.5
+    ac, mac = count_synops(model, x)
+    first = model.sps.stages[0].conv
+    head = model.head
+    assert mac == 16 * 16 * first.out_channels * 2 * 9 + head.in_features * head.out_features
+    assert ac > 0
+
+
+def test_model_info_command(capsys) -> None:
+    from spikestream.cli import main
+
+    assert main(["model-info", "--config", "tiny", "--attention", "sdsa", "--random", "0.1",
+                 "--timesteps", "2", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    model = create_model("tiny", "sdsa")
+    assert info["parameters"] == sum(p.numel() for p in model.parameters())
+    assert info["num_tokens"] == 64 and info["ac_per_step"] > 0  # binary frames: AC only
+    expected = (info["ac_per_step"] * 0.9 + info["mac_per_step"] * 4.6) * 1e-6
+    assert abs(info["energy_uj_per_step"] - expected) < 1e-9

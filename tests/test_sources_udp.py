@@ -227,6 +227,12 @@ def test_aestream_timestamps_unwrap_at_32_bits():
         for ev in (first, across, after):
             sink.send_raw(encode_aestream(ev, timestamps=True))
         got = _receive(src, until_events=6)
-    assert got["t"].tolist() == [top, top + 100, top + 200, top + 250, (1 << 32) + 50,
-                                 (1 << 32) + 400]
+    assert got["t"].tolist() == [
+        top,
+        top + 100,
+        top + 200,
+        top + 250,
+        (1 << 32) + 50,
+        (1 << 32) + 400,
+    ]
     assert src.counters.malformed == 0

@@ -51,5 +51,18 @@ class A2OS2A(Attention):
         s, va = self.attn_lif.step(a, state["attn"])
         return self.proj(s), {"q": vq, "v": vv, "attn": va}
 
+    def forward(self, x: Tensor) -> Tensor:
+        t, b, n, _ = x.shape
+        h, d = self.heads, self.dim // self.heads
+
+        def split(z: Tensor) -> Tensor:
+            return z.reshape(t, b, n, h, d).transpose(2, 3)
+
+        q = split(self.q.lif(self.q.proj(x)))
+        k = split(torch.relu(self.k(x)))
+        v = split(self.v_lif(self.v(x)))
+        a = ssa_product(q, k, v, self.reassociate).transpose(2, 3).reshape(t, b, n, h * d)
+        return self.proj(self.attn_lif(a))
+
     def extra_repr(self) -> str:
         return f"reassociate={self.reassociate}"

@@ -63,6 +63,8 @@ class DendriticCore(nn.Module):
             raise ValueError(f"k must be >= 1, got {k}")
         if theta <= 0:
             raise ValueError(f"theta must be > 0, got {theta}")
+        if not 1 <= max_shift <= 15:  # the integer core shifts int16 values by 1..15
+            raise ValueError(f"max_shift must be in 1..15, got {max_shift}")
         self.heads, self.head_dim, self.k = int(heads), int(head_dim), int(k)
         self.max_shift = int(max_shift)
         self.quantize_decay = bool(quantize_decay)

@@ -43,5 +43,11 @@ class LRFSSA(SpikingQKV):
         a = (1 - self.lam) * glob + self.lam * self.local(self.merge_heads(v))
         return self.fire(a, state)
 
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.qkv_seq(x)
+        glob = self.merge_seq(ssa_product(q, k, v, self.reassociate)) * self.scale
+        v = self.merge_seq(v)
+        return self.fire_seq((1 - self.lam) * glob + self.lam * self.local(v))
+
     def extra_repr(self) -> str:
         return f"scale={self.scale}, reassociate={self.reassociate}"

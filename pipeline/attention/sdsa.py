@@ -48,5 +48,13 @@ class SDSA(SpikingQKV):
         y = self.proj(q * s)
         return y, {"q": vq, "k": vk, "v": vv, "attn": va}
 
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = (self.merge_seq(t) for t in self.qkv_seq(x))
+        if self.dvs_pool:
+            k, v = self.pool(k.flatten(0, 1)), self.pool(v.flatten(0, 1))
+            k, v = k.unflatten(0, x.shape[:2]), v.unflatten(0, x.shape[:2])
+        s = self.attn_lif((k * v).sum(dim=2, keepdim=True))
+        return self.proj(q * s)
+
     def extra_repr(self) -> str:
         return f"dvs_pool={self.dvs_pool}"

@@ -56,6 +56,27 @@ class SpikingQKV(Attention):
         s, va = self.attn_lif.step(a, state["attn"])
         return self.proj(s), dict(state, attn=va)
 
+    # Whole-sequence helpers: the projections and norms run over all T x B at once, only the
+    # neurons scan over time. In eval mode this equals the scan of `step`.
+
+    def split_seq(self, x: Tensor) -> Tensor:
+        """`[T, B, N, D] -> [T, B, h, N, d]`."""
+        t, b, n, _ = x.shape
+        return x.reshape(t, b, n, self.heads, self.dim // self.heads).transpose(2, 3)
+
+    def merge_seq(self, x: Tensor) -> Tensor:
+        """`[T, B, h, N, d] -> [T, B, N, D]`."""
+        t, b, h, n, d = x.shape
+        return x.transpose(2, 3).reshape(t, b, n, h * d)
+
+    def qkv_seq(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Spiking Q, K, V `[T, B, h, N, d]` for a whole sequence `x[T, B, N, D]`."""
+        return tuple(self.split_seq(m.lif(m.proj(x))) for m in (self.q, self.k, self.v))
+
+    def fire_seq(self, a: Tensor) -> Tensor:
+        """`BN(W_o SN_0.5(a))` for attention values `a[T, B, N, D]`."""
+        return self.proj(self.attn_lif(a))
+
 
 def ssa_product(q: Tensor, k: Tensor, v: Tensor, reassociate: bool) -> Tensor:
     """`(Q K^T) V` with the explicit N x N matrix, or `Q (K^T V)` when `reassociate`."""
@@ -84,6 +105,10 @@ class SSA(SpikingQKV):
         q, k, v, state = self.qkv(x, state)
         a = ssa_product(q, k, v, self.reassociate) * self.scale
         return self.fire(self.merge_heads(a), state)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.qkv_seq(x)
+        return self.fire_seq(self.merge_seq(ssa_product(q, k, v, self.reassociate) * self.scale))
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}, reassociate={self.reassociate}"

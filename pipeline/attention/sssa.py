@@ -77,15 +77,11 @@ class SSSA(SpikingQKV):
         return m * (lag >= 0)
 
     def forward(self, x: Tensor) -> Tensor:
-        st = self.init_state(x.shape[1], device=x.device, dtype=x.dtype)
-        patches, vs = [], []
-        for x_t in x:
-            q, k, v, st = self.qkv(x_t, st)
-            patches.append(self.salience(q, k))
-            vs.append(v)
-        patch = torch.stack(patches)  # [T, B, h, N]
+        q, k, v = self.qkv_seq(x)
+        patch = self.salience(q, k)  # [T, B, h, N]
         h = torch.einsum("hts,sbhn->tbhn", self.kernel(x.shape[0]), patch)
-        return torch.stack([self.proj(self.gate(h[t], vs[t])) for t in range(x.shape[0])])
+        s = spike_ge(h - self.threshold[:, None])
+        return self.proj(self.merge_seq(s.unsqueeze(-1) * v))
 
     def extra_repr(self) -> str:
         return f"rates={self.rates}"

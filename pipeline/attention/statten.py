@@ -71,23 +71,20 @@ class STAtten(SpikingQKV):
         return y, dict(state, kv=kv, pos=(state["pos"] + 1) % self.chunk)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.causal:
-            return super().forward(x)
-        st = self.init_state(x.shape[1], device=x.device, dtype=x.dtype)
-        qs, ks, vs = [], [], []
-        for x_t in x:  # the Q/K/V neurons run causally; only the mixing spans the chunk
-            q, k, v, st = self.qkv(x_t, st)
-            qs.append(q)
-            ks.append(k)
-            vs.append(v)
-        out = []
+        q, k, v = self.qkv_seq(x)  # the Q/K/V neurons run causally in both modes
+        kv_t = k.transpose(-2, -1) @ v  # [T, B, h, d, d]: each step's K^T V
+        kv = []
         for c0 in range(0, x.shape[0], self.chunk):
             c1 = min(c0 + self.chunk, x.shape[0])
-            kv = sum(ks[t].transpose(-2, -1) @ vs[t] for t in range(c0, c1))
+            acc = torch.zeros_like(kv_t[0])
+            sums = []
             for t in range(c0, c1):
-                y, st = self.fire(self.merge_heads((qs[t] @ kv) * self.scale), st)
-                out.append(y)
-        return torch.stack(out)
+                acc = acc + kv_t[t]
+                sums.append(acc)
+            # causal: the chunk so far; chunk mode: the whole chunk, for every step of it
+            kv.extend(sums if self.causal else [acc] * (c1 - c0))
+        a = (q @ torch.stack(kv)) * self.scale
+        return self.fire_seq(self.merge_seq(a))
 
     def extra_repr(self) -> str:
         return f"chunk={self.chunk}, mode={self.mode!r}, scale={self.scale:g}"

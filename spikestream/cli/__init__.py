@@ -17,6 +17,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "convert",
     "emulator",
     "hil",
+    "train",
+    "eval",
 )
 
 

@@ -126,12 +126,8 @@ def frames_dataset(events_ds: Any, binning: dict[str, Any], frame_size: tuple[in
     if "time_window" in params and "end_time" not in params and hasattr(events_ds, "duration_s"):
         # fixed-length clips: a fixed number of bins, from t = 0 to the clip's end
         params.update(start_time=0, end_time=int(round(events_ds.duration_s * 1e6)))
-    return FrameDataset(events_ds, partial(_bin, to_frames), params, cache_dir=cache,
+    return FrameDataset(events_ds, partial(to_frames, dtype=np.float32), params, cache_dir=cache,
                         in_memory=in_memory, augment=augment)
-
-
-def _bin(to_frames: Any, events: np.ndarray, sensor_size: Any, **params: Any) -> np.ndarray:
-    return to_frames(events, sensor_size, dtype=np.float32, **params)
 
 
 def prepare_frames(ds: Any, label: str, progress: bool = True) -> None:

@@ -1,0 +1,113 @@
+"""Evaluation: stepwise scores against a whole-sequence computation, the PNGs, the CLI end to
+end on real N-MNIST samples (train -> eval --json), and the shipped weights by name."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spikestream.cli import main
+from spikestream.pipeline.checkpoint import load_checkpoint
+from spikestream.pipeline.evaluation import (
+    WEIGHTS_DIR,
+    evaluate,
+    plot_accuracy_over_time,
+    plot_confusion,
+    resolve_checkpoint,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_training import Bars, tiny_model  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_stepwise_scores_match_forward(tmp_path: Path) -> None:
+    model = tiny_model(seed=4).eval()
+    ds = Bars(24, 5)
+    res = evaluate(model, ds, classes=["left", "right"], batch_size=7, progress=False,
+                   latency_samples=2)
+    with torch.no_grad():
+        logits = model(ds.x.transpose(0, 1))  # whole sequence, [T, B, C]
+    running = logits.cumsum(0).argmax(-1)  # argmax of the running mean == of the running sum
+    want_t = (running == ds.y[None]).float().mean(1).numpy()
+    np.testing.assert_allclose(res.accuracy_per_step, want_t)
+    assert res.accuracy == pytest.approx(want_t[-1]) and res.samples == 24
+    cm = np.zeros((2, 2), int)
+    np.add.at(cm, (ds.y.numpy(), running[-1].numpy()), 1)
+    assert res.confusion == cm.tolist()
+    for c in range(2):
+        assert res.per_class_accuracy[c] == pytest.approx(cm[c, c] / cm[c].sum())
+    assert res.step_latency_ms > 0 and res.latency_samples == 2 and res.mode == "step"
+    obj = res.to_json()
+    assert {"accuracy", "samples", "per_class_accuracy", "step_latency_ms"} <= set(obj)
+    for f in (plot_confusion(res, tmp_path / "cm.png"),
+              plot_accuracy_over_time(res, tmp_path / "t.png", bin_ms=10)):
+        assert f.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_resolve_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="shipped"):
+        resolve_checkpoint("no-such-weights")
+    (tmp_path / "best.pt").write_bytes(b"")
+    assert resolve_checkpoint(tmp_path) == tmp_path / "best.pt"
+
+
+@pytest.fixture()
+def few_nmnist(real_data: Path, tmp_path: Path) -> Path:
+    src = real_data / "nmnist-small" / "train"
+    if not src.is_dir():
+        pytest.skip(f"{src} not found")
+    dst = tmp_path / "nmnist"
+    dst.mkdir()
+    lines = (src / "labels.txt").read_text().splitlines()[:41]
+    (dst / "labels.txt").write_text("\n".join(lines) + "\n")
+    for ln in lines[1:]:
+        shutil.copy(src / f"{ln.split()[0]}.bs2", dst)
+    return dst
+
+
+def test_cli_train_then_eval_json(few_nmnist: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    rc = main(["train", "--dataset", "nmnist", "--root", str(few_nmnist), "--config", "tiny",
+               "--attention", "ssa", "--epochs", "1", "--out", str(out), "--batch-size", "8",
+               "--embed-dim", "16", "--heads", "2", "--time-bins", "4",
+               "--cache", str(tmp_path / "cache"), "--no-progress"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out / "best.pt").is_file() and summary["best_epoch"] == 1
+    model, extra = load_checkpoint(out / "best.pt")
+    assert extra["binning"] == {"n_time_bins": 4, "frame_size": [32, 32]}
+    assert extra["dataset"] == "nmnist" and extra["classes"] == [str(d) for d in range(10)]
+    assert model.time_steps == 4 and model.num_classes == 10
+
+    rc = main(["eval", "--checkpoint", str(out / "best.pt"), "--root", str(few_nmnist),
+               "--cache", str(tmp_path / "cache"), "--json"])
+    assert rc == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["samples"] == extra["val_samples"]
+    assert obj["accuracy"] == pytest.approx(extra["val_accuracy"])  # same data, same model
+    assert len(obj["accuracy_per_step"]) == 4
+    assert Path(obj["confusion_png"]).read_bytes()[:8] == PNG_MAGIC
+    assert Path(obj["accuracy_over_time_png"]).read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.skipif(not (WEIGHTS_DIR / "nmnist.pt").is_file(), reason="nmnist weights not built")
+def test_shipped_nmnist_weights_on_held_out_real_data(real_data: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped `nmnist` weights on the 200 real samples held out of their training."""
+    root = real_data / "nmnist-small" / "train"
+    rc = main(["eval", "--checkpoint", "nmnist", "--root", str(root), "--json",
+               "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "ev")])
+    assert rc == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["samples"] == 199 or obj["samples"] == 200
+    assert obj["accuracy"] >= 0.97
+    assert (WEIGHTS_DIR / "nmnist.pt").stat().st_size < 2 * 2**20
