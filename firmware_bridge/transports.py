@@ -134,9 +134,11 @@ def socket_channel(
 class PtyEmulator:
     """An emulator behind a pseudo-terminal; open `path` like any serial port."""
 
-    def __init__(self, options: EmulatorOptions | None = None) -> None:
+    def __init__(
+        self, options: EmulatorOptions | None = None, device: DeviceEmulator | None = None
+    ) -> None:
         self.options = options or EmulatorOptions()
-        self.device = self.options.device()
+        self.device = device or self.options.device()
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)  # no echo, no line discipline before the host configures it
         self.path = os.ttyname(self._slave)
@@ -168,10 +170,14 @@ class TcpEmulator:
     between clients (its sync, parameters and boot counter persist)."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, options: EmulatorOptions | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        options: EmulatorOptions | None = None,
+        device: DeviceEmulator | None = None,
     ) -> None:
         self.options = options or EmulatorOptions()
-        self.device = self.options.device()
+        self.device = device or self.options.device()
         self._listener = socket.create_server((host, port))
         self.host, self.port = self._listener.getsockname()[:2]
         self._stop = threading.Event()

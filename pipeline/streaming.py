@@ -346,8 +346,15 @@ class StreamResult:
         return asdict(self)
 
 
-def _frame_tensor(frame: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(frame.astype(np.float32))[None]
+def _frame_tensor(frame: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(frame.astype(np.float32))[None].to(device)
+
+
+def _model_device(model: Any) -> torch.device:
+    if isinstance(model, torch.nn.Module):
+        for param in model.parameters():
+            return param.device
+    return torch.device("cpu")
 
 
 def _model_binner(
@@ -411,8 +418,12 @@ def run_stream(
         binner = _model_binner(model, sensor_size, time_window_us, binary)
     if isinstance(model, torch.nn.Module):
         model.eval()
+    device = _model_device(model)
     queue = BinQueue(queue_size, policy)
-    stop = stop or threading.Event()
+    halt = threading.Event()  # ends both threads; `stop` is the caller's, only read
+
+    def stopping() -> bool:
+        return halt.is_set() or (stop is not None and stop.is_set())
     errors: list[BaseException] = []
     num_classes = getattr(model, "num_classes", None)
     decider: Decider | None = None
@@ -446,7 +457,7 @@ def run_stream(
 
         try:
             for packet in source:
-                if stop.is_set():
+                if stopping():
                     break
                 if on_packet is not None:
                     on_packet(packet)
@@ -474,7 +485,7 @@ def run_stream(
     try:
         with torch.inference_mode():
             while True:
-                if stop.is_set():
+                if stopping():
                     break
                 if max_seconds is not None and time.perf_counter() - start >= max_seconds:
                     break
@@ -484,7 +495,7 @@ def run_stream(
                         break
                     continue
                 t_start = time.perf_counter()
-                logits, state = model.step(_frame_tensor(item.frame), state)
+                logits, state = model.step(_frame_tensor(item.frame, device), state)
                 z = logits.detach().reshape(-1).float().cpu().numpy()
                 if decider is None:
                     decider = Decider(len(z), window=window, threshold=threshold,
@@ -517,7 +528,7 @@ def run_stream(
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
-        stop.set()
+        halt.set()
         result.unprocessed = queue.stop()
         thread.join(timeout=5.0)
     if errors:

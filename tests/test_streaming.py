@@ -280,3 +280,24 @@ def test_binner_from_model_resizes_and_merges_polarity() -> None:
     explicit = StreamBinner((W, H, 2), time_window=10_000, target_size=(6, 8),
                             merge_polarity=True, binary=True)
     assert run_stream([ev], model, binner=explicit, policy="block").steps == len(ref)
+
+
+def test_stop_event_ends_an_endless_source() -> None:
+    import itertools
+    import threading
+
+    def endless():
+        for i in itertools.count():
+            yield random_events(i, 50, 9_999) if i == 0 else make_events(
+                [1], [1], [i * 10_000], [0])
+
+    stop = threading.Event()
+
+    def on_step(info) -> None:
+        if info.step == 2:
+            stop.set()
+
+    result = run_stream(endless(), LIFClassifier(), sensor_size=(W, H, 2), on_step=on_step,
+                        stop=stop, policy="block")
+    assert result.steps == 3 and not result.interrupted
+    assert result.bins == result.steps + result.drops + result.unprocessed

@@ -19,6 +19,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hil",
     "train",
     "eval",
+    "stream",
+    "demo",
 )
 
 
