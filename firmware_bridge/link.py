@@ -137,8 +137,9 @@ class _Out:
     raw: bytes
     first_sent: float
     last_sent: float
-    tries: int = 0
+    tries: int = 0  # consecutive timeouts while oldest
     gap_resent: bool = False
+    resent: bool = False
 
 
 class _Step:
@@ -155,7 +156,8 @@ class Link:
     `timeout` is the base retransmission timeout in seconds (adapted upwards from measured round
     trips), `window` the most frames in flight (capped by the device's), `max_retries` the
     consecutive timeouts before LinkTimeout, `checkpoint_every` the timesteps between state
-    snapshots used for reboot recovery.
+    snapshots used for reboot recovery, `steps_per_frame` a cap on timesteps per STEP frame,
+    `first_seq` the first sequence number (default random).
     """
 
     def __init__(
@@ -168,6 +170,7 @@ class Link:
         max_retries: int = 10,
         checkpoint_every: int = 1024,
         steps_per_frame: int | None = None,
+        first_seq: int | None = None,
     ) -> None:
         if timeout <= 0 or window < 1 or max_retries < 1 or checkpoint_every < 1:
             raise ValueError("timeout, window, max_retries and checkpoint_every must be positive")
@@ -194,7 +197,9 @@ class Link:
         self.stats = LinkStats()
         self.caps: Caps | None = None
         self._deframer = Deframer()
-        self._seq = int.from_bytes(os.urandom(2), "little")  # no overlap with a past session
+        if first_seq is None:  # random: no overlap with the sequence numbers of a past session
+            first_seq = int.from_bytes(os.urandom(2), "little")
+        self._seq = (first_seq - 1) % SEQ_MOD
         self._srtt: float | None = None
         self._rttvar = 0.0
         self._gbn_at = -1.0
@@ -603,7 +608,7 @@ class Link:
             raise ProtocolMismatch(
                 f"{MsgType(o.type).name} answered with message type 0x{f.type:02x}"
             )
-        if o.tries == 0 and not o.gap_resent:  # Karn: time only frames sent once
+        if not o.resent:  # Karn: time only frames sent once
             rtt = time.monotonic() - o.first_sent
             if self._srtt is None:
                 self._srtt, self._rttvar = rtt, rtt / 2
@@ -614,6 +619,7 @@ class Link:
 
     def _resend(self, o: _Out) -> None:
         o.last_sent = time.monotonic()
+        o.resent = True
         self.stats.retransmits += 1
         self._write(o.raw)
 

@@ -8,8 +8,6 @@ injects it into every `lrf_dyn` layer of a model in place of the float core.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -25,12 +23,25 @@ from spikestream.firmware_bridge.intcore import (
 )
 from spikestream.pipeline.attention.lrf_dyn import DendriticCore, LRFDyn
 
-#: Default state range in units of theta: the float state may reach +-8 theta before saturating.
-DEFAULT_HEADROOM = 8.0
-
 
 def _i8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x), -128, 127).astype(np.int8)
+
+
+def state_ranges(core: DendriticCore, state_range: float | None = None) -> np.ndarray:
+    """Per head, the largest |X| (float units) the int16 state must hold.
+
+    `state_range` if given, else `max(4 * theta, 2 * state_peak)` (the peak seen in training).
+    """
+    theta = float(core.theta)
+    if state_range is not None:
+        rng = np.full(core.heads, float(state_range))
+    else:
+        peak = core.state_peak.detach().double().cpu().numpy()
+        rng = np.maximum(4.0 * theta, 2.0 * peak)
+    if not (np.all(np.isfinite(rng)) and np.all(rng >= theta) and theta > 0):
+        raise ValueError(f"state range {rng} must be finite and >= theta {theta} > 0")
+    return rng
 
 
 def quantize_lrf_dyn(
@@ -40,9 +51,9 @@ def quantize_lrf_dyn(
 ) -> CoreParams:
     """Export the core of a trained `lrf_dyn` layer to the integer form.
 
-    `state_range` is the largest |X| (float units) the int16 state must hold; it fixes the
-    state scale `2**e`, the largest power of two with `state_range * 2**e <= 32767` (default
-    `8 * theta`). `n_tokens` is needed only when a bare `DendriticCore` is given.
+    Per head, the state scale is `2**e`, the largest power of two with
+    `range * 2**e <= 32767`, `range` from `state_ranges` (docs/arithmetic.md, "From the float
+    model"). `n_tokens` is needed only when a bare `DendriticCore` is given.
     """
     if isinstance(layer, LRFDyn):
         core, n_tokens = layer.core, layer.num_tokens
@@ -58,20 +69,18 @@ def quantize_lrf_dyn(
         lower, upper = (t.double().cpu().numpy() for t in core.couplings())
         gamma = core.gamma.double().cpu().numpy()
         readout = core.readout().double().cpu().numpy()
-    rng = DEFAULT_HEADROOM * theta if state_range is None else float(state_range)
-    if not rng >= theta > 0:
-        raise ValueError(f"state_range {rng} must be >= theta {theta} > 0")
-    e = math.floor(math.log2(STATE_MAX / rng))
-    scale = 2.0**e
-    theta_q = round(theta * scale)
-    if not 1 <= theta_q <= STATE_MAX:
-        raise ValueError(f"theta {theta} at state scale 2**{e} is outside 1..{STATE_MAX}")
-    g = gamma * scale
+    e = np.floor(np.log2(STATE_MAX / state_ranges(core, state_range)))
+    scale = 2.0**e  # [heads]
+    theta_q = np.rint(theta * scale)
+    if np.any(theta_q < 1) or np.any(theta_q > STATE_MAX):
+        raise ValueError(f"theta {theta} at state scales {scale} is outside 1..{STATE_MAX}")
+    g = gamma * scale[:, None]
     need = np.ceil(np.log2(np.maximum(np.abs(g), 1e-30) / 127.0))
     g_shift = np.clip(need, 0, MAX_GAMMA_SHIFT).astype(np.uint8)
     g_q = _i8(g / 2.0 ** g_shift.astype(np.float64))
-    c_exp = np.clip(np.floor(np.log2(127.0 / np.abs(readout).max(axis=1))), 0, 6)
-    c_q = _i8(readout * (2.0**c_exp)[:, None])
+    # the soma's weight 1 becomes the integer c_scale exactly; the others keep their ratio to it
+    c_scale = np.clip(np.floor(127.0 / np.abs(readout).max(axis=1)), 1, 127)
+    c_q = _i8(readout * c_scale[:, None])
     heads, k = gamma.shape
     return CoreParams(
         heads=heads,
@@ -84,7 +93,7 @@ def quantize_lrf_dyn(
         gamma=g_q,
         gamma_shift=g_shift,
         readout=c_q,
-        theta=np.full(heads, theta_q, dtype=np.int16),
+        theta=theta_q.astype(np.int16),
     )
 
 

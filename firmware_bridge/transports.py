@@ -84,7 +84,8 @@ class EmulatorOptions:
 
 
 def fd_channel(fd: int) -> tuple[Callable[[float], bytes | None], Callable[[bytes], None]]:
-    """read/write functions over a file descriptor (the pty master)."""
+    """read/write functions over a file descriptor (the pty master), made non-blocking."""
+    os.set_blocking(fd, False)
 
     def read(timeout: float) -> bytes | None:
         r, _, _ = select.select([fd], [], [], timeout)
@@ -92,6 +93,8 @@ def fd_channel(fd: int) -> tuple[Callable[[float], bytes | None], Callable[[byte
             return b""
         try:
             return os.read(fd, 65536)
+        except BlockingIOError:
+            return b""
         except OSError as e:
             if e.errno == errno.EIO:  # no slave open: nothing to read yet
                 return b""
@@ -100,9 +103,11 @@ def fd_channel(fd: int) -> tuple[Callable[[float], bytes | None], Callable[[byte
     def write(data: bytes) -> None:
         view = memoryview(data)
         while view:
-            select.select([], [fd], [], 1.0)
-            n = os.write(fd, view)
-            view = view[n:]
+            select.select([], [fd], [], 0.5)
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                continue
 
     return read, write
 

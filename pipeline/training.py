@@ -8,9 +8,10 @@ Under `torchrun` it trains with DistributedDataParallel (gloo on CPU, nccl on CU
 writes files. Every epoch it saves `last.pt`/`last.json` (weights + JSON config, loadable with
 `weights_only=True`), `best.pt`/`best.json` when validation accuracy improves, and
 `train_state.pt` (optimizer, schedule, scaler, history) so that `resume=True` continues exactly
-where it stopped. Data order depends only on the seed and the epoch. After every epoch the BatchNorm running
-statistics are re-estimated with the epoch's final weights (`recalibrate_bn`), so validation
-and the saved checkpoint see the statistics of the weights they hold.
+where it stopped. Data order depends only on the seed and the epoch. After every epoch the
+BatchNorm running statistics are re-estimated with the epoch's final weights
+(`recalibrate_bn`), so validation and the saved checkpoint see the statistics of the weights
+they hold.
 """
 
 from __future__ import annotations
@@ -281,7 +282,7 @@ def fit(
 
     The checkpoint JSON holds the model's own config (what rebuilds it) and, as "extra",
     `model_name` (e.g. `{"config": "tiny", "attention": "ssa"}`), the training config, the
-    epoch, the validation accuracy and `meta` (dataset, binning, classes, ...).
+    epoch, the validation accuracy and `meta` (dataset, binning, classes, ...) under "meta".
     """
     info = info or setup_distributed(cfg.device)
     device = info.device
@@ -338,7 +339,7 @@ def fit(
             "epoch": epoch + 1,
             "val_accuracy": acc,
             "world_size": info.world,
-            **(meta or {}),
+            "meta": meta or {},
         }
 
     t0 = time.perf_counter()

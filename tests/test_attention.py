@@ -116,6 +116,22 @@ def test_step_equals_forward(key: str, grid: tuple[int, int]) -> None:
     assert_same_run(stepped, whole, x)
 
 
+@pytest.mark.parametrize(
+    ("key", "kwargs"),
+    [("sdsa", {"dvs_pool": True}), ("ssa", {"reassociate": True}), ("ssa", {"scale": 0.25}),
+     ("a2os2a", {"reassociate": False}), ("statten", {"mode": "causal", "chunk": 2}),
+     ("lrf_ssa", {"dilations": (1, 2)}), ("sssa", {"rates": 2})],
+)
+def test_options_step_equals_forward(key: str, kwargs: dict) -> None:
+    torch.manual_seed(0)
+    grid = (3, 4)
+    attn = excite(create_attention(key, DIM, HEADS, grid, **kwargs))
+    x = spikes((T, B, 12, DIM))
+    with torch.no_grad():
+        stepped, whole = run_both(attn, x)
+    assert_same_run(stepped, whole, x)
+
+
 @pytest.mark.parametrize("key", KEYS)
 def test_causal_mechanisms_ignore_the_future(key: str) -> None:
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Binned-frame cache: keyed by dataset, sample and binning parameters; never serves stale frames."""
+"""Binned-frame cache: keyed by dataset, sample and binning parameters; never stale."""
 
 from __future__ import annotations
 

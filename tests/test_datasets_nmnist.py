@@ -1,4 +1,4 @@
-"""NMNIST: the real flat N-MNIST folder (.bs2 + labels.txt) and Tonic's Train/<digit>/*.bin layout."""
+"""NMNIST: the real flat N-MNIST folder (.bs2 + labels.txt) and Tonic's Train/<digit> layout."""
 
 from __future__ import annotations
 

@@ -84,15 +84,16 @@ def test_cli_train_then_eval_json(few_nmnist: Path, tmp_path: Path,
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (out / "best.pt").is_file() and summary["best_epoch"] == 1
     model, extra = load_checkpoint(out / "best.pt")
-    assert extra["binning"] == {"n_time_bins": 4, "frame_size": [32, 32]}
-    assert extra["dataset"] == "nmnist" and extra["classes"] == [str(d) for d in range(10)]
+    meta = extra["meta"]
+    assert meta["binning"] == {"n_time_bins": 4, "frame_size": [32, 32]}
+    assert meta["dataset"] == "nmnist" and meta["classes"] == [str(d) for d in range(10)]
     assert model.time_steps == 4 and model.num_classes == 10
 
     rc = main(["eval", "--checkpoint", str(out / "best.pt"), "--root", str(few_nmnist),
                "--cache", str(tmp_path / "cache"), "--json"])
     assert rc == 0
     obj = json.loads(capsys.readouterr().out)
-    assert obj["samples"] == extra["val_samples"]
+    assert obj["samples"] == meta["val_samples"]
     assert obj["accuracy"] == pytest.approx(extra["val_accuracy"])  # same data, same model
     assert len(obj["accuracy_per_step"]) == 4
     assert Path(obj["confusion_png"]).read_bytes()[:8] == PNG_MAGIC

@@ -149,3 +149,14 @@ def test_wrong_magic_and_unknown_format(tmp_path: Path, real_data: Path) -> None
         read_events(path)
     with pytest.raises(FileNotFoundError):
         read_events(tmp_path / "missing.aedat")
+
+
+def test_aedat4_header_not_utf8_is_an_error_not_an_abort(real_data: Path, tmp_path: Path) -> None:
+    """The `aedat` package aborts the process on such a header; we must refuse it first."""
+    data = bytearray((real_data / "aedat4" / "sample.aedat4").read_bytes())
+    data[90] = 0xC3  # inside the XML description: an invalid UTF-8 sequence
+    path = tmp_path / "bad.aedat4"
+    path.write_bytes(bytes(data))
+    with pytest.raises(EventFormatError, match="UTF-8") as e:
+        read_events(path)
+    assert e.value.offset == 90

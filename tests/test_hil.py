@@ -26,15 +26,28 @@ from spikestream.firmware_bridge.hil import (
 from spikestream.firmware_bridge.intcore import IntCore
 from spikestream.firmware_bridge.link import Link
 
+# The full command line, and the same `emulator` command module alone (the full parser imports
+# every subcommand, torch included: seconds of start-up on a busy machine).
 CLI = [sys.executable, "-c", "import sys; from spikestream.cli import main; sys.exit(main())"]
+EMULATOR_ONLY = [
+    sys.executable,
+    "-c",
+    "import argparse, sys; from spikestream.cli import emulator; p = argparse.ArgumentParser(); "
+    "emulator.register(p.add_subparsers()); a = p.parse_args(); sys.exit(a.func(a))",
+]
 
 
 @contextlib.contextmanager
-def emulator_process(*args: str) -> Iterator[tuple[str, subprocess.Popen]]:
+def emulator_process(
+    *args: str, full_cli: bool = False
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """`spikestream emulator ARGS` in a child process; yields (first stdout line, process) and
     always stops it."""
     proc = subprocess.Popen(
-        [*CLI, "emulator", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*(CLI if full_cli else EMULATOR_ONLY), "emulator", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         r, _, _ = select.select([proc.stdout], [], [], 30)
@@ -61,7 +74,7 @@ def hil_json(capsys, *args: str) -> dict:
 
 
 def test_pty_emulator_process_and_hil_cli(capsys) -> None:
-    with emulator_process("--pty") as (path, proc):
+    with emulator_process("--pty", full_cli=True) as (path, proc):
         assert path.startswith("/dev/")
         res = hil_json(capsys, "--port", path, "--steps", "48", "--tokens", "16", "--input",
                        "random", "--timeout", "0.2")
@@ -165,3 +178,12 @@ def test_board_state_readback_and_reset(board: str) -> None:
         t0 = time.perf_counter()
         link.ping()
         assert time.perf_counter() - t0 < 1.0
+
+
+def test_hil_cli_quantized_lrf_dyn_and_link_failure(capsys) -> None:
+    res = hil_json(capsys, "--port", "spikeemu://?seed=1", "--params", "lrf_dyn", "--steps",
+                   "16", "--tokens", "8", "--input", "random")
+    assert res["rc"] == 0 and res["bit_exact"] and res["params"].startswith("lrf_dyn")
+    rc = cli_main(["hil", "--port", "loop://", "--steps", "4", "--tokens", "8", "--input",
+                   "random", "--timeout", "0.01"])
+    assert rc == 3 and "LinkTimeout" in capsys.readouterr().out

@@ -196,6 +196,7 @@ def test_gradient_reaches_a_gamma_c() -> None:
         assert grad is not None and torch.isfinite(grad).all(), name
         assert grad.abs().sum() > 0, name
     assert (core.lower_raw.grad[:, 0] == 0).all()  # no compartment below the soma
+    assert (core.state_peak > 0).all()  # training records the state's peak for the quantizer
 
 
 def test_decays_are_shifts() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,7 +92,9 @@ def test_decode_errors_say_what_is_wrong() -> None:
 
 def test_deframer_reassembles_any_chunking_and_skips_noise() -> None:
     rng = np.random.default_rng(1)
-    frames = [Frame(MsgType.STEP, s, payload=rng.bytes(int(rng.integers(0, 700)))) for s in range(20)]
+    frames = [
+        Frame(MsgType.STEP, s, payload=rng.bytes(int(rng.integers(0, 700)))) for s in range(20)
+    ]
     stream = b"\x17\x99noise" + b"".join(encode_frame(f) + b"\x05\x06" for f in frames)
     d = Deframer()
     got, errors = [], 0
@@ -198,7 +201,8 @@ def test_handshake_load_step_read_state_against_intcore(params) -> None:
     dev = DeviceEmulator(mtu=256)
     h = Host(dev)
     caps = h.hello()
-    assert (caps.version, caps.arith_id, caps.boot_counter, caps.params_loaded) == (1, ARITH_ID, 1, False)
+    assert (caps.version, caps.arith_id, caps.boot_counter) == (1, ARITH_ID, 1)
+    assert not caps.params_loaded
     blob = params.to_blob()
     f = h.load(blob)  # several chunks
     assert f.type == MsgType.OK and COMMIT.unpack(f.payload) == (TARGET_PARAMS, zlib.crc32(blob))
@@ -237,7 +241,8 @@ def test_load_state_restores_and_reset_zeroes(params) -> None:
     f = h.load(snapshot, TARGET_STATE)
     assert COMMIT.unpack(f.payload) == (TARGET_STATE, ref.state_crc())
     f = h.one(MsgType.STEP, STEP_HEAD.pack(3, 0) + pack_spikes(u[3:]))
-    assert np.array_equal(unpack_spikes(f.payload[2:], 3, 5, 8), np.stack([ref.step(x) for x in u[3:]]))
+    expected = np.stack([ref.step(x) for x in u[3:]])
+    assert np.array_equal(unpack_spikes(f.payload[2:], 3, 5, 8), expected)
     f = h.one(MsgType.RESET_STATE)
     assert f.type == MsgType.OK and dev.core is not None and not dev.core.state().any()
 
@@ -258,7 +263,8 @@ def test_refusals_name_their_reason(params) -> None:
     assert nak_reason(h.load(bad)) == NakReason.BAD_PARAMS
     dev.max_tokens = 4096
     assert h.load(blob).type == MsgType.OK
-    assert nak_reason(h.one(MsgType.STEP, STEP_HEAD.pack(2, 0) + b"\x00" * 9)) == NakReason.BAD_SHAPE
+    short = STEP_HEAD.pack(2, 0) + b"\x00" * 9  # two steps need 10 bytes
+    assert nak_reason(h.one(MsgType.STEP, short)) == NakReason.BAD_SHAPE
 
 
 def test_duplicates_answered_from_cache_gaps_nakked_once(params) -> None:
@@ -297,3 +303,10 @@ def test_reset_after_reboots_and_counts_boots(params) -> None:
     assert nak_reason(f) == NakReason.NOT_SYNCED and Nak.unpack(f.payload).boot_counter == 2
     caps = h.hello()
     assert caps.boot_counter == 2 and not caps.params_loaded and caps.model_hash == 0
+
+
+def test_documented_hello_example() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
+    line = next(s for s in doc.splitlines() if s.startswith("on the wire:"))
+    wire = bytes.fromhex(line.split(":", 1)[1])
+    assert encode_frame(Frame(MsgType.HELLO, 0x1A2B, 0, 0, HELLO.pack(1, 1))) == wire

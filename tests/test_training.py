@@ -103,7 +103,7 @@ def test_fit_learns_checkpoints_and_resumes_exactly(tmp_path: Path) -> None:
     assert full.history[-1]["loss"] < 0.5 * math.log(2)  # well below chance
     assert full.best_accuracy >= 0.9
     model, extra = load_checkpoint(tmp_path / "full" / "best.pt")
-    assert extra["dataset"] == "bars" and extra["val_accuracy"] == full.best_accuracy
+    assert extra["meta"]["dataset"] == "bars" and extra["val_accuracy"] == full.best_accuracy
     torch.load(tmp_path / "full" / "last.pt", weights_only=True)
     torch.load(tmp_path / "full" / "train_state.pt", weights_only=True)
     cfg_json = json.loads((tmp_path / "full" / "best.json").read_text())

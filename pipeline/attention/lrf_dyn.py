@@ -76,8 +76,13 @@ class DendriticCore(nn.Module):
         self.decay_logit = nn.Parameter(torch.logit(frac).repeat(heads, 1))
         self.lower_raw = nn.Parameter(torch.zeros(heads, k))
         self.upper_raw = nn.Parameter(torch.zeros(heads, k))
-        self.gamma = nn.Parameter(torch.pow(2.0, 1.0 - shifts).repeat(heads, 1))
+        # full charge on every compartment: one k ⊙ v event fires the soma at once, and runs of
+        # events build up in the slow compartments (a running sum of k ⊙ v, as in the causal
+        # form of attention that LRF-Dyn approximates)
+        self.gamma = nn.Parameter(torch.ones(heads, k))
         self.readout_rest = nn.Parameter(torch.full((heads, k - 1), 1.0 / max(k - 1, 1)))
+        # largest |X| per head seen at the end of a training timestep (for the quantizer's scale)
+        self.register_buffer("state_peak", torch.zeros(heads))
         end = torch.ones(k)
         end[0] = 0.0
         self.register_buffer("lower_mask", end.clone(), persistent=False)
@@ -151,6 +156,10 @@ class DendriticCore(nn.Module):
             if resets:
                 x = x - reset * s.detach()  # subtractive reset
             out.append(s)
+        if self.training:
+            with torch.no_grad():
+                peak = x.detach().abs().amax(dim=(1, 2)).to(self.state_peak.dtype)
+                torch.maximum(self.state_peak, peak, out=self.state_peak)
         x = x.reshape(h, k, b, d).permute(2, 0, 1, 3)
         return self._tokens(out, b), x, (self._tokens(pots, b) if keep_potential else None)
 

@@ -23,8 +23,8 @@ from spikestream.cli.train import (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint: accuracy, confusion, accuracy over time",
-                       description=__doc__)
+    p = sub.add_parser("eval", description=__doc__,
+                       help="evaluate a checkpoint: accuracy, confusion, accuracy over time")
     p.add_argument("--checkpoint", required=True,
                    help="checkpoint .pt, a training --out folder, or a shipped name "
                    "(nmnist, gestures)")
@@ -55,18 +55,19 @@ def run(args: argparse.Namespace) -> int:
 
     path = resolve_checkpoint(args.checkpoint)
     model, extra = load_checkpoint(path, map_location=args.device)
-    name = args.dataset or extra.get("dataset")
+    meta = extra.get("meta", {})
+    name = args.dataset or meta.get("dataset")
     if name is None:
         raise ValueError(f"{path}: the checkpoint names no dataset; give --dataset")
-    opts = dataset_options(args, extra.get("dataset_options"))
+    opts = dataset_options(args, meta.get("dataset_options"))
     events_ds = build_events_dataset(name, args.root, args.split == "train", opts, args.download)
-    binning = dict(extra.get("binning") or {})
+    binning = dict(meta.get("binning") or {})
     frame_size = binning.pop("frame_size", None)
     if frame_size is None:
         frame_size = list(model.input_size)
     ds: Any = frames_dataset(events_ds, binning, tuple(frame_size), args.cache or default_cache(),
                              in_memory=False)
-    classes = list(extra.get("classes") or getattr(events_ds, "classes", []))
+    classes = list(meta.get("classes") or getattr(events_ds, "classes", []))
     if len(classes) != model.num_classes:
         classes = [str(c) for c in range(model.num_classes)]
     if args.limit is not None:

@@ -3,8 +3,9 @@
 Handshake, parameter upload, N timesteps of inputs, each output compared bit for bit with the
 numpy reference core. PORT is anything pyserial opens: /dev/ttyACM0, a pty path,
 socket://HOST:PORT or spikeemu://?faults=...&seed=.... Inputs come from real N-MNIST recordings
-when they are found (--input auto), else from a seeded Bernoulli source; parameters are seeded
-random integers within the arithmetic specification.
+when they are found (--input auto), else from a seeded Bernoulli source. Parameters are seeded
+random integers within the arithmetic specification (--params random), or the quantized core of
+a seeded `lrf_dyn` attention layer (--params lrf_dyn).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from spikestream.firmware_bridge.hil import (
     random_core_params,
     run_conformance,
 )
+from spikestream.firmware_bridge.intcore import CoreParams
 from spikestream.firmware_bridge.link import Link, LinkError
 
 STEPS_PER_SAMPLE = 32
@@ -43,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=16)
     p.add_argument("--k", type=int, default=3, help="compartments per neuron")
+    p.add_argument("--params", choices=("random", "lrf_dyn"), default="random",
+                   help="random integer parameters, or a quantized seeded lrf_dyn layer")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=0.5, help="retransmission timeout (s)")
     p.add_argument("--window", type=int, default=8, help="frames in flight")
@@ -79,10 +83,22 @@ def nmnist_inputs(folder: Path, steps: int, n_tokens: int, dim: int) -> tuple[np
     return np.concatenate(chunks)[:steps], f"N-MNIST {folder} ({used} samples)"
 
 
+def lrf_dyn_params(heads: int, head_dim: int, k: int, n_tokens: int, seed: int) -> CoreParams:
+    """The quantized core of a freshly initialised (seeded) `lrf_dyn` layer on a N x 1 grid."""
+    import torch
+
+    from spikestream.firmware_bridge.quantize import quantize_lrf_dyn
+    from spikestream.pipeline.attention.lrf_dyn import LRFDyn
+
+    torch.manual_seed(seed)
+    return quantize_lrf_dyn(LRFDyn(heads * head_dim, heads, (n_tokens, 1), k=k))
+
+
 def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise ValueError("--steps must be >= 1")
-    params = random_core_params(args.heads, args.head_dim, args.k, args.tokens, seed=args.seed)
+    make = random_core_params if args.params == "random" else lrf_dyn_params
+    params = make(args.heads, args.head_dim, args.k, args.tokens, seed=args.seed)
     dim = params.dim
     folder = None
     if args.input == "auto":
@@ -105,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     out = result.as_dict()
     out["input"] = source
     out["shape"] = {"tokens": args.tokens, "dim": dim, "heads": args.heads, "k": args.k}
+    out["params"] = f"{args.params}, seed {args.seed}, model hash 0x{params.crc32():08x}"
     if args.json:
         print(json.dumps(out, indent=2))
     else:
