@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--state-range", type=float, default=None, help="quantizer state range")
+    ap.add_argument("--save", type=Path, default=None, help="save the trained float weights")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     data = args.data / "train" if (args.data / "train").is_dir() else args.data
@@ -169,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 sched.step()
                 bar.advance(task)
     train_s = time.perf_counter() - t0
+    if args.save:
+        torch.save(model.state_dict(), args.save)  # loadable with weights_only=True
     layer, calls = record_core(model)
     pf = accuracy(model, xs[test], ys[test], args.batch)
     del layer.core.step  # back to the class's method

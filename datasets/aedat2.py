@@ -125,8 +125,9 @@ def open_source(
                 bad = np.flatnonzero((ev["x"] >= w) | (ev["y"] >= h))
                 if bad.size:
                     i = int(bad[0])
+                    a = int(words["addr"][keep[i]])
                     raise EventFormatError(
-                        path, f"DVS address (x={int(ev['x'][i])}, y_jaer={int(ev['y'][i])}) "
+                        path, f"DVS address x={(a >> 12) & 0x3FF}, y={(a >> 22) & 0x1FF} "
                         "outside the sensor", offset=int(offs[i]), expected=f"x < {w}, y < {h}")
                 pos += len(buf)
                 yield ev, offs

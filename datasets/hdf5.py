@@ -22,6 +22,11 @@ from typing import Any
 import h5py
 import numpy as np
 
+try:  # registers the Blosc filter of DSEC's files, when installed
+    import hdf5plugin  # noqa: F401
+except ImportError:
+    hdf5plugin = None
+
 from spikestream.events import EVENT_DTYPE, EventFormatError, Recording, SensorSize, as_events
 
 LAYOUT = "spikestream-events"
@@ -122,7 +127,12 @@ def _dsec(path: Path, f: h5py.File, chunk: int) -> tuple[Any, Any, Any]:
         with f:
             for i in range(0, n, chunk):
                 sl = slice(i, min(i + chunk, n))
-                x, y, t, p = (c[sl] for c in cols)
+                try:
+                    x, y, t, p = (c[sl] for c in cols)
+                except OSError as e:
+                    hint = "; install hdf5plugin for Blosc" if hdf5plugin is None else ""
+                    raise EventFormatError(path, f"cannot read events/ ({e}){hint}", record=i,
+                                           expected="readable DSEC datasets") from e
                 if len(t) and (t.min() < 0 or (p > 1).any()):
                     raise EventFormatError(path, "negative t or polarity > 1", record=i,
                                            expected="t >= 0, p in {0, 1}")

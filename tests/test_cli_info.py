@@ -55,18 +55,27 @@ def test_info_text_and_errors(real_data: Path, tmp_path: Path,
     assert "broken.aedat" in err and "byte offset" in err
 
 
-def test_convert_then_info(real_data: Path, tmp_path: Path) -> None:
+def test_convert_then_info(real_data: Path, tmp_path: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
     src = real_data / "aedat2" / "IMU_rotDisk.aedat"
     out = tmp_path / "rot.h5"
-    run = subprocess.run([*CLI, "convert", str(src), str(out)],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert "374296" in run.stdout
+    assert main(["convert", str(src), str(out)]) == 0
+    assert "374296" in capsys.readouterr().out
     back = read_events(out)
     orig = read_events(src)
     np.testing.assert_array_equal(back.events, orig.events)
     assert back.sensor_size == orig.sensor_size
     assert back.metadata["source_format"] == "aedat2"
-    info = subprocess.run([*CLI, "info", str(out), "--json"],
-                          capture_output=True, text=True, timeout=120)
-    assert json.loads(info.stdout)["events"] == 374_296
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "hdf5" and info["events"] == 374_296
+
+
+def test_console_script_runs(tmp_path: Path) -> None:
+    """The installed entry point, in a fresh interpreter, on a small file."""
+    path = tmp_path / "s.npy"
+    np.save(path, np.zeros(3, dtype=[("x", "<u2"), ("y", "<u2"), ("t", "<i8"), ("p", "u1")]))
+    run = subprocess.run([*CLI, "info", str(path), "--json"], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["events"] == 3

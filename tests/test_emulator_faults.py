@@ -50,7 +50,7 @@ FAULTS = [
     ("flip=0.25", lambda s, d: s.corrupt + d.stats.corrupt_in > 0 and s.retransmits > 0),
     ("dup=0.4", lambda s, d: s.duplicates > 0 and d.stats.duplicates > 0),
     ("garbage=0.4", lambda s, d: d.faults.counts.garbage > 0 and s.corrupt + d.stats.corrupt_in),
-    ("stall=60,stall_p=0.2", lambda s, d: d.faults.counts.stalls > 0 and s.retransmits > 0),
+    ("stall=60,stall_p=0.3", lambda s, d: d.faults.counts.stalls > 0 and s.retransmits > 0),
 ]
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from spikestream.cli import main
+from spikestream.datasets import NMNIST
 from spikestream.pipeline.checkpoint import load_checkpoint
 from spikestream.pipeline.evaluation import (
     WEIGHTS_DIR,
@@ -109,6 +110,28 @@ def test_shipped_nmnist_weights_on_held_out_real_data(real_data: Path, tmp_path:
                "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "ev")])
     assert rc == 0
     obj = json.loads(capsys.readouterr().out)
-    assert obj["samples"] == 199 or obj["samples"] == 200
+    _, extra = load_checkpoint(WEIGHTS_DIR / "nmnist.pt")
+    opts = extra["meta"]["dataset_options"]
+    held_out = NMNIST(root, train=False, test_fraction=opts["val_fraction"],
+                      seed=opts["split_seed"])
+    trained_on = NMNIST(root, train=True, test_fraction=opts["val_fraction"],
+                        seed=opts["split_seed"])
+    assert not set(held_out.files) & set(trained_on.files)
+    assert obj["samples"] == len(held_out) == extra["meta"]["val_samples"]
     assert obj["accuracy"] >= 0.97
-    assert (WEIGHTS_DIR / "nmnist.pt").stat().st_size < 2 * 2**20
+    assert obj["accuracy"] == pytest.approx(extra["val_accuracy"])
+
+
+@pytest.mark.parametrize("name", ["nmnist", "gestures"])
+def test_shipped_weights_are_small_safe_and_describe_their_input(name: str) -> None:
+    path = WEIGHTS_DIR / f"{name}.pt"
+    if not path.is_file():
+        pytest.skip(f"{path} not built")
+    assert path.stat().st_size < 2 * 2**20
+    torch.load(path, weights_only=True)
+    model, extra = load_checkpoint(resolve_checkpoint(name))
+    meta = extra["meta"]
+    assert len(meta["classes"]) == model.num_classes
+    assert list(meta["binning"]["frame_size"]) == list(model.input_size)
+    if name == "gestures":  # the streaming side bins live events with this window
+        assert meta["binning"]["time_window"] > 0 and meta["sensor_size"] == [128, 128, 2]

@@ -116,7 +116,7 @@ def test_timeout_when_nothing_answers() -> None:
     t0 = time.monotonic()
     with Link("loop://", timeout=0.02, max_retries=3) as link, pytest.raises(LinkTimeout) as e:
         link.hello()
-    assert "HELLO" in str(e.value) and time.monotonic() - t0 < 2.0
+    assert "HELLO" in str(e.value) and time.monotonic() - t0 < 5.0
 
 
 def test_unopenable_port_raises_link_closed() -> None:
