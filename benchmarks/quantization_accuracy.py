@@ -7,7 +7,7 @@ twice on held-out samples: with the float `DendriticCore` and with the integer c
 under 1 point), and how often the two cores agree on spikes and on predictions.
 
     .venv/bin/python benchmarks/quantization_accuracy.py            # a few minutes
-    .venv/bin/python benchmarks/quantization_accuracy.py --quick    # well under a minute
+    .venv/bin/python benchmarks/quantization_accuracy.py --quick    # half of that
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def spike_agreement(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "nmnist-small")
-    ap.add_argument("--quick", action="store_true", help="300 samples, 1 epoch")
+    ap.add_argument("--quick", action="store_true", help="3 epochs instead of 6")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--steps", type=int, default=6, help="timesteps T per sample")
     ap.add_argument("--batch", type=int, default=32)
@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    xs, ys = load(data, args.steps, 300 if args.quick else None)
-    epochs = 1 if args.quick else args.epochs
+    xs, ys = load(data, args.steps, None)
+    epochs = 3 if args.quick else args.epochs
     order = np.random.default_rng(args.seed).permutation(len(xs))
     n_test = len(xs) // 5
     test, train = order[:n_test], order[n_test:]

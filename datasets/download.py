@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tarfile
 import urllib.request
 import zipfile
@@ -185,8 +184,3 @@ def fetch_archive(
         why = "downloads are off" if (not download or offline()) else "no public URL"
         raise MissingDataError(f"dataset not found ({why}). {what}")
     return download_file(url, archive, md5=md5, timeout=timeout)
-
-
-def remove_tree(path: str | Path) -> None:
-    """Delete a folder tree if it exists (used to clean a half-extracted archive)."""
-    shutil.rmtree(path, ignore_errors=True)

@@ -31,14 +31,14 @@ def _i8(x: np.ndarray) -> np.ndarray:
 def state_ranges(core: DendriticCore, state_range: float | None = None) -> np.ndarray:
     """Per head, the largest |X| (float units) the int16 state must hold.
 
-    `state_range` if given, else `max(4 * theta, 2 * state_peak)` (the peak seen in training).
+    `state_range` if given, else `max(4 * theta, state_peak)` (the running peak of training).
     """
     theta = float(core.theta)
     if state_range is not None:
         rng = np.full(core.heads, float(state_range))
     else:
         peak = core.state_peak.detach().double().cpu().numpy()
-        rng = np.maximum(4.0 * theta, 2.0 * peak)
+        rng = np.maximum(4.0 * theta, peak)
     if not (np.all(np.isfinite(rng)) and np.all(rng >= theta) and theta > 0):
         raise ValueError(f"state range {rng} must be finite and >= theta {theta} > 0")
     return rng
@@ -138,23 +138,25 @@ class QuantizedLRFDynCore(nn.Module):
         out_dtype = u.dtype if u.is_floating_point() else torch.float32
         us = (u != 0).to(torch.int32).reshape(b, n, h, 1, d).unbind(1)
         out = []
-        zero = x.new_zeros(b, h, 1, d)
+        # state with a zero row at each end: X[j-1] and X[j+1] are plain views of it
+        xp = torch.zeros(b, h, self.k + 2, d, dtype=torch.int32, device=x.device)
+        xp[:, :, 1:-1] = x
+        cur, below, above = xp[:, :, 1:-1], xp[:, :, :-2], xp[:, :, 2:]
+        nxt = torch.empty_like(x)
+        tmp = torch.empty_like(x)
         for u_n in us:
-            # X[j-1] and X[j+1] with zeros beyond the ends (L[:, 0] = R[:, k-1] = 0 anyway)
-            below = torch.cat([zero, x[:, :, :-1]], dim=2)
-            above = torch.cat([x[:, :, 1:], zero], dim=2)
-            nxt = (
-                x
-                - (x >> self.shift)
-                + ((self.lower * below) >> COUPLING_SHIFT)
-                + ((self.upper * above) >> COUPLING_SHIFT)
-                + self.charge * u_n
-            ).clamp_(STATE_MIN, STATE_MAX)
+            torch.bitwise_right_shift(cur, self.shift, out=nxt)
+            torch.sub(cur, nxt, out=nxt)  # decay
+            torch.mul(self.lower, below, out=tmp)
+            nxt.add_(tmp.bitwise_right_shift_(COUPLING_SHIFT))
+            torch.mul(self.upper, above, out=tmp)
+            nxt.add_(tmp.bitwise_right_shift_(COUPLING_SHIFT))
+            nxt.add_(self.charge * u_n).clamp_(STATE_MIN, STATE_MAX)  # charge, saturate
             s = (self.readout * nxt).sum(dim=2, keepdim=True) >= self.fire_at  # [B, h, 1, d]
-            x = torch.cat(
-                [(nxt[:, :, :1] - self.theta * s).clamp_(min=STATE_MIN), nxt[:, :, 1:]], 2
-            )
+            nxt[:, :, :1].sub_(self.theta * s).clamp_(min=STATE_MIN)  # subtractive reset
+            cur.copy_(nxt)
             out.append(s)
+        x = cur.clone()
         s = torch.stack(out, dim=1).reshape(b, n, dim)
         return s.to(out_dtype), x
 

@@ -222,8 +222,8 @@ def test_state_scale_follows_training_peak() -> None:
     with torch.no_grad():
         att.core.state_peak.copy_(torch.tensor([10.0, 0.5]))
     p = quantize_lrf_dyn(att)
-    # range max(4 theta, 2 peak) = (20, 4): scales 2**10 and 2**12 for theta = 1
-    np.testing.assert_array_equal(p.theta, [1024, 4096])
+    # range max(4 theta, peak) = (10, 4): scales 2**11 and 2**12 for theta = 1
+    np.testing.assert_array_equal(p.theta, [2048, 4096])
     np.testing.assert_array_equal(quantize_lrf_dyn(att, state_range=100.0).theta, [256, 256])
     with pytest.raises(ValueError, match="state range"):
         quantize_lrf_dyn(att, state_range=0.5)

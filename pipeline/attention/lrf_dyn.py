@@ -81,7 +81,8 @@ class DendriticCore(nn.Module):
         # form of attention that LRF-Dyn approximates)
         self.gamma = nn.Parameter(torch.ones(heads, k))
         self.readout_rest = nn.Parameter(torch.full((heads, k - 1), 1.0 / max(k - 1, 1)))
-        # largest |X| per head seen at the end of a training timestep (for the quantizer's scale)
+        # running peak of |X| per head at the end of training timesteps, forgetting 1% per
+        # timestep so that early transients fade (sizes the integer core's state scale)
         self.register_buffer("state_peak", torch.zeros(heads))
         end = torch.ones(k)
         end[0] = 0.0
@@ -159,7 +160,7 @@ class DendriticCore(nn.Module):
         if self.training:
             with torch.no_grad():
                 peak = x.detach().abs().amax(dim=(1, 2)).to(self.state_peak.dtype)
-                torch.maximum(self.state_peak, peak, out=self.state_peak)
+                torch.maximum(self.state_peak * 0.99, peak, out=self.state_peak)
         x = x.reshape(h, k, b, d).permute(2, 0, 1, 3)
         return self._tokens(out, b), x, (self._tokens(pots, b) if keep_potential else None)
 
