@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from spikestream.pipeline.attention import create_attention
-from spikestream.pipeline.attention.base import State, TokenProj
+from spikestream.pipeline.attention.base import State, TokenProj, lif_step_consuming
 from spikestream.pipeline.neurons import LIF
 
 POOLS = ("max", "avg")
@@ -53,7 +53,7 @@ class StemStage(nn.Module):
             raise ValueError(f"pool must be one of {POOLS} or None, got {pool!r}")
 
     def step(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        s, v = self.lif.step(self.bn(self.conv(x)), v)
+        s, v = lif_step_consuming(self.lif, self.bn(self.conv(x)), v)
         return self.pool(s), v
 
     def forward(self, x: Tensor) -> Tensor:
@@ -165,8 +165,8 @@ class Block(nn.Module):
         new.update({pa + k: v for k, v in attn_state.items()})
         x = x + a
         s, new[f"{prefix}mlp_in"] = self.mlp_in.step(x, state[f"{prefix}mlp_in"])
-        h, new[f"{prefix}mlp_hidden"] = self.mlp_lif.step(
-            self.fc1(s), state[f"{prefix}mlp_hidden"]
+        h, new[f"{prefix}mlp_hidden"] = lif_step_consuming(
+            self.mlp_lif, self.fc1(s), state[f"{prefix}mlp_hidden"]
         )
         return x + self.fc2(h), new
 

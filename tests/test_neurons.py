@@ -104,3 +104,25 @@ def test_lif_reset_is_detached_but_input_gradient_flows() -> None:
     # on x[0] only through beta * H0 * (1 - S0) = 0, so x[0]'s gradient is exactly zero
     assert x.grad[0].item() == 0.0
     assert x.grad[1].item() > 0.0
+
+
+def test_consuming_lif_step_equals_lif_step() -> None:
+    from spikestream.pipeline.attention.base import lif_step_consuming
+
+    torch.manual_seed(3)
+    for tau, v_th in ((2.0, 1.0), (2.0, 0.5), (3.0, 0.7)):
+        lif = LIF(tau=tau, v_th=v_th)
+        x = torch.randn(500, 32) * 2
+        x[0, :4] = 2 * v_th  # with v = 0: H == v_th exactly, which fires
+        v = torch.randn(500, 32)
+        v[0, :4] = 0
+        s_ref, v_ref = lif.step(x, v)
+        with torch.no_grad():
+            s, v_new = lif_step_consuming(lif, x.clone(), v)
+        assert torch.equal(s, s_ref) and torch.equal(v_new, v_ref)
+        if v_th == 1.0:
+            assert s[0, :4].tolist() == [1.0] * 4
+        xg = x.clone().requires_grad_(True)  # with autograd: the differentiable path
+        s_g, _ = lif_step_consuming(lif, xg, v)
+        s_g.sum().backward()
+        assert torch.equal(s_g, s_ref) and xg.grad.abs().sum() > 0

@@ -103,6 +103,21 @@ class TokenProj(nn.Module):
         return self.bn(self.linear(x))
 
 
+def lif_step_consuming(lif: LIF, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """`lif.step(x, v)` that may overwrite `x`, a fresh temporary nobody else holds.
+
+    Without autograd (inference) the membrane is computed in `x`'s storage, so one step of a
+    layer keeps about three tensors of its size alive instead of six; the values are exactly
+    those of `LIF.step` (the same operations in the same order; `h >= v_th` is `h - v_th >= 0`
+    in floating point). With autograd on it is `lif.step(x, v)`.
+    """
+    if torch.is_grad_enabled() and (x.requires_grad or v.requires_grad):
+        return lif.step(x, v)
+    h = x.div_(lif.tau).add_(lif.beta * v)  # == beta * v + x / tau
+    s = (h >= lif.threshold).to(h.dtype)
+    return s, h.mul_(1.0 - s)
+
+
 class TokenLIF(nn.Module):
     """`SN(BN(W x))` on tokens with explicit membrane state `[B, N, D_out]`."""
 
@@ -116,4 +131,4 @@ class TokenLIF(nn.Module):
         return self.lif.init_state((batch, num_tokens, self.dim_out), device=device, dtype=dtype)
 
     def step(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        return self.lif.step(self.proj(x), v)
+        return lif_step_consuming(self.lif, self.proj(x), v)

@@ -15,6 +15,7 @@ from spikestream.pipeline.attention.base import (
     State,
     TokenLIF,
     TokenProj,
+    lif_step_consuming,
     register_attention,
 )
 from spikestream.pipeline.neurons import LIF
@@ -52,8 +53,9 @@ class SpikingQKV(Attention):
         return self.split_heads(q), self.split_heads(k), self.split_heads(v), new
 
     def fire(self, a: Tensor, state: State) -> tuple[Tensor, State]:
-        """`BN(W_o SN_0.5(a))` for attention values `a[B, N, D]`."""
-        s, va = self.attn_lif.step(a, state["attn"])
+        """`BN(W_o SN_0.5(a))` for attention values `a[B, N, D]`; without autograd `a`'s
+        storage is reused for the membrane, so pass a temporary that is not used afterwards."""
+        s, va = lif_step_consuming(self.attn_lif, a, state["attn"])
         return self.proj(s), dict(state, attn=va)
 
     # Whole-sequence helpers: the projections and norms run over all T x B at once, only the
