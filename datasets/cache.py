@@ -9,6 +9,7 @@ Change any of them and the key changes.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -136,6 +137,12 @@ class FrameDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def without_augment(self) -> FrameDataset:
+        """The same samples (sharing the RAM and disk caches) with no augmentation."""
+        view = copy.copy(self)
+        view.augment = None
+        return view
 
     def frames(self, index: int) -> np.ndarray:
         """The binned frames of sample `index` (from RAM, the disk cache, or the binner)."""

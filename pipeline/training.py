@@ -217,7 +217,8 @@ def recalibrate_bn(model: nn.Module, loader: DataLoader, device: torch.device, a
     changing, so after a short or fast run they lag behind the final weights and eval-mode
     spiking diverges from train mode. As `torch.optim.swa_utils.update_bn` does for SWA, this
     resets them and takes a plain cumulative average over `max_batches` training batches (in
-    train mode, without gradients), averaged over DDP ranks. Returns the batches used.
+    train mode, without gradients, without augmentation where the dataset offers
+    `without_augment()`), averaged over DDP ranks. Returns the batches used.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
            and m.track_running_stats]
@@ -301,7 +302,9 @@ def fit(
     pin = device.type == "cuda"
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler,
                               num_workers=cfg.num_workers, pin_memory=pin, drop_last=False)
-    calib_loader = DataLoader(_shard(train_set, info), batch_size=cfg.batch_size, shuffle=False,
+    # BatchNorm statistics come from the training data as the model will see it: unaugmented
+    calib_set = getattr(train_set, "without_augment", lambda: train_set)()
+    calib_loader = DataLoader(_shard(calib_set, info), batch_size=cfg.batch_size, shuffle=False,
                               num_workers=cfg.num_workers, pin_memory=pin)
     val_loader = None
     if val_set is not None and len(val_set) > 0:  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from spikestream.datasets import NMNIST, FrameCache, FrameDataset
 from spikestream.datasets.cache import frame_key
@@ -85,3 +86,14 @@ def test_torn_cache_file_is_recomputed(small: Path, tmp_path: Path) -> None:
     fd2 = FrameDataset(ds, to_frames, {"n_time_bins": 3}, cache_dir=tmp_path / "c")
     np.testing.assert_array_equal(fd2[0][0].numpy(), good.numpy())
     assert fd2.misses == 1
+
+
+def test_augment_runs_after_the_cache_and_can_be_switched_off(small: Path) -> None:
+    ds = NMNIST(small, test_fraction=0.0)
+    flip = FrameDataset(ds, to_frames, {"n_time_bins": 3}, in_memory=True,
+                        augment=lambda x: x.flip(-1))
+    plain = flip.without_augment()
+    assert torch.equal(flip[2][0], plain[2][0].flip(-1))
+    assert plain.memory is flip.memory and flip.augment is not None
+    np.testing.assert_array_equal(plain[2][0].numpy(),
+                                  to_frames(ds.load(2), (34, 34, 2), n_time_bins=3))
