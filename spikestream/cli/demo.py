@@ -12,7 +12,13 @@ import json
 
 import numpy as np
 
-from spikestream.cli.stream import load_stream_model, make_source, print_summary, run_with_view
+from spikestream.cli.stream import (
+    load_stream_model,
+    make_source,
+    print_summary,
+    run_with_view,
+    set_threads,
+)
 from spikestream.pipeline.streaming import StepInfo
 
 
@@ -29,6 +35,7 @@ def score_segments(segments: list[tuple[int, int, int]],
 
 
 def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     sm = load_stream_model(args.checkpoint)
     rng = np.random.default_rng(args.seed)
     sequence = [int(g) for g in rng.permutation(len(sm.class_names or range(11)))[:args.gestures]]
@@ -73,5 +80,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speed", type=float, default=1.0,
                    help="1 paces the camera at real time, 0 runs as fast as possible")
     p.add_argument("--seed", type=int, default=0, help="seed of the gesture order and scenes")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for inference (1)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
