@@ -1,4 +1,4 @@
-"""`spikestream stream` and `demo` end to end: a real HDF5 recording replayed through a checkpoint."""
+"""`spikestream stream` end to end: a real HDF5 recording replayed through a checkpoint."""
 
 from __future__ import annotations
 
