@@ -19,10 +19,19 @@ import torch
 from torch import Tensor, nn
 
 from spikestream.pipeline.attention import create_attention
-from spikestream.pipeline.attention.base import State, TokenProj, lif_step_consuming
+from spikestream.pipeline.attention.base import (
+    State,
+    TokenProj,
+    batch_norm_,
+    grad_free,
+    lif_fire_,
+    lif_step_consuming,
+    lif_step_lean,
+)
 from spikestream.pipeline.neurons import LIF
 
 POOLS = ("max", "avg")
+STEM_STRIDES = (1, 2, 4, 8)
 
 
 def state_nbytes(state: State) -> int:
@@ -35,12 +44,31 @@ def _time_batched(layer: nn.Module, x: Tensor) -> Tensor:
     return layer(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
 
-class StemStage(nn.Module):
-    """conv3x3 - BN - LIF, then optional 2x down-sampling (max-pool 3/2/1 or avg-pool 2/2)."""
+def max_pool_3s2_(x: Tensor) -> Tensor:
+    """`max_pool2d(x, 3, stride=2, padding=1)` of a map with even height and width, as
+    maxima of strided views (several times faster than the ATen kernel on one thread, which
+    also computes indices; the same values: a maximum is exact). Works on bool spikes."""
+    a, b = x[..., 0::2, :], x[..., 1::2, :]
+    r = torch.maximum(a, b)  # rows 2i, 2i+1
+    r[..., 1:, :] = torch.maximum(r[..., 1:, :], b[..., :-1, :])  # and row 2i-1
+    a, b = r[..., 0::2], r[..., 1::2]
+    out = torch.maximum(a, b)
+    out[..., 1:] = torch.maximum(out[..., 1:], b[..., :-1])
+    return out
 
-    def __init__(self, c_in: int, c_out: int, pool: str | None) -> None:
+
+class StemStage(nn.Module):
+    """conv3x3 - BN - LIF, then optional 2x down-sampling (max-pool 3/2/1 or avg-pool 2/2).
+
+    With `stride` s > 1 the conv is (s+1)x(s+1) with stride s and padding s/2 (it sees every
+    pixel and maps HxW to H/s x W/s), a cheap first stage for large inputs."""
+
+    def __init__(self, c_in: int, c_out: int, pool: str | None, stride: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        if stride not in STEM_STRIDES:
+            raise ValueError(f"stem stride must be one of {STEM_STRIDES}, got {stride!r}")
+        kernel = 3 if stride == 1 else stride + 1
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
         self.bn = nn.BatchNorm2d(c_out)
         self.lif = LIF()
         if pool is None:
@@ -53,8 +81,15 @@ class StemStage(nn.Module):
             raise ValueError(f"pool must be one of {POOLS} or None, got {pool!r}")
 
     def step(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        s, v = lif_step_consuming(self.lif, self.bn(self.conv(x)), v)
-        return self.pool(s), v
+        if not grad_free():
+            s, v = lif_step_consuming(self.lif, self.bn(self.conv(x)), v)
+            return self.pool(s), v
+        # inference: BN and the membrane in the conv's output, max-pooling on bool spikes
+        h = batch_norm_(self.bn, self.conv(x))
+        fired, v = lif_fire_(self.lif, h.div_(self.lif.tau), v)
+        if isinstance(self.pool, nn.MaxPool2d) and not (h.shape[-1] % 2 or h.shape[-2] % 2):
+            return max_pool_3s2_(fired).to(h.dtype), v
+        return self.pool(fired.to(h.dtype)), v
 
     def forward(self, x: Tensor) -> Tensor:
         s = self.lif(_time_batched(lambda z: self.bn(self.conv(z)), x))
@@ -72,6 +107,7 @@ class SPS(nn.Module):
         input_size: tuple[int, int],
         stem_pool: tuple[bool, ...],
         pool: str,
+        stem_stride: int = 1,
     ) -> None:
         super().__init__()
         n = len(stem_pool)
@@ -80,9 +116,14 @@ class SPS(nn.Module):
         chans = [max(1, embed_dim // 2 ** (n - 1 - i)) for i in range(n)]
         self.stages = nn.ModuleList()
         h, w = input_size
+        if h % stem_stride or w % stem_stride:
+            raise ValueError(
+                f"input size {input_size} is not divisible by stem_stride {stem_stride}"
+            )
+        h, w = h // stem_stride, w // stem_stride
         shapes = []
         c_prev = in_channels
-        for c, down in zip(chans, stem_pool, strict=True):
+        for i, (c, down) in enumerate(zip(chans, stem_pool, strict=True)):
             shapes.append((c, h, w))
             if down:
                 if h % 2 or w % 2:
@@ -91,7 +132,8 @@ class SPS(nn.Module):
                         f"by the stem (reached {h}x{w})"
                     )
                 h, w = h // 2, w // 2
-            self.stages.append(StemStage(c_prev, c, pool if down else None))
+            self.stages.append(StemStage(c_prev, c, pool if down else None,
+                                         stem_stride if i == 0 else 1))
             c_prev = c
         self.stage_shapes = shapes  # (C, H, W) at each stage's neurons
         self.grid = (h, w)
@@ -158,13 +200,13 @@ class Block(nn.Module):
 
     def step(self, x: Tensor, state: State, prefix: str) -> tuple[Tensor, State]:
         new = {}
-        s, new[f"{prefix}attn_in"] = self.attn_in.step(x, state[f"{prefix}attn_in"])
+        s, new[f"{prefix}attn_in"] = lif_step_lean(self.attn_in, x, state[f"{prefix}attn_in"])
         pa = f"{prefix}attn."
         attn_state = {k[len(pa):]: v for k, v in state.items() if k.startswith(pa)}
         a, attn_state = self.attn.step(s, attn_state)
         new.update({pa + k: v for k, v in attn_state.items()})
         x = x + a
-        s, new[f"{prefix}mlp_in"] = self.mlp_in.step(x, state[f"{prefix}mlp_in"])
+        s, new[f"{prefix}mlp_in"] = lif_step_lean(self.mlp_in, x, state[f"{prefix}mlp_in"])
         h, new[f"{prefix}mlp_hidden"] = lif_step_consuming(
             self.mlp_lif, self.fc1(s), state[f"{prefix}mlp_hidden"]
         )
@@ -181,7 +223,8 @@ class SpikingTransformer(nn.Module):
 
     `config` holds `input_size`, `in_channels`, `num_classes`, `embed_dim`, `depth`, `heads`,
     `time_steps`, `mlp_ratio`, `stem_pool` (one bool per stem stage: halve after it or not),
-    `pool` ("max" or "avg"), `attention` (a registered key) and `attention_kwargs`.
+    `stem_stride` (stride of the first stem conv: 1, 2, 4 or 8), `pool` ("max" or "avg"),
+    `attention` (a registered key) and `attention_kwargs`.
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -195,7 +238,7 @@ class SpikingTransformer(nn.Module):
         self.time_steps: int = cfg["time_steps"]
         self.sps = SPS(
             cfg["in_channels"], cfg["embed_dim"], self.input_size, tuple(cfg["stem_pool"]),
-            cfg["pool"],
+            cfg["pool"], cfg["stem_stride"],
         )
         self.grid = self.sps.grid
         self.num_tokens = self.grid[0] * self.grid[1]
@@ -257,6 +300,7 @@ DEFAULTS: dict[str, Any] = {
     "time_steps": 8,
     "mlp_ratio": 4,
     "stem_pool": (True, True, True),
+    "stem_stride": 1,
     "pool": "max",
     "attention": "ssa",
     "attention_kwargs": {},
@@ -276,7 +320,7 @@ def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
     cfg["stem_pool"] = [bool(p) for p in cfg["stem_pool"]]
     cfg["attention_kwargs"] = dict(cfg["attention_kwargs"] or {})
     for key in ("in_channels", "num_classes", "embed_dim", "depth", "heads", "time_steps",
-                "mlp_ratio"):
+                "mlp_ratio", "stem_stride"):
         if int(cfg[key]) < 1:
             raise ValueError(f"model config {key} must be >= 1, got {cfg[key]}")
         cfg[key] = int(cfg[key])

@@ -83,6 +83,29 @@ class Attention(nn.Module):
         return x.transpose(1, 2).reshape(b, n, h * d)
 
 
+def grad_free() -> bool:
+    """True without autograd (`torch.no_grad` / `torch.inference_mode`): the in-place
+    inference paths below may then overwrite temporaries and reuse their storage."""
+    return not torch.is_grad_enabled()
+
+
+def batch_norm_(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    """Eval-mode `bn(x)` written into `x`'s storage (a fresh temporary nobody else holds).
+
+    It calls the same ATen kernel as `bn.forward` with the output aliased to the input (the
+    kernel is elementwise), so the values are bit-identical; folding BN into the preceding
+    weight would round differently. Falls back to `bn(x)` where that kernel would use batch
+    statistics (training mode) or autograd is on."""
+    if bn.training or bn.running_mean is None or not grad_free() or not x.is_contiguous():
+        return bn(x)
+    flat = x.view(-1, x.shape[-1]) if isinstance(bn, TokenBN) else x
+    torch.ops.aten.native_batch_norm.out(
+        flat, bn.weight, bn.bias, bn.running_mean, bn.running_var, False, 0.0, bn.eps,
+        out=flat, save_mean=x.new_empty(0), save_invstd=x.new_empty(0),
+    )  # fmt: skip
+    return x
+
+
 class TokenBN(nn.BatchNorm1d):
     """BatchNorm over the channel axis of tokens `[..., N, D]`."""
 
@@ -100,22 +123,57 @@ class TokenProj(nn.Module):
         self.bn = TokenBN(dim_out)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.bn(self.linear(x))
+        return batch_norm_(self.bn, self.linear(x))  # in place without autograd
+
+
+# Elements per piece of `beta * v` in the in-place LIF update: the temporary stays small.
+_CHUNK = 1 << 15
+
+
+def _add_scaled_(h: Tensor, v: Tensor, beta: Tensor) -> Tensor:
+    """`h += beta * v` with the product rounded on its own, exactly as `beta * v + h` (the
+    fused `add_(v, alpha=beta)` rounds once and can differ), a piece at a time."""
+    n = h.numel()
+    if n <= _CHUNK or not (h.is_contiguous() and v.is_contiguous()) or h.shape != v.shape:
+        return h.add_(beta * v)
+    hf, vf = h.view(-1), v.view(-1)
+    for i in range(0, n, _CHUNK):
+        hf[i : i + _CHUNK].add_(vf[i : i + _CHUNK] * beta)
+    return h
+
+
+def lif_fire_(lif: LIF, h: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Without autograd: the LIF update on `h = x / tau` (a fresh temporary), in its storage.
+
+    Returns `(s, v_new)`: float spikes `[H >= v_th]` (the only tensor allocated) and the new
+    membrane `H (1 - S)` in `h`'s storage, with `1 - S` formed in the spikes' storage and
+    turned back (`1 - (1 - S) = S` exactly for 0 and 1). The values are exactly those of
+    `LIF.step` (`h >= v_th` is `h - v_th >= 0` in floating point); comparisons written
+    straight into a float tensor avoid slow bool conversions."""
+    _add_scaled_(h, v, lif.beta)  # == beta * v + x / tau
+    s = torch.ge(h, lif.threshold, out=torch.empty_like(h))
+    h.mul_(s.neg_().add_(1.0))  # H * (1 - S)
+    return s.neg_().add_(1.0), h
 
 
 def lif_step_consuming(lif: LIF, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     """`lif.step(x, v)` that may overwrite `x`, a fresh temporary nobody else holds.
 
     Without autograd (inference) the membrane is computed in `x`'s storage, so one step of a
-    layer keeps about three tensors of its size alive instead of six; the values are exactly
-    those of `LIF.step` (the same operations in the same order; `h >= v_th` is `h - v_th >= 0`
-    in floating point). With autograd on it is `lif.step(x, v)`.
+    layer allocates only the spikes; the values are exactly those of `LIF.step` (see
+    `lif_fire_`). With autograd on it is `lif.step(x, v)`.
     """
     if torch.is_grad_enabled() and (x.requires_grad or v.requires_grad):
         return lif.step(x, v)
-    h = x.div_(lif.tau).add_(lif.beta * v)  # == beta * v + x / tau
-    s = (h >= lif.threshold).to(h.dtype)
-    return s, h.mul_(1.0 - s)
+    return lif_fire_(lif, x.div_(lif.tau), v)
+
+
+def lif_step_lean(lif: LIF, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """`lif.step(x, v)` leaving `x` untouched; without autograd it allocates only the new
+    membrane and the spikes (and skips the surrogate-gradient function)."""
+    if not grad_free():
+        return lif.step(x, v)
+    return lif_fire_(lif, x / lif.tau, v)
 
 
 class TokenLIF(nn.Module):

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from spikestream.pipeline.attention.base import State, register_attention
+from spikestream.pipeline.attention.base import State, grad_free, register_attention
 from spikestream.pipeline.attention.local import LocalRF
 from spikestream.pipeline.attention.ssa import SpikingQKV
 from spikestream.pipeline.neurons import spike_ge
@@ -146,17 +146,23 @@ class DendriticCore(nn.Module):
         # the loop runs on [h, k, B*d] so that each token is one batched matmul per head
         x = x.permute(1, 2, 0, 3).reshape(h, k, b * d)
         us = u.reshape(b, n, h, 1, d).permute(1, 2, 3, 0, 4).reshape(n, h, 1, b * d)
-        out, pots = [], []
-        for u_n in us.unbind(0):
+        out: list[Tensor] | Tensor = []
+        pots = []
+        if not grad:  # spikes written straight into one buffer: no list of N tensors to stack
+            out = torch.empty(n, h, 1, b * d, dtype=u.dtype, device=u.device)
+        for i, u_n in enumerate(us.unbind(0)):
             x = torch.baddbmm(gamma * u_n, a, x)  # charge: A X + Gamma u
             y = torch.bmm(c, x)  # soma potential, [h, 1, B*d]
             if keep_potential:
                 pots.append(y)
             y = y - theta
-            s = spike_ge(y, self.alpha) if grad else (y >= 0).to(y.dtype)  # fire
+            if grad:
+                s = spike_ge(y, self.alpha)  # fire
+                out.append(s)
+            else:
+                s = torch.ge(y, 0, out=out[i])  # fire, as float 0/1 into the buffer
             if resets:
                 x = x - reset * s.detach()  # subtractive reset
-            out.append(s)
         if self.training:
             with torch.no_grad():
                 peak = x.detach().abs().amax(dim=(1, 2)).to(self.state_peak.dtype)
@@ -164,10 +170,11 @@ class DendriticCore(nn.Module):
         x = x.reshape(h, k, b, d).permute(2, 0, 1, 3)
         return self._tokens(out, b), x, (self._tokens(pots, b) if keep_potential else None)
 
-    def _tokens(self, per_token: list[Tensor], b: int) -> Tensor:
-        """Stack N tensors `[h, 1, B*d]` into `[B, N, D]`."""
+    def _tokens(self, per_token: list[Tensor] | Tensor, b: int) -> Tensor:
+        """Stack N tensors `[h, 1, B*d]` (or take them stacked) into `[B, N, D]`."""
         n = len(per_token)
-        t = torch.stack(per_token, dim=0).reshape(n, self.heads, b, self.head_dim)
+        t = per_token if isinstance(per_token, Tensor) else torch.stack(per_token, dim=0)
+        t = t.reshape(n, self.heads, b, self.head_dim)
         return t.permute(2, 0, 1, 3).reshape(b, n, self.heads * self.head_dim)
 
     def extra_repr(self) -> str:
@@ -205,11 +212,37 @@ class LRFDyn(SpikingQKV):
         return st
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        if grad_free():
+            return self._step_lean(x, state)
         q, vq = self.q.step(x, state["q"])
         k, vk = self.k.step(x, state["k"])
         v, vv = self.v.step(x, state["v"])
         s, xc = self.core.step(k * v, state["core"])
         a = q * s + self.local(v)
+        y, st = self.fire(a, state)
+        st.update(q=vq, k=vk, v=vv, core=xc)
+        return y, st
+
+    def _step_lean(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """`step` without autograd, ordered so that temporaries die early: V, its local field,
+        K (`k ⊙ v` in V's storage), the core, then Q (`q ⊙ s` in the core's output), so that
+        at most about six `[B, N, D]` tensors live at once. The same operations on the same
+        values as `step`, so the results are identical."""
+        sv, vv = self.v.step(x, state["v"])
+        gh, gw = self.grid
+        img = sv.reshape(-1, gh, gw, self.dim).permute(0, 3, 1, 2)
+        convs = iter(self.local.convs)
+        local = next(convs)(img)
+        for conv in convs:  # == sum(conv(img) for conv in convs), accumulated in place
+            local += conv(img)
+        sk, vk = self.k.step(x, state["k"])
+        u = sv.mul_(sk)  # == k * v
+        del sk, sv, img
+        s, xc = self.core.step(u, state["core"])
+        del u
+        sq, vq = self.q.step(x, state["q"])
+        a = s.mul_(sq).add_(local.flatten(2).transpose(1, 2).reshape(s.shape))  # q * s + local
+        del sq, s, local
         y, st = self.fire(a, state)
         st.update(q=vq, k=vk, v=vv, core=xc)
         return y, st
