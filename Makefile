@@ -24,8 +24,11 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/spikestream demo
 
+# Every benchmark prints its figures beside a peer measured in the same run.
+# `make bench BENCH_ARGS=--quick` for a short pass (each script has a --quick mode).
+BENCH_ARGS ?=
 bench: $(STAMP)
-	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	for b in benchmarks/*.py; do echo "== $$b"; OMP_NUM_THREADS=1 $(PY) $$b $(BENCH_ARGS) || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
