@@ -47,7 +47,7 @@ def _time_batched(layer: nn.Module, x: Tensor) -> Tensor:
 def max_pool_3s2_(x: Tensor) -> Tensor:
     """`max_pool2d(x, 3, stride=2, padding=1)` of a map with even height and width, as
     maxima of strided views (several times faster than the ATen kernel on one thread, which
-    also computes indices; the same values: a maximum is exact). Works on bool spikes."""
+    also computes indices; the same values: a maximum is exact). Works on bool maps too."""
     a, b = x[..., 0::2, :], x[..., 1::2, :]
     r = torch.maximum(a, b)  # rows 2i, 2i+1
     r[..., 1:, :] = torch.maximum(r[..., 1:, :], b[..., :-1, :])  # and row 2i-1
@@ -84,12 +84,12 @@ class StemStage(nn.Module):
         if not grad_free():
             s, v = lif_step_consuming(self.lif, self.bn(self.conv(x)), v)
             return self.pool(s), v
-        # inference: BN and the membrane in the conv's output, max-pooling on bool spikes
+        # inference: BN and the membrane in the conv's output, max-pooling by strided views
         h = batch_norm_(self.bn, self.conv(x))
-        fired, v = lif_fire_(self.lif, h.div_(self.lif.tau), v)
+        s, v = lif_fire_(self.lif, h.div_(self.lif.tau), v)
         if isinstance(self.pool, nn.MaxPool2d) and not (h.shape[-1] % 2 or h.shape[-2] % 2):
-            return max_pool_3s2_(fired).to(h.dtype), v
-        return self.pool(fired.to(h.dtype)), v
+            return max_pool_3s2_(s), v
+        return self.pool(s), v
 
     def forward(self, x: Tensor) -> Tensor:
         s = self.lif(_time_batched(lambda z: self.bn(self.conv(z)), x))
@@ -324,4 +324,7 @@ def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
         if int(cfg[key]) < 1:
             raise ValueError(f"model config {key} must be >= 1, got {cfg[key]}")
         cfg[key] = int(cfg[key])
+    if cfg["stem_stride"] not in STEM_STRIDES:
+        raise ValueError(f"model config stem_stride must be one of {STEM_STRIDES}, "
+                         f"got {cfg['stem_stride']}")
     return cfg

@@ -95,8 +95,10 @@ def batch_norm_(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
     It calls the same ATen kernel as `bn.forward` with the output aliased to the input (the
     kernel is elementwise), so the values are bit-identical; folding BN into the preceding
     weight would round differently. Falls back to `bn(x)` where that kernel would use batch
-    statistics (training mode) or autograd is on."""
-    if bn.training or bn.running_mean is None or not grad_free() or not x.is_contiguous():
+    statistics (training mode) or autograd is on, and off the CPU (where `bn` may dispatch
+    to another kernel, e.g. cuDNN's)."""
+    if (bn.training or bn.running_mean is None or not grad_free() or not x.is_contiguous()
+            or x.device.type != "cpu"):
         return bn(x)
     flat = x.view(-1, x.shape[-1]) if isinstance(bn, TokenBN) else x
     torch.ops.aten.native_batch_norm.out(
@@ -132,9 +134,10 @@ _CHUNK = 1 << 15
 
 def _add_scaled_(h: Tensor, v: Tensor, beta: Tensor) -> Tensor:
     """`h += beta * v` with the product rounded on its own, exactly as `beta * v + h` (the
-    fused `add_(v, alpha=beta)` rounds once and can differ), a piece at a time."""
+    fused `add_(v, alpha=beta)` rounds once and can differ), a piece at a time on the CPU."""
     n = h.numel()
-    if n <= _CHUNK or not (h.is_contiguous() and v.is_contiguous()) or h.shape != v.shape:
+    if (n <= _CHUNK or h.device.type != "cpu" or h.shape != v.shape
+            or not (h.is_contiguous() and v.is_contiguous())):
         return h.add_(beta * v)
     hf, vf = h.view(-1), v.view(-1)
     for i in range(0, n, _CHUNK):
@@ -145,13 +148,17 @@ def _add_scaled_(h: Tensor, v: Tensor, beta: Tensor) -> Tensor:
 def lif_fire_(lif: LIF, h: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     """Without autograd: the LIF update on `h = x / tau` (a fresh temporary), in its storage.
 
-    Returns `(s, v_new)`: float spikes `[H >= v_th]` (the only tensor allocated) and the new
-    membrane `H (1 - S)` in `h`'s storage, with `1 - S` formed in the spikes' storage and
-    turned back (`1 - (1 - S) = S` exactly for 0 and 1). The values are exactly those of
-    `LIF.step` (`h >= v_th` is `h - v_th >= 0` in floating point); comparisons written
-    straight into a float tensor avoid slow bool conversions."""
+    Returns `(s, v_new)`: float spikes `[H >= v_th]` and the new membrane `H (1 - S)` in
+    `h`'s storage. Large tensors form `1 - S` in the spikes' storage and turn it back
+    (`1 - (1 - S) = S` exactly for 0 and 1), so only the spikes are allocated; small ones
+    use `[H < v_th]` (equal to `1 - S`, and a NaN membrane stays NaN either way) in a second
+    buffer, which takes fewer operations. The values are exactly those of `LIF.step`
+    (`h >= v_th` is `h - v_th >= 0` in floating point); comparisons written straight into
+    float tensors avoid slow bool conversions."""
     _add_scaled_(h, v, lif.beta)  # == beta * v + x / tau
     s = torch.ge(h, lif.threshold, out=torch.empty_like(h))
+    if h.numel() <= _CHUNK:  # small: fewer operations, `[H < v_th]` is `1 - S` (NaN: H * 0)
+        return s, h.mul_(torch.lt(h, lif.threshold, out=torch.empty_like(h)))
     h.mul_(s.neg_().add_(1.0))  # H * (1 - S)
     return s.neg_().add_(1.0), h
 

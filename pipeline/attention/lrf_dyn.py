@@ -225,9 +225,11 @@ class LRFDyn(SpikingQKV):
 
     def _step_lean(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """`step` without autograd, ordered so that temporaries die early: V, its local field,
-        K (`k ⊙ v` in V's storage), the core, then Q (`q ⊙ s` in the core's output), so that
-        at most about six `[B, N, D]` tensors live at once. The same operations on the same
-        values as `step`, so the results are identical."""
+        K (`k ⊙ v` in K's storage), the core, then Q (`q ⊙ s` in Q's storage), so that
+        at most about six `[B, N, D]` tensors live at once. Only tensors this step created
+        are overwritten (not the core's or the local convolutions' inputs and outputs). The
+        same operations on the same values as `step`, so the results are equal (the local
+        sum starts from the first convolution instead of `0 +`: at most the sign of a zero)."""
         sv, vv = self.v.step(x, state["v"])
         gh, gw = self.grid
         img = sv.reshape(-1, gh, gw, self.dim).permute(0, 3, 1, 2)
@@ -236,12 +238,12 @@ class LRFDyn(SpikingQKV):
         for conv in convs:  # == sum(conv(img) for conv in convs), accumulated in place
             local += conv(img)
         sk, vk = self.k.step(x, state["k"])
-        u = sv.mul_(sk)  # == k * v
+        u = sk.mul_(sv)  # == k * v (V's spikes, the local field's input, stay intact)
         del sk, sv, img
         s, xc = self.core.step(u, state["core"])
         del u
         sq, vq = self.q.step(x, state["q"])
-        a = s.mul_(sq).add_(local.flatten(2).transpose(1, 2).reshape(s.shape))  # q * s + local
+        a = sq.mul_(s).add_(local.flatten(2).transpose(1, 2).reshape(s.shape))  # q * s + local
         del sq, s, local
         y, st = self.fire(a, state)
         st.update(q=vq, k=vk, v=vv, core=xc)
