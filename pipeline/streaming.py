@@ -394,6 +394,7 @@ def run_stream(
     clock: Callable[[], int | None] | None = None,
     stop: threading.Event | None = None,
     max_decisions: int = 10_000,
+    compiled: bool = False,
 ) -> StreamResult:
     """Stream `source` through `model` one bin at a time; returns the run's summary.
 
@@ -407,6 +408,10 @@ def run_stream(
     return the current stream time in µs, to close bins while no events arrive (live
     sources). The run ends with the source, after `max_steps` steps or `max_seconds` of wall
     time, when `stop` is set, or on Ctrl-C (`interrupted`).
+
+    `compiled=True` steps an `nn.Module` through `pipeline.compiled.compile_step` (a frozen
+    TorchScript trace of `step`, verified against eager `step` when built; eager with a
+    warning if it does not match); the binner's frames must then have the model's shape.
     """
     if sensor_size is None:
         sensor_size = binner.sensor_size if binner is not None else getattr(
@@ -419,6 +424,14 @@ def run_stream(
     if isinstance(model, torch.nn.Module):
         model.eval()
     device = _model_device(model)
+    if compiled and isinstance(model, torch.nn.Module):
+        from spikestream.pipeline.compiled import compile_step
+
+        channels = getattr(model, "in_channels", None)
+        size = getattr(model, "input_size", None)
+        if channels is None or size is None:
+            raise ValueError("compiled=True needs a model with in_channels and input_size")
+        model = compile_step(model, torch.zeros(1, channels, *size, device=device))
     queue = BinQueue(queue_size, policy)
     halt = threading.Event()  # ends both threads; `stop` is the caller's, only read
 
