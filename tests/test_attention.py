@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import KEYS, excite
+from model_helpers import attention_kwargs as streaming_kwargs
 from torch import nn
 
 from spikestream.pipeline.attention import ATTENTION, LocalRF, create_attention
@@ -12,24 +14,10 @@ from spikestream.pipeline.model import state_nbytes
 
 DIM, HEADS, T, B = 16, 2, 6, 2
 GRIDS = [(2, 3), (4, 4)]
-KEYS = sorted(ATTENTION)
 
 
-def streaming_kwargs(key: str) -> dict:
-    return {"mode": "causal"} if key == "statten" else {}
 
 
-def excite(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Random batch-norm statistics and affine terms so that every neuron layer spikes."""
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.05)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-    return module.eval()
 
 
 def spikes(shape: tuple[int, ...], rate: float = 0.3, seed: int = 0) -> torch.Tensor:

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_helpers import KEYS, attention_kwargs, excite
 from torch import nn
 from torch.nn import functional as F
 
 from spikestream.pipeline import LIF, SpikingTransformer, create_model
-from spikestream.pipeline.attention import ATTENTION, create_attention
+from spikestream.pipeline.attention import create_attention
 from spikestream.pipeline.attention.base import (
     TokenBN,
     batch_norm_,
@@ -22,25 +23,11 @@ from spikestream.pipeline.attention.base import (
 )
 from spikestream.pipeline.model import max_pool_3s2_, normalize_config
 
-KEYS = sorted(ATTENTION)
 WEIGHTS = Path(__file__).resolve().parents[1] / "pipeline" / "weights"
 
 
-def attention_kwargs(key: str) -> dict:
-    return {"mode": "causal"} if key == "statten" else {}
 
 
-def excite(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Random batch-norm statistics and affine terms so that every neuron layer spikes."""
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.05)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-    return module.eval()
 
 
 def spikes(*shape: int, p: float = 0.3, seed: int = 0) -> torch.Tensor:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from model_helpers import KEYS, attention_kwargs, excite
 from torch import nn
 
 from spikestream.pipeline import (
@@ -19,26 +20,12 @@ from spikestream.pipeline import (
 )
 from spikestream.pipeline.attention import ATTENTION
 
-KEYS = sorted(ATTENTION)
 SMALL = {"embed_dim": 32, "heads": 2, "stem_pool": (True, True), "num_classes": 5}
 SIZES = [(16, 16), (24, 32)]
 
 
-def attention_kwargs(key: str) -> dict:
-    return {"mode": "causal"} if key == "statten" else {}
 
 
-def excite(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Random batch-norm statistics and affine terms so that every neuron layer spikes."""
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.05)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-    return module.eval()
 
 
 def frames(t: int, b: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
