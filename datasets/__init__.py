@@ -1,6 +1,11 @@
-"""Event files (read, stream, write) and datasets, under the import name `spikestream.datasets`."""
+"""Event files (read, stream, write) and datasets, under the import name `spikestream.datasets`.
 
-from spikestream.datasets.cache import FrameCache, FrameDataset
+`FrameCache` and `FrameDataset` (torch datasets of binned frames) load on first use, so the
+readers and `spikestream info`/`convert` do not import torch.
+"""
+
+from typing import Any
+
 from spikestream.datasets.download import DownloadError, MissingDataError
 from spikestream.datasets.dvsgesture import DVSGesture
 from spikestream.datasets.hdf5 import Recorder
@@ -35,3 +40,11 @@ __all__ = [
     "read_events",
     "write_events",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("FrameCache", "FrameDataset"):
+        from spikestream.datasets import cache
+
+        return getattr(cache, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
