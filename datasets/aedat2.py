@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from spikestream.datasets.textheader import read_text_header
 from spikestream.events import EVENT_DTYPE, EventFormatError, SensorSize
 
 #: jAER AEChip class-name fragments -> (width, height), for chips with the DAVIS address layout.
@@ -33,21 +34,7 @@ _SPECIAL_MASK = 1 << 10
 
 def parse_header(path: Path) -> tuple[int, list[str]]:
     """Return (byte offset of the first binary word, header lines without the leading `#`)."""
-    lines: list[str] = []
-    pos = 0
-    with open(path, "rb") as f:
-        while True:
-            first = f.read(1)
-            if first != b"#":
-                break
-            line = f.readline(1 << 20)
-            if not line.endswith(b"\n"):
-                raise EventFormatError(
-                    path, "header line not terminated", offset=pos, expected="'\\n' ending a line"
-                )
-            lines.append(line.decode("latin-1").rstrip("\r\n"))
-            pos += 1 + len(line)
-    return pos, lines
+    return read_text_header(path, b"#")
 
 
 def chip_size(lines: list[str], path: Path) -> tuple[str, tuple[int, int]]:

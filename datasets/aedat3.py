@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from spikestream.datasets.textheader import read_text_header
 from spikestream.events import EVENT_DTYPE, EventFormatError, SensorSize
 
 HEADER = np.dtype(
@@ -42,22 +43,7 @@ SOURCES: dict[str, tuple[int, int]] = {
 
 def parse_header(path: Path) -> tuple[int, list[str]]:
     """Byte offset after `#!END-HEADER`, and the header lines (without `#` and line ends)."""
-    lines: list[str] = []
-    pos = 0
-    with open(path, "rb") as f:
-        while True:
-            line = f.readline(1 << 20)
-            if not line.startswith(b"#"):
-                raise EventFormatError(path, "header ended without '#!END-HEADER'", offset=pos,
-                                       expected="'#' header lines up to '#!END-HEADER'")
-            if not line.endswith(b"\n"):
-                raise EventFormatError(path, "header line not terminated", offset=pos,
-                                       expected="'\\n' ending a line")
-            pos += len(line)
-            text = line[1:].decode("latin-1").rstrip("\r\n")
-            if text.startswith("!END-HEADER"):
-                return pos, lines
-            lines.append(text)
+    return read_text_header(path, b"#", end="!END-HEADER", end_required=True)
 
 
 def source_size(lines: list[str]) -> tuple[str | None, tuple[int, int] | None]:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from expelliarmus import Wizard
 
+from spikestream.datasets.textheader import read_text_header
 from spikestream.events import EVENT_DTYPE, EventFormatError, SensorSize
 
 #: Prophesee HAL plugin-name fragments -> (width, height).
@@ -39,23 +40,8 @@ _EVT2_TYPES = (0x0, 0x1, 0x8)
 
 def parse_header(path: Path) -> tuple[int, list[str]]:
     """Byte offset of the binary data and the `%` header lines (without `% `)."""
-    lines: list[str] = []
-    pos = 0
-    with open(path, "rb") as f:
-        while True:
-            first = f.read(1)
-            if first != b"%":
-                break
-            line = f.readline(1 << 20)
-            if not line.endswith(b"\n"):
-                raise EventFormatError(path, "header line not terminated", offset=pos,
-                                       expected="'\\n' ending a '%' line")
-            pos += 1 + len(line)
-            text = line.decode("latin-1").strip()
-            if text == "end":
-                break
-            lines.append(text)
-    return pos, lines
+    pos, lines = read_text_header(path, b"%", end="end")
+    return pos, [ln.strip() for ln in lines]
 
 
 def encoding_of(lines: list[str], suffix: str) -> str | None:
