@@ -101,7 +101,6 @@ def test_cli_train_then_eval_json(few_nmnist: Path, tmp_path: Path,
     assert Path(obj["accuracy_over_time_png"]).read_bytes()[:8] == PNG_MAGIC
 
 
-@pytest.mark.skipif(not (WEIGHTS_DIR / "nmnist.pt").is_file(), reason="nmnist weights not built")
 def test_shipped_nmnist_weights_on_held_out_real_data(real_data: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """The shipped `nmnist` weights on the 200 real samples held out of their training."""
@@ -125,8 +124,6 @@ def test_shipped_nmnist_weights_on_held_out_real_data(real_data: Path, tmp_path:
 @pytest.mark.parametrize("name", ["nmnist", "gestures"])
 def test_shipped_weights_are_small_safe_and_describe_their_input(name: str) -> None:
     path = WEIGHTS_DIR / f"{name}.pt"
-    if not path.is_file():
-        pytest.skip(f"{path} not built")
     assert path.stat().st_size < 2 * 2**20
     torch.load(path, weights_only=True)
     model, extra = load_checkpoint(resolve_checkpoint(name))

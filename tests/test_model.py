@@ -18,7 +18,6 @@ from spikestream.pipeline import (
     save_checkpoint,
     state_nbytes,
 )
-from spikestream.pipeline.attention import ATTENTION
 
 SMALL = {"embed_dim": 32, "heads": 2, "stem_pool": (True, True), "num_classes": 5}
 SIZES = [(16, 16), (24, 32)]
@@ -120,8 +119,6 @@ def test_state_is_constant_in_size(key: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("key", ["sssa", "statten", "lrf_dyn"])
 def test_state_is_constant_at_step_100000(key: str) -> None:
-    if key not in ATTENTION:
-        pytest.skip(f"{key} is not registered")
     model = excite(create_model("tiny", key, attention_kwargs(key), input_size=(4, 4),
                                 embed_dim=8, heads=1, stem_pool=(True,), mlp_ratio=1))
     x = frames(1, 1, (4, 4))[0]
