@@ -28,7 +28,7 @@ import numpy as np
 from spikestream import EVENT_DTYPE, SensorSize, make_events
 from spikestream.datasets.download import MissingDataError, extract_archive, fetch_archive
 from spikestream.datasets.io import read_events
-from spikestream.datasets.ncaltech101 import file_key
+from spikestream.datasets.samples import LabelledEvents, file_key
 
 CLASSES = [
     "hand_clapping",
@@ -95,7 +95,7 @@ def tonic_npy_to_events(arr: np.ndarray, source: Any) -> np.ndarray:
     return make_events(arr[:, 0], arr[:, 1], t_us, arr[:, 2])
 
 
-class DVSGesture:
+class DVSGesture(LabelledEvents):
     """DVS128 Gesture samples as `(events, label)` (see the module doc for layouts and splits)."""
 
     sensor_size: SensorSize = SENSOR_SIZE
@@ -218,10 +218,6 @@ class DVSGesture:
         out = np.array(ev[lo:hi], dtype=EVENT_DTYPE)
         out["t"] -= start
         return out
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        ev = self.load(index)
-        return (self.transform(ev) if self.transform else ev), self.targets[index]
 
     def sample_key(self, index: int) -> str:
         interval = self.intervals[index]

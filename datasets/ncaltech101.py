@@ -14,7 +14,7 @@ own extent scaled to `resize=(W, H)`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 from spikestream import SensorSize
 from spikestream.datasets.download import MissingDataError, extract_archive, fetch_archive
 from spikestream.datasets.io import read_events
+from spikestream.datasets.samples import LabelledEvents, file_key, stratified_split
 
 BACKGROUND = "BACKGROUND_Google"
 CANVAS = (240, 180)
@@ -40,38 +41,7 @@ LAYOUT_HELP = (
 )
 
 
-def file_key(path: Path) -> str:
-    """A sample identity for caches: resolved path, size and modification time in ns."""
-    st = path.stat()
-    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-
-
-def stratified_split(
-    targets: Sequence[int], test_fraction: float, seed: int
-) -> tuple[list[int], list[int]]:
-    """Seeded split of indices into (train, test), `test_fraction` of every class in test.
-
-    Each class with at least two samples puts at least one in each part; the result depends
-    only on `targets`, `test_fraction` and `seed`. Both lists come back in ascending order.
-    """
-    if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction {test_fraction} (expected 0 <= f < 1)")
-    rng = np.random.default_rng(seed)
-    targets = np.asarray(targets)
-    train: list[int] = []
-    test: list[int] = []
-    for c in np.unique(targets):
-        idx = np.flatnonzero(targets == c)
-        rng.shuffle(idx)
-        n_test = int(round(len(idx) * test_fraction))
-        if test_fraction > 0 and len(idx) >= 2:
-            n_test = min(max(n_test, 1), len(idx) - 1)
-        test.extend(idx[:n_test].tolist())
-        train.extend(idx[n_test:].tolist())
-    return sorted(train), sorted(test)
-
-
-class NCaltech101:
+class NCaltech101(LabelledEvents):
     """N-Caltech101 samples as `(events, label)` with integer labels (see the module doc)."""
 
     def __init__(
@@ -158,10 +128,6 @@ class NCaltech101:
         w, h = self.canvas
         keep = (ev["x"] < w) & (ev["y"] < h)
         return ev if keep.all() else ev[keep]
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        ev = self.load(index)
-        return (self.transform(ev) if self.transform else ev), self.targets[index]
 
     def sample_key(self, index: int) -> str:
         return file_key(self.files[index])

@@ -18,7 +18,7 @@ import numpy as np
 from spikestream import SensorSize
 from spikestream.datasets.download import MissingDataError, extract_archive, fetch_archive
 from spikestream.datasets.io import read_events
-from spikestream.datasets.ncaltech101 import file_key, stratified_split
+from spikestream.datasets.samples import LabelledEvents, file_key, stratified_split
 
 CLASSES = [str(d) for d in range(10)]
 SENSOR_SIZE: SensorSize = (34, 34, 2)
@@ -61,7 +61,7 @@ def read_labels_txt(path: Path) -> list[tuple[str, int]]:
     return pairs
 
 
-class NMNIST:
+class NMNIST(LabelledEvents):
     """N-MNIST samples as `(events, digit)`; events in the project's `EVENT_DTYPE`, 34x34 sensor.
 
     Parameters: `root` (see `LAYOUT_HELP`), `train`, `transform` (applied to the events, Tonic
@@ -154,10 +154,6 @@ class NMNIST:
         ev = read_events(self.files[index]).events
         keep = (ev["x"] < SENSOR_SIZE[0]) & (ev["y"] < SENSOR_SIZE[1])
         return ev if keep.all() else ev[keep]
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        ev = self.load(index)
-        return (self.transform(ev) if self.transform else ev), self.targets[index]
 
     def sample_key(self, index: int) -> str:
         """Identity of sample `index` for frame caching: file, size and modification time."""

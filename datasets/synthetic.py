@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from spikestream import SensorSize
+from spikestream.datasets.samples import LabelledEvents
 from spikestream.devices import gestures as _gestures
 from spikestream.devices import video as _video
 from spikestream.devices.gestures import GESTURE_CLASSES, gesture_clip
@@ -35,7 +36,7 @@ def generator_digest() -> str:
     return h.hexdigest()[:16]
 
 
-class SyntheticGestures:
+class SyntheticGestures(LabelledEvents):
     """`(events, label)` clips of the eleven DVS128 Gesture motions from the simulated camera.
 
     Parameters: `samples_per_class`, `split` ("train", "val" or "test"), `duration_s` of each
@@ -86,10 +87,6 @@ class SyntheticGestures:
         """The events of clip `index` (t from 0 µs), untransformed."""
         return gesture_clip(self.targets[index], self.duration_s, self.sensor_size,
                             seed=self.clip_seeds[index], fps=self.fps)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        ev = self.load(index)
-        return (self.transform(ev) if self.transform else ev), self.targets[index]
 
     def sample_key(self, index: int) -> str:
         return (f"synthetic|{self.targets[index]}|{self.clip_seeds[index]}|{self.duration_s}|"

@@ -13,7 +13,7 @@ from tonic.io import read_mnist_file
 
 from spikestream import EVENT_DTYPE
 from spikestream.datasets import NMNIST, MissingDataError
-from spikestream.datasets.ncaltech101 import stratified_split
+from spikestream.datasets.samples import stratified_split
 
 TONIC_DTYPE = np.dtype([("x", int), ("y", int), ("t", int), ("p", int)])
 
