@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from spikestream.cli.output import print_fields
 from spikestream.datasets import iter_events
 
 
@@ -36,14 +36,7 @@ def summarize(path: str, format: str | None = None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    info = summarize(args.path, args.format)
-    if args.json:
-        print(json.dumps(info))
-        return 0
-    for key, value in info.items():
-        if isinstance(value, float):
-            value = f"{value:.6g}"
-        print(f"{key:>20}: {value}")
+    print_fields(summarize(args.path, args.format), as_json=args.json)
     return 0
 
 

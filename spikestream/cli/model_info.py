@@ -5,13 +5,13 @@ estimate (0.9 pJ per AC, 4.6 pJ per MAC) that spiking-transformer papers report.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from spikestream.cli.output import print_fields
 from spikestream.pipeline.checkpoint import load_checkpoint
 from spikestream.pipeline.configs import create_model, list_configs
 from spikestream.pipeline.energy import E_AC_PJ, E_MAC_PJ, energy_report
@@ -81,13 +81,7 @@ def run(args: argparse.Namespace) -> int:
     report = energy_report(model, frames, name, described).as_dict()
     report["energy_uj_per_sample"] = report["energy_uj_per_step"] * steps
     report["pj_per_ac"], report["pj_per_mac"] = E_AC_PJ, E_MAC_PJ
-    if args.json:
-        print(json.dumps(report))
-        return 0
-    for key, value in report.items():
-        if isinstance(value, float):
-            value = f"{value:.6g}"
-        print(f"{key:>22}: {value}")
+    print_fields(report, as_json=args.json)
     return 0
 
 
