@@ -153,7 +153,10 @@ def setup_distributed(device: str = "auto") -> DistInfo:
 
 
 def shutdown_distributed() -> None:
+    """Leave the process group together: a rank that tears gloo down while another is still in
+    it can abort that one (SIGABRT, "terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
