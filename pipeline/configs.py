@@ -4,24 +4,30 @@ Each entry overrides `model.DEFAULTS`. Stem channels follow from `embed_dim` and
 stem stages (`D / 2^(S-1-i)` for stage i of S, as Spikformer's SPS), and the token grid from
 `input_size` and `stem_pool` (halved after every stage marked True).
 
-Configs listed in `NATIVE_INPUT` keep their token grid and cost for larger inputs: asked for
-an input k times their native size (k = 2, 4 or 8 in both axes), they get `stem_stride` k, a
-strided first stem conv, unless the caller sets `stem_stride`. `create_model("tiny",
-input_size=(128, 128))` therefore runs its stem at 64x64 after one stride-2 conv and has the
-same 8x8 token grid as at 64x64. Models rebuilt from a stored config (checkpoints) are not
-affected: they carry their own `stem_stride` (1 where the key is missing).
+Configs listed in `NATIVE_INPUT` keep their token grid for larger inputs, and get cheaper
+rather than dearer: asked for an input k = 2 or 4 times their native size (in both axes),
+the first stem conv patchifies with stride 2k (a (2k+1)x(2k+1) kernel that sees every pixel)
+and the stem's last down-sampling is dropped, so each stem stage runs at half the resolution
+it has at the native size; at k = 8 the conv has stride 8 and every down-sampling is kept.
+This applies unless the caller sets `stem_stride` or `stem_pool` (a `stem_pool` of the
+caller's with no `stem_stride` gets stride k). `create_model("tiny", input_size=(128, 128))`
+thus has a 5x5 stride-4 first conv (128x128 -> 32x32), stages at 32, 16 and 8 pixels, and
+the 8x8 token grid of tiny at 64x64, for about half the multiply-accumulates. Models rebuilt
+from a stored config (checkpoints) are not affected: they carry their own `stem_stride` (1
+where the key is missing) and `stem_pool`.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
-from spikestream.pipeline.model import SpikingTransformer
+from spikestream.pipeline.model import STEM_STRIDES, SpikingTransformer
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    # fast enough for CPU tests and demos: 64x64 input -> 8x8 tokens (larger inputs: a strided
-    # first conv, see NATIVE_INPUT)
+    # fast enough for CPU tests and demos: 64x64 input -> 8x8 tokens (larger inputs: a
+    # patchifying first conv, see NATIVE_INPUT)
     "tiny": {
         "input_size": (64, 64),
         "embed_dim": 64,
@@ -52,12 +58,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-#: Native input size of configs whose stem strides larger inputs down to it (see above).
+#: Native input size of configs whose stem patchifies larger inputs down to it (see above).
 NATIVE_INPUT: dict[str, tuple[int, int]] = {"tiny": (64, 64)}
 
 
-def native_stem_stride(config: str, input_size: int | tuple[int, int]) -> int:
-    """The `stem_stride` `create_model` gives `config` at `input_size` (1 = a plain stem)."""
+def _multiple_of_native(config: str, input_size: int | tuple[int, int]) -> int:
+    """k where `input_size` is k = 2, 4 or 8 times `config`'s native size, else 1."""
     native = NATIVE_INPUT.get(config)
     if native is None:
         return 1
@@ -66,6 +72,27 @@ def native_stem_stride(config: str, input_size: int | tuple[int, int]) -> int:
         if (h, w) == (native[0] * k, native[1] * k):
             return k
     return 1
+
+
+def native_stem(config: str, input_size: int | tuple[int, int],
+                stem_pool: Sequence[bool] | None = None) -> dict[str, Any]:
+    """The stem `create_model` gives `config` at `input_size`: `{"stem_stride": s}`, plus
+    `"stem_pool"` where its last down-sampling is dropped (see the module docstring).
+    `stem_pool`: the caller's, which is kept (with stride k)."""
+    k = _multiple_of_native(config, input_size)
+    if k == 1:
+        return {"stem_stride": 1}
+    if stem_pool is not None or 2 * k not in STEM_STRIDES:
+        return {"stem_stride": k}
+    pools = list(get_config(config)["stem_pool"])
+    last = max(i for i, down in enumerate(pools) if down)
+    pools[last] = False
+    return {"stem_stride": 2 * k, "stem_pool": tuple(pools)}
+
+
+def native_stem_stride(config: str, input_size: int | tuple[int, int]) -> int:
+    """The `stem_stride` `create_model` gives `config` at `input_size` (1 = a plain stem)."""
+    return native_stem(config, input_size)["stem_stride"]
 
 
 def list_configs() -> list[str]:
@@ -89,12 +116,13 @@ def create_model(
 ) -> SpikingTransformer:
     """Build the named config with the given attention key; `overrides` replace config entries
     (`input_size`, `in_channels`, `num_classes`, `embed_dim`, `depth`, `heads`, `time_steps`,
-    `mlp_ratio`, `stem_pool`, `stem_stride`, `pool`); configs in `NATIVE_INPUT` get a strided
-    first stem conv at multiples of their native input size unless `stem_stride` is given."""
+    `mlp_ratio`, `stem_pool`, `stem_stride`, `pool`); configs in `NATIVE_INPUT` get a
+    patchifying first stem conv at multiples of their native input size unless `stem_stride`
+    is given (`native_stem`)."""
     cfg = get_config(config)
     cfg.update(overrides)
     if "stem_stride" not in overrides and "input_size" in cfg:
-        cfg["stem_stride"] = native_stem_stride(config, cfg["input_size"])
+        cfg.update(native_stem(config, cfg["input_size"], overrides.get("stem_pool")))
     cfg["attention"] = attention
     cfg["attention_kwargs"] = dict(attention_kwargs or {})
     return SpikingTransformer(cfg)

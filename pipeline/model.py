@@ -60,15 +60,16 @@ def max_pool_3s2_(x: Tensor) -> Tensor:
 class StemStage(nn.Module):
     """conv3x3 - BN - LIF, then optional 2x down-sampling (max-pool 3/2/1 or avg-pool 2/2).
 
-    With `stride` s > 1 the conv is (s+1)x(s+1) with stride s and padding s/2 (it sees every
-    pixel and maps HxW to H/s x W/s), a cheap first stage for large inputs."""
+    With `stride` s > 1 the conv is (s+1)x(s+1) with stride s and padding 1: window j covers
+    pixels s*j-1 .. s*j+s-1, so neighbouring windows overlap by one pixel, every pixel is
+    seen, and HxW maps to H/s x W/s; a cheap first stage for large inputs."""
 
     def __init__(self, c_in: int, c_out: int, pool: str | None, stride: int = 1) -> None:
         super().__init__()
         if stride not in STEM_STRIDES:
             raise ValueError(f"stem stride must be one of {STEM_STRIDES}, got {stride!r}")
         kernel = 3 if stride == 1 else stride + 1
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(c_out)
         self.lif = LIF()
         if pool is None:

@@ -144,25 +144,53 @@ def test_strided_max_pool_equals_aten(shape: tuple[int, ...]) -> None:
     assert torch.equal(max_pool_3s2_(b).float(), max_pool_3s2_(b.float()))
 
 
-def test_tiny_strides_large_inputs_to_its_native_grid() -> None:
+def test_tiny_patchifies_large_inputs_to_its_native_grid() -> None:
     native = create_model("tiny", input_size=(64, 64))
     big = create_model("tiny", input_size=(128, 128))
-    assert big.config["stem_stride"] == 2 and native.config["stem_stride"] == 1
+    assert native.config["stem_stride"] == 1 and native.config["stem_pool"] == [True] * 3
+    # 128x128: a 5x5 stride-4 conv, the last down-sampling dropped, the same 8x8 tokens
+    assert big.config["stem_stride"] == 4 and big.config["stem_pool"] == [True, True, False]
     assert big.grid == native.grid == (8, 8)
+    assert [shape[1] for shape in big.sps.stage_shapes] == [32, 16, 8]
     conv = big.sps.stages[0].conv
-    assert conv.stride == (2, 2) and conv.kernel_size == (3, 3)
+    assert conv.stride == (4, 4) and conv.kernel_size == (5, 5)
+    assert model_cost(big) < 0.6 * model_cost(native)  # cheaper than at 64x64, not dearer
     # every input pixel reaches the first stage: a single event changes some neuron input
-    x = torch.zeros(1, 2, 128, 128)
-    x[0, 1, 127, 127] = 1.0
-    assert conv(x).abs().sum() > 0
-    assert create_model("tiny", input_size=(256, 256)).sps.stages[0].conv.stride == (4, 4)
+    for model in (big, create_model("tiny", input_size=(256, 256)), create_model(
+            "tiny", input_size=(128, 128), stem_stride=2)):
+        conv = model.sps.stages[0].conv
+        nn.init.constant_(conv.weight, 1.0)
+        # with unit weights, d(sum of outputs)/d(pixel) = number of windows covering it
+        frame = torch.zeros(1, 2, *model.input_size, requires_grad=True)
+        conv(frame).sum().backward()
+        assert bool((frame.grad > 0).all()), conv
+        assert conv(frame).shape[-2:] == tuple(n // conv.stride[0] for n in model.input_size)
+    huge = create_model("tiny", input_size=(256, 256))
+    assert huge.sps.stages[0].conv.stride == (8, 8) and huge.grid == (8, 8)
+    assert huge.config["stem_pool"] == [True, True, False]
+    # 8x native: stride 8 (the largest), every down-sampling kept
+    widest = create_model("tiny", input_size=(512, 512))
+    assert widest.config["stem_stride"] == 8 and widest.config["stem_pool"] == [True] * 3
+    assert widest.grid == (8, 8)
+    # the caller's choices win
     assert create_model("tiny", input_size=(128, 128), stem_stride=1).grid == (16, 16)
+    own = create_model("tiny", input_size=(128, 128), stem_pool=(True, True, False))
+    assert own.config["stem_stride"] == 2 and own.grid == (16, 16)
     assert create_model("tiny", input_size=(96, 96)).config["stem_stride"] == 1
     assert create_model("small").config["stem_stride"] == 1
     with pytest.raises(ValueError, match="stem_stride must be one of"):
         create_model("tiny", stem_stride=3)
     with pytest.raises(ValueError, match="divisible"):
         create_model("tiny", input_size=(63, 64), stem_stride=2)
+
+
+def model_cost(model: SpikingTransformer) -> int:
+    """Multiply-accumulates of the stem convs per step, counted from the layer shapes."""
+    total = 0
+    for stage, (c_out, h, w) in zip(model.sps.stages, model.sps.stage_shapes, strict=True):
+        conv = stage.conv
+        total += c_out * h * w * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    return total
 
 
 def test_strided_stem_step_equals_forward() -> None:
