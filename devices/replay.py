@@ -105,14 +105,16 @@ class ReplayCamera(EventSource):
             if last_t < window_end:
                 continue
             buf = np.concatenate(pending)
-            t = buf["t"]
+            # every window that ends at or before the newest event is complete; one search for
+            # all of them (numpy copies a strided field on each `searchsorted` call, so a call
+            # per window would cost a copy of the whole buffer each)
+            ends = window_end + width * np.arange((last_t - window_end) // width + 1)
             start = 0
-            # every window that ends at or before the newest event is complete
-            while window_end <= last_t:
-                stop = int(np.searchsorted(t, window_end, side="left"))
-                yield window_end, buf[start:stop]
+            for end, stop in zip(ends.tolist(), np.searchsorted(buf["t"], ends).tolist(),
+                                 strict=True):
+                yield end, buf[start:stop]
                 start = stop
-                window_end += width
+            window_end = int(ends[-1]) + width
             pending = [buf[start:]]
         if window_end is not None and pending:
             buf = np.concatenate(pending)

@@ -9,6 +9,7 @@ import pytest
 
 from spikestream import EVENT_DTYPE, EventFormatError, Recording, make_events
 from spikestream.devices import ReplayCamera
+from spikestream.devices.base import split_packets
 
 SIZE = (34, 34, 2)
 
@@ -65,6 +66,10 @@ def test_packets_iterable_gives_the_same_packets_as_the_whole_array():
         lazy = list(ReplayCamera(iter(chunks), SIZE, speed=None, **kw))
         assert len(whole) == len(lazy)
         assert all(np.array_equal(a, b) for a, b in zip(whole, lazy, strict=True))
+        # and the packets of the one-shot splitter (a vectorised second implementation)
+        ref = [p for _, p in split_packets(ev, **kw)]
+        assert len(ref) == len(whole)
+        assert all(np.array_equal(a, b) for a, b in zip(whole, ref, strict=True))
 
 
 def test_real_time_and_speed_factor_pacing():
