@@ -98,7 +98,9 @@ class Decider:
         self.window = window
         self.threshold = float(threshold)
         self.class_names = list(class_names) if class_names is not None else None
-        self._recent: deque[np.ndarray] = deque()
+        # the last `window` logits in a ring (row `count % window` is the oldest once full);
+        # with no window, a running sum
+        self._ring = np.zeros((window or 1, self.num_classes), np.float64)
         self._sum = np.zeros(self.num_classes, np.float64)
         self._count = 0
         self.early: EarlyDecision | None = None
@@ -113,15 +115,15 @@ class Decider:
     ) -> tuple[np.ndarray, int, float]:
         """Add one step's logits `[C]`; returns `(probabilities, label, confidence)`."""
         z = np.asarray(logits, np.float64).reshape(self.num_classes)
+        self._count += 1
         if self.window is None:
             self._sum += z
-            self._count += 1
             mean = self._sum / self._count
         else:
-            self._recent.append(z)
-            if len(self._recent) > self.window:
-                self._recent.popleft()
-            mean = np.mean(self._recent, axis=0)  # summed afresh: no drift over long streams
+            self._ring[(self._count - 1) % self.window] = z
+            n = min(self._count, self.window)
+            # summed afresh each step: no drift over long streams
+            mean = self._ring[:n].sum(axis=0) / n
         e = np.exp(mean - mean.max())
         probs = e / e.sum()
         label = int(probs.argmax())
