@@ -106,6 +106,22 @@ def test_disordered_recording_is_refused_with_a_clear_error():
         list(ReplayCamera(outside, SIZE, speed=None))
 
 
+@pytest.mark.parametrize("field,value,message", [
+    ("x", SIZE[0], "outside the sensor"), ("y", SIZE[1], "outside the sensor"),
+    ("p", 2, "outside the sensor"), ("t", -1, "timestamps go back inside a packet"),
+])
+def test_every_packet_is_checked_and_the_first_bad_event_named(field, value, message):
+    ev = _random_events(1000, 100_000)
+    bad = ev.copy()
+    bad[field][437] = value if field != "t" else bad["t"][436] - 1
+    with pytest.raises(EventFormatError, match=message) as err:
+        list(ReplayCamera(bad, SIZE, speed=None, packet_events=1000))
+    assert err.value.record == 437
+    # the same events, intact, pass
+    assert len(np.concatenate(list(ReplayCamera(ev, SIZE, speed=None, packet_events=1000)))) \
+        == 1000
+
+
 def test_bad_arguments():
     ev = np.zeros(3, dtype=EVENT_DTYPE)
     with pytest.raises(ValueError, match="sensor_size"):
