@@ -94,23 +94,14 @@ def endless_source(width: int, height: int, seed: int = 0) -> Iterator[np.ndarra
                           rng.integers(0, 2, per))
 
 
-def bare_p50_ms(step, state: dict, frames: torch.Tensor) -> float:
-    """Median time of `step` over `frames` in a plain loop (the peer)."""
+def bare_p50_ms(step, state: dict, frames: torch.Tensor, idle_s: float = 0.0) -> float:
+    """Median time of `step` over `frames` in a plain loop (the peer), with the thread asleep
+    for `idle_s` before each step (one bin: as in a live stream)."""
     times = []
     with torch.inference_mode():
         for frame in frames:
-            start = time.perf_counter()
-            _, state = step(frame[None], state)
-            times.append(time.perf_counter() - start)
-    return float(np.percentile(times, 50) * 1e3)
-
-
-def idle_p50_ms(step, state: dict, frames: torch.Tensor) -> float:
-    """Median time of `step` over `frames`, one per bin with the thread asleep in between."""
-    times = []
-    with torch.inference_mode():
-        for frame in frames:
-            time.sleep(BIN_US * 1e-6)
+            if idle_s:
+                time.sleep(idle_s)
             start = time.perf_counter()
             _, state = step(frame[None], state)
             times.append(time.perf_counter() - start)
@@ -128,7 +119,7 @@ def run_case(config: str, size: int, steps: int) -> list[dict]:
     compiled = compile_step(model, frames[:1])
     peers = {"eager": bare_p50_ms(model.step, model.init_state(1), frames),
              "compiled": bare_p50_ms(compiled.step, compiled.init_state(1), frames)}
-    idle = idle_p50_ms(compiled.step, compiled.init_state(1), frames)
+    idle = bare_p50_ms(compiled.step, compiled.init_state(1), frames, idle_s=BIN_US * 1e-6)
     rows = []
     for mode, speed, policy in (("live", 1.0, "drop_oldest"), ("replay", None, "block")):
         for kind in ("eager", "compiled"):

@@ -12,6 +12,7 @@ import numba
 import numpy as np
 
 from spikestream import EVENT_DTYPE, EventFormatError, SensorSize, empty_events
+from spikestream.events import validate_events
 
 
 @dataclass
@@ -41,19 +42,15 @@ class SourceCounters:
         return asdict(self)
 
 
-_OK, _BACKWARDS, _OUTSIDE = 0, 1, 2
-
-
 @numba.njit(cache=True, nogil=True)
-def _first_problem(t, x, y, p, w, h):
-    """`(_OK, -1)`, or the first event that goes back in time or lies outside the sensor (one
-    pass over the strided fields, instead of a temporary array per comparison)."""
+def _events_ok(t, x, y, p, w, h):
+    """Whether events are time-ordered and inside the sensor: the condition of
+    `validate_events` in one pass over the strided fields (numpy would build a temporary per
+    comparison, which costs more than the check on a live source's small packets)."""
     for i in range(t.shape[0]):
-        if i > 0 and t[i] < t[i - 1]:
-            return _BACKWARDS, i
-        if x[i] >= w or y[i] >= h or p[i] > 1:
-            return _OUTSIDE, i
-    return _OK, -1
+        if (i > 0 and t[i] < t[i - 1]) or x[i] >= w or y[i] >= h or p[i] > 1:
+            return False
+    return True
 
 
 class Pacer:
@@ -177,12 +174,8 @@ class EventSource(ABC):
                 expected="time-ordered packets",
             )
         w, h = self.sensor_size[0], self.sensor_size[1]
-        problem, i = _first_problem(t, packet["x"], packet["y"], packet["p"], w, h)
-        if problem == _BACKWARDS:
-            raise EventFormatError(name, "timestamps go back inside a packet", record=i)
-        if problem == _OUTSIDE:
-            raise EventFormatError(name, "event outside the sensor", record=i,
-                                   expected=f"x < {w}, y < {h}")
+        if not _events_ok(t, packet["x"], packet["y"], packet["p"], w, h):
+            validate_events(packet, self.sensor_size, source=name)  # raises, naming the event
         self._last_t = int(t[-1])
 
 

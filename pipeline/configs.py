@@ -90,11 +90,6 @@ def native_stem(config: str, input_size: int | tuple[int, int],
     return {"stem_stride": 2 * k, "stem_pool": tuple(pools)}
 
 
-def native_stem_stride(config: str, input_size: int | tuple[int, int]) -> int:
-    """The `stem_stride` `create_model` gives `config` at `input_size` (1 = a plain stem)."""
-    return native_stem(config, input_size)["stem_stride"]
-
-
 def list_configs() -> list[str]:
     """Names accepted by `create_model`."""
     return sorted(CONFIGS)

@@ -43,7 +43,7 @@ def test_contract_checked_on_every_packet():
     assert src.opened == src.closed == 1  # iteration opened and closed it
     with pytest.raises(EventFormatError, match="before the previous"):
         list(_Listed([ok, make_events([1], [1], [5], [0])]))
-    with pytest.raises(EventFormatError, match="inside a packet"):
+    with pytest.raises(EventFormatError, match="record 1: timestamp 8 µs goes back from 9"):
         list(_Listed([make_events([1, 1], [1, 1], [9, 8], [0, 0])]))
     with pytest.raises(EventFormatError, match="outside"):
         list(_Listed([make_events([10], [1], [9], [0])]))
