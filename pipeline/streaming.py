@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from numba import njit
 
 from spikestream.pipeline.binning import StreamBinner
 
@@ -78,6 +79,35 @@ class EarlyDecision:
     confidence: float
 
 
+@njit(cache=True)
+def _decide(ring: np.ndarray, total: np.ndarray, z: np.ndarray, count: int,
+            window: int) -> tuple[np.ndarray, int, float]:  # pragma: no cover - compiled
+    """`Decider.update`'s arithmetic in one compiled call (a dozen numpy calls on a vector of
+    a few classes cost more than the arithmetic): store `z`, mean of the window (or running
+    mean when `window` is 0), softmax, argmax."""
+    c = z.shape[0]
+    mean = np.empty(c)
+    if window == 0:
+        for k in range(c):
+            total[k] += z[k]
+            mean[k] = total[k] / count
+    else:
+        row = (count - 1) % window
+        for k in range(c):
+            ring[row, k] = z[k]
+        n = min(count, window)
+        for k in range(c):
+            acc = 0.0
+            for i in range(n):  # summed afresh each step: no drift over long streams
+                acc += ring[i, k]
+            mean[k] = acc / n
+    top = mean.max()
+    probs = np.exp(mean - top)
+    probs /= probs.sum()
+    label = int(probs.argmax())
+    return probs, label, probs[label]
+
+
 class Decider:
     """Running decision from per-step logits: softmax of the mean over the last `window`
     steps (all steps when `window` is None), argmax, and the early decision."""
@@ -104,6 +134,8 @@ class Decider:
         self._sum = np.zeros(self.num_classes, np.float64)
         self._count = 0
         self.early: EarlyDecision | None = None
+        # compile (or load from the cache) now, not in the first step of a stream
+        _decide(np.zeros_like(self._ring), np.zeros_like(self._sum), self._sum, 1, window or 0)
 
     def name(self, label: int) -> str | None:
         if self.class_names is not None and 0 <= label < len(self.class_names):
@@ -116,18 +148,7 @@ class Decider:
         """Add one step's logits `[C]`; returns `(probabilities, label, confidence)`."""
         z = np.asarray(logits, np.float64).reshape(self.num_classes)
         self._count += 1
-        if self.window is None:
-            self._sum += z
-            mean = self._sum / self._count
-        else:
-            self._ring[(self._count - 1) % self.window] = z
-            n = min(self._count, self.window)
-            # summed afresh each step: no drift over long streams
-            mean = self._ring[:n].sum(axis=0) / n
-        e = np.exp(mean - mean.max())
-        probs = e / e.sum()
-        label = int(probs.argmax())
-        conf = float(probs[label])
+        probs, label, conf = _decide(self._ring, self._sum, z, self._count, self.window or 0)
         if self.early is None and conf >= self.threshold:
             self.early = EarlyDecision(step, bin_index, t_us, label, self.name(label), conf)
         return probs, label, conf
@@ -349,7 +370,15 @@ class StreamResult:
 
 
 def _frame_tensor(frame: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(frame.astype(np.float32))[None].to(device)
+    t = torch.from_numpy(frame.astype(np.float32, copy=False)[None])
+    return t if device.type == "cpu" else t.to(device)
+
+
+def _logits_array(logits: torch.Tensor) -> np.ndarray:
+    """`logits[1, C]` as a float array `[C]` (without copies for a CPU float32 tensor)."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32:
+        return logits.detach().numpy().reshape(-1)
+    return logits.detach().reshape(-1).float().cpu().numpy()
 
 
 def _model_device(model: Any) -> torch.device:
@@ -396,7 +425,7 @@ def run_stream(
     clock: Callable[[], int | None] | None = None,
     stop: threading.Event | None = None,
     max_decisions: int = 10_000,
-    compiled: bool = False,
+    engine: str = "eager",
 ) -> StreamResult:
     """Stream `source` through `model` one bin at a time; returns the run's summary.
 
@@ -411,9 +440,10 @@ def run_stream(
     sources). The run ends with the source, after `max_steps` steps or `max_seconds` of wall
     time, when `stop` is set, or on Ctrl-C (`interrupted`).
 
-    `compiled=True` steps an `nn.Module` through `pipeline.compiled.compile_step` (a frozen
-    TorchScript trace of `step`, verified against eager `step` when built; eager with a
-    warning if it does not match); the binner's frames must then have the model's shape.
+    `engine` (for an `nn.Module`): "eager" steps `model.step`; "numba", "torchscript" or
+    "auto" step the fast copy `pipeline.compiled.make_step` builds and checks against eager
+    `step` (falling back with a warning where it differs); the binner's frames must then
+    have the model's shape.
     """
     if sensor_size is None:
         sensor_size = binner.sensor_size if binner is not None else getattr(
@@ -426,14 +456,14 @@ def run_stream(
     if isinstance(model, torch.nn.Module):
         model.eval()
     device = _model_device(model)
-    if compiled and isinstance(model, torch.nn.Module):
-        from spikestream.pipeline.compiled import compile_step
+    if engine != "eager" and isinstance(model, torch.nn.Module):
+        from spikestream.pipeline.compiled import make_step
 
         channels = getattr(model, "in_channels", None)
         size = getattr(model, "input_size", None)
         if channels is None or size is None:
-            raise ValueError("compiled=True needs a model with in_channels and input_size")
-        model = compile_step(model, torch.zeros(1, channels, *size, device=device))
+            raise ValueError(f"engine {engine!r} needs a model with in_channels and input_size")
+        model = make_step(model, torch.zeros(1, channels, *size, device=device), engine)
     queue = BinQueue(queue_size, policy)
     halt = threading.Event()  # ends both threads; `stop` is the caller's, only read
 
@@ -511,7 +541,7 @@ def run_stream(
                     continue
                 t_start = time.perf_counter()
                 logits, state = model.step(_frame_tensor(item.frame, device), state)
-                z = logits.detach().reshape(-1).float().cpu().numpy()
+                z = _logits_array(logits)
                 if decider is None:
                     decider = Decider(len(z), window=window, threshold=threshold,
                                       class_names=class_names)

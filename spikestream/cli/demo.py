@@ -13,7 +13,7 @@ import json
 import numpy as np
 
 from spikestream.cli.stream import (
-    add_jit_flag,
+    add_engine_flag,
     load_stream_model,
     make_source,
     print_summary,
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_with_view(source, sm, json_out=args.json, record=None, seconds=None,
                            threshold=0.9, queue_size=8, on_step=keep,
                            policy="block" if speed is None else "drop_oldest",
-                           compiled=args.jit)
+                           engine=args.engine)
     scored = score_segments(source.segments, steps)
     names = sm.class_names or [str(i) for i in range(11)]
     right = sum(s["correct"] for s in scored)
@@ -83,6 +83,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="1 paces the camera at real time, 0 runs as fast as possible")
     p.add_argument("--seed", type=int, default=0, help="seed of the gesture order and scenes")
     p.add_argument("--threads", type=int, default=1, help="torch threads for inference (1)")
-    add_jit_flag(p)
+    add_engine_flag(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)

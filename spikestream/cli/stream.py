@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spikestream.pipeline.compiled import ENGINES
 from spikestream.pipeline.streaming import StepInfo, StreamResult
 
 
@@ -118,12 +119,13 @@ class LiveView:
 def run_with_view(source: Any, sm: StreamModel, *, json_out: bool, record: str | None,
                   seconds: float | None, threshold: float, queue_size: int,
                   policy: str = "drop_oldest", on_step=None,
-                  compiled: bool = False) -> StreamResult:
+                  engine: str = "eager") -> StreamResult:
     """Stream `source` through `sm.model`, with the live view unless JSON output or no TTY.
 
     `policy="drop_oldest"` for live or paced sources (inference keeps up or drops, counted);
     `"block"` for a source replayed as fast as possible, where every bin must be classified.
-    `compiled`: step a verified TorchScript trace of the model (`pipeline.compiled`).
+    `engine`: how steps run (`pipeline.compiled.ENGINES`; fast engines are checked against
+    eager steps when built).
     """
     from spikestream.pipeline.streaming import run_stream
 
@@ -149,7 +151,7 @@ def run_with_view(source: Any, sm: StreamModel, *, json_out: bool, record: str |
         return run_stream(src, sm.model, time_window_us=sm.time_window_us, binary=sm.binary,
                           queue_size=queue_size, policy=policy, threshold=threshold,
                           class_names=sm.class_names, max_seconds=seconds,
-                          on_packet=on_packet, on_step=step_cb, compiled=compiled)
+                          on_packet=on_packet, on_step=step_cb, engine=engine)
 
 
 def print_summary(result: StreamResult) -> None:
@@ -177,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
                            seconds=args.seconds, threshold=args.threshold,
                            queue_size=args.queue,
                            policy="block" if speed is None else "drop_oldest",
-                           compiled=args.jit and not args.offload)
+                           engine="eager" if args.offload else args.engine)
     if args.json:
         print(json.dumps(result.as_dict(), default=str))
     else:
@@ -185,10 +187,13 @@ def run(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
-def add_jit_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
-                   help="step a TorchScript trace of the model, checked against eager steps "
-                        "when built (eager if it differs; not with --offload) (default: on)")
+def add_engine_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="how steps run: numba (event-driven kernels, ssa/sdsa models), "
+                        "torchscript (a frozen trace), eager (model.step), or auto: numba "
+                        "where supported, else torchscript; fast engines are checked against "
+                        "eager steps when built and fall back if they differ; eager with "
+                        "--offload (default: auto)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -211,6 +216,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run the lrf_dyn core on a device at PORT (serial port or URL)")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated camera")
     p.add_argument("--threads", type=int, default=1, help="torch threads for inference (1)")
-    add_jit_flag(p)
+    add_engine_flag(p)
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.set_defaults(func=run)

@@ -1,0 +1,174 @@
+"""The numba engine: each kernel against torch's own operator, and whole steps against eager
+`model.step` on a simulated gesture clip."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from model_helpers import excite
+
+from spikestream.devices import gesture_clip
+from spikestream.pipeline import create_model
+from spikestream.pipeline import numba_kernels as K
+from spikestream.pipeline.binning import to_frames
+from spikestream.pipeline.compiled import make_step
+from spikestream.pipeline.numba_step import NumbaStep, unsupported
+
+
+def sparse_maps(shape: tuple[int, ...], density: float, seed: int) -> np.ndarray:
+    """Non-negative float32 maps with about `density` non-zeros, values 1-3 (event counts)."""
+    rng = np.random.default_rng(seed)
+    return ((rng.random(shape) < density) * rng.integers(1, 4, shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4, 8])
+def test_conv_scatter_is_conv2d(stride):
+    k = 3 if stride == 1 else stride + 1
+    c_in, c_out, size = 3, 16, 32
+    x = sparse_maps((c_in, size, size), 0.1, stride)
+    w = np.random.default_rng(1).standard_normal((c_out, c_in, k, k)).astype(np.float32)
+    want = F.conv2d(torch.from_numpy(x)[None], torch.from_numpy(w), stride=stride, padding=1)[0]
+    out_h, out_w = want.shape[1:]
+    acc = np.zeros((out_h * out_w, c_out), np.float32)
+    K.conv_scatter(x.transpose(1, 2, 0), np.ascontiguousarray(w.transpose(1, 2, 3, 0)), stride,
+                   acc, out_w)
+    got = acc.reshape(out_h, out_w, c_out).transpose(2, 0, 1)
+    np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-4)
+    assert np.abs(got).sum() > 0
+
+
+def test_linear_scatter_is_a_matrix_product():
+    x = sparse_maps((64, 48), 0.2, 0)
+    wt = np.random.default_rng(2).standard_normal((48, 80)).astype(np.float32)
+    acc = np.zeros((64, 80), np.float32)
+    K.linear_scatter(x, wt, acc)
+    np.testing.assert_allclose(acc, x @ wt, rtol=0, atol=1e-4)
+
+
+def test_pools_are_torch_pools():
+    x = sparse_maps((8, 16, 12), 0.3, 3)
+    hwc = np.ascontiguousarray(x.transpose(1, 2, 0))
+    t = torch.from_numpy(x)[None]
+    want_max = F.max_pool2d(t, 3, stride=2, padding=1)[0].numpy()
+    want_avg = F.avg_pool2d(t, 2, stride=2)[0].numpy()
+    np.testing.assert_array_equal(K.max_pool_3s2(hwc).transpose(2, 0, 1), want_max)
+    np.testing.assert_array_equal(K.avg_pool_2s2(hwc).transpose(2, 0, 1), want_avg)
+    grid = sparse_maps((5, 7, 6), 0.3, 4)  # tokens [N, D] of a 5x7 grid
+    tokens = np.ascontiguousarray(grid.reshape(35, 6))
+    want = F.max_pool2d(torch.from_numpy(grid).permute(2, 0, 1)[None], 3, stride=1, padding=1)
+    np.testing.assert_array_equal(K.token_max_pool_3s1(tokens, 5, 7),
+                                  want[0].permute(1, 2, 0).reshape(35, 6).numpy())
+
+
+def test_ssa_scores_are_exact():
+    rng = np.random.default_rng(5)
+    q, k, v = ((rng.random((64, 32)) < 0.3).astype(np.float32) for _ in range(3))
+    heads, scale = 4, np.float32(0.125)
+    got = K.ssa_scores(q, k, v, heads, scale)
+    split = [torch.from_numpy(a).reshape(64, heads, 8).transpose(0, 1) for a in (q, k, v)]
+    want = ((split[0] @ split[1].transpose(-1, -2)) @ split[2] * 0.125).transpose(0, 1)
+    np.testing.assert_array_equal(got, want.reshape(64, 32).numpy())  # integer sums: exact
+    assert got.max() > 1
+
+
+@pytest.fixture(scope="module")
+def clip_frames() -> torch.Tensor:
+    """10 ms event-count frames of one simulated person performing a gesture, at 128x128."""
+    events = gesture_clip(4, duration_s=0.8, sensor_size=(128, 128, 2), seed=3)
+    frames = to_frames(events, (128, 128, 2), time_window=10_000)
+    assert frames.shape[0] >= 70 and frames.sum() > 0
+    return torch.from_numpy(frames.astype(np.float32))[:, None]
+
+
+CASES = {
+    # tiny at 128x128: 5x5 stride-4 first conv, max-pools
+    "ssa": ("ssa", {}, {}),
+    "sdsa-dvs-pool": ("sdsa", {"dvs_pool": True}, {}),
+    # stride 1 at 64x64 with average pooling and two blocks
+    "ssa-avg-deep": ("ssa", {"scale": 0.25}, {"pool": "avg", "depth": 2, "input_size": 64}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_numba_step_follows_eager_over_a_gesture_clip(case, clip_frames):
+    key, kwargs, overrides = CASES[case]
+    torch.manual_seed(0)
+    overrides = {"input_size": 128, **overrides}
+    model = excite(create_model("tiny", key, attention_kwargs=kwargs, **overrides)).eval()
+    size = model.input_size[0]
+    frames = clip_frames if size == 128 else F.avg_pool2d(clip_frames[:, 0], 2)[:, None] * 4
+    fast = NumbaStep(model)
+    eager, flat = model.init_state(1), fast.init_state(1)
+    logits, off, total = [], 0, 0
+    with torch.inference_mode():
+        for frame in frames:
+            want, eager = model.step(frame, eager)
+            got, flat = fast.step(frame, flat)
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-4)
+            mine = fast.to_model_state(flat)
+            assert mine.keys() == eager.keys()
+            for k, v in eager.items():
+                # sums run in another order: equal to rounding, except where a membrane lay
+                # within rounding of the threshold and fired in one of the two only
+                off += int((mine[k] - v).abs().gt(1e-4).sum())
+                total += v.numel()
+            logits.append(want)
+    assert off <= 1e-4 * total, f"{off} of {total} membrane values differ"
+    assert torch.stack(logits).std(dim=0).max() > 0.1  # the clip drives the network
+    spikes = sum(int((v == 0).sum()) for v in eager.values())  # reset membranes: spikes
+    assert spikes > 0
+
+
+def test_flat_state_round_trips_the_model_state():
+    torch.manual_seed(0)
+    model = create_model("tiny", input_size=128).eval()
+    fast = NumbaStep(model)
+    g = torch.Generator().manual_seed(1)
+    state = {k: torch.randn(v.shape, generator=g) for k, v in model.init_state(1).items()}
+    flat = fast.from_model_state(state)
+    assert flat.shape == fast.init_state(1).shape and flat.dtype == np.float32
+    back = fast.to_model_state(flat)
+    assert back.keys() == state.keys()
+    for k in state:
+        assert torch.equal(back[k], state[k]), k
+    # and the step reads it in that layout: a step from `state` equals eager's
+    frame = torch.from_numpy(sparse_maps((1, 2, 128, 128), 0.06, 2))
+    with torch.inference_mode():
+        want, _ = model.step(frame, state)
+        got, _ = fast.step(frame, flat)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-4)
+
+
+def test_numba_step_rejects_what_it_cannot_run():
+    model = create_model("tiny", input_size=32).eval()
+    fast = NumbaStep(model)
+    with pytest.raises(ValueError, match="shape"):
+        fast.step(torch.zeros(1, 2, 16, 16), fast.init_state(1))
+    with pytest.raises(ValueError, match="batch 1"):
+        fast.init_state(2)
+    lrf = create_model("tiny", "lrf_dyn", input_size=32)
+    assert "lrf_dyn" in unsupported(lrf)
+    with pytest.raises(ValueError, match="lrf_dyn"):
+        NumbaStep(lrf)
+
+
+def test_make_step_picks_and_falls_back():
+    frame = torch.zeros(1, 2, 32, 32)
+    ssa = create_model("tiny", input_size=32)
+    lrf = create_model("tiny", "lrf_dyn", input_size=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto moves past an unsupported model quietly
+        assert make_step(ssa, frame).mode == "numba"
+        assert make_step(lrf, frame).mode == "frozen"
+        assert make_step(ssa, frame, "eager").mode == "eager"
+        assert make_step(ssa, frame, "torchscript").mode == "frozen"
+    with pytest.warns(RuntimeWarning, match="lrf_dyn"):
+        assert make_step(lrf, frame, "numba").mode == "frozen"
+    with pytest.warns(RuntimeWarning, match="batch 1"):
+        assert make_step(ssa, torch.zeros(2, 2, 32, 32), "numba").mode == "frozen"
+    with pytest.raises(ValueError, match="engine"):
+        make_step(ssa, frame, "fast")
