@@ -322,7 +322,8 @@ def step_kernel(frame, stem_w, stem_bn, stem_lif, stem_cfg, blk_w, blk_bn, blk_l
         x = stem_layer(x, stem_w[i], stem_bn[i], stem_lif[i], stem_cfg[i, 0], stem_cfg[i, 1],
                        v, v_new)
     v, v_new = views[last]
-    y = stem_layer(x, stem_w[last], stem_bn[last], stem_lif[last], 1, POOL_NONE, v, v_new)
+    y = stem_layer(x, stem_w[last], stem_bn[last], stem_lif[last], stem_cfg[last, 0],
+                   stem_cfg[last, 1], v, v_new)
     gh, gw, d = x.shape
     tokens = (x + y).reshape((gh * gw, d))
     v_blk = [views[i][0] for i in range(last + 1, layout.shape[0])]

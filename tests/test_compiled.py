@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from model_helpers import excite
 
 from spikestream.devices import gesture_clip
 from spikestream.pipeline import create_model
@@ -13,19 +14,6 @@ from spikestream.pipeline.compiled import compile_step
 from spikestream.pipeline.streaming import run_stream
 
 SIZE = (128, 128)
-
-
-def lively(model: torch.nn.Module, gain: float = 6.0) -> torch.nn.Module:
-    """Scale every BatchNorm's gain and draw its bias, so that an untrained model spikes in
-    every layer (at initialisation its neurons stay below threshold and the logits are
-    constant, which would make any comparison trivial)."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-                mod.weight.mul_(gain)
-                mod.bias.copy_(torch.randn(mod.bias.shape, generator=g) * 0.5)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +28,7 @@ def clip_frames() -> torch.Tensor:
 @pytest.mark.parametrize("key", ["ssa", "lrf_dyn"])
 def test_compiled_step_matches_eager_over_a_gesture_clip(key, clip_frames):
     torch.manual_seed(0)
-    model = lively(create_model("tiny", key, input_size=SIZE))
+    model = excite(create_model("tiny", key, input_size=SIZE))
     step = compile_step(model, clip_frames[0])
     assert step.mode == "frozen"
     eager = fast = model.init_state(1)
@@ -100,7 +88,7 @@ def test_run_stream_engines_give_the_eager_decisions(engine):
     events = gesture_clip(1, duration_s=0.6, sensor_size=(64, 64, 2), seed=5)
     packets = np.array_split(events, 40)
     torch.manual_seed(1)
-    model = lively(create_model("tiny", "lrf_dyn" if engine == "torchscript" else "ssa"))
+    model = excite(create_model("tiny", "lrf_dyn" if engine == "torchscript" else "ssa"))
     logits = {}
     for name in ("eager", engine):
         seen = []
