@@ -28,6 +28,7 @@ import numpy as np
 from spikestream import EVENT_DTYPE, SensorSize, make_events
 from spikestream.datasets.download import MissingDataError, extract_archive, fetch_archive
 from spikestream.datasets.io import read_events
+from spikestream.datasets.registry import register_dataset, split_parts
 from spikestream.datasets.samples import LabelledEvents, file_key
 
 CLASSES = [
@@ -228,3 +229,10 @@ class DVSGesture(LabelledEvents):
         part = "train" if self.train else "test"
         return (f"DVSGesture({str(self.root)!r}, {part}, layout={self.layout}, "
                 f"classes={self.num_classes}, samples={len(self)})")
+
+
+@register_dataset("dvsgesture", frame_size=(128, 128), binning={"n_event_bins": 16},
+                  options=("num_classes",))
+def _create(root: Path, part: str, *, download: bool = False, num_classes: int = 11) -> Any:
+    return split_parts(lambda train: DVSGesture(root, train=train, num_classes=num_classes,
+                                                download=download), part)

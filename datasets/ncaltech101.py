@@ -23,6 +23,7 @@ import numpy as np
 from spikestream import SensorSize
 from spikestream.datasets.download import MissingDataError, extract_archive, fetch_archive
 from spikestream.datasets.io import read_events
+from spikestream.datasets.registry import register_dataset
 from spikestream.datasets.samples import LabelledEvents, file_key, stratified_split
 
 BACKGROUND = "BACKGROUND_Google"
@@ -135,3 +136,11 @@ class NCaltech101(LabelledEvents):
     def __repr__(self) -> str:
         return (f"NCaltech101({str(self.root)!r}, {self.split}, classes={len(self.classes)}, "
                 f"samples={len(self)})")
+
+
+@register_dataset("ncaltech101", frame_size=(128, 128), binning={"n_event_bins": 16},
+                  augment="flip,roll,drop", options=("background", "val_fraction", "split_seed"))
+def _create(root: Path, part: str, *, download: bool = False, background: bool = False,
+            val_fraction: float = 0.2, split_seed: int = 0) -> Any:
+    return NCaltech101(root, part, background=background, test_fraction=val_fraction,
+                       seed=split_seed, download=download)

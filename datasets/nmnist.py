@@ -18,6 +18,7 @@ import numpy as np
 from spikestream import SensorSize
 from spikestream.datasets.download import MissingDataError, extract_archive, fetch_archive
 from spikestream.datasets.io import read_events
+from spikestream.datasets.registry import register_dataset, split_parts
 from spikestream.datasets.samples import LabelledEvents, file_key, stratified_split
 
 CLASSES = [str(d) for d in range(10)]
@@ -71,6 +72,7 @@ class NMNIST(LabelledEvents):
 
     classes = CLASSES
     sensor_size: SensorSize = SENSOR_SIZE
+    event_filters = ("crop_to_sensor",)  # `load` drops events outside the 34x34 sensor
 
     def __init__(
         self,
@@ -162,3 +164,11 @@ class NMNIST(LabelledEvents):
     def __repr__(self) -> str:
         part = "train" if self.train else "test"
         return f"NMNIST({str(self.root)!r}, {part}, layout={self.layout}, samples={len(self)})"
+
+
+@register_dataset("nmnist", frame_size=(32, 32), binning={"n_time_bins": 8},
+                  options=("val_fraction", "split_seed"))
+def _create(root: Path, part: str, *, download: bool = False, val_fraction: float = 0.2,
+            split_seed: int = 0) -> Any:
+    return split_parts(lambda train: NMNIST(root, train=train, test_fraction=val_fraction,
+                                            seed=split_seed, download=download), part)

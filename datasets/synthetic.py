@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from spikestream import SensorSize
+from spikestream.datasets.registry import register_dataset, split_parts
 from spikestream.datasets.samples import LabelledEvents
 from spikestream.devices import gestures as _gestures
 from spikestream.devices import video as _video
@@ -95,3 +96,18 @@ class SyntheticGestures(LabelledEvents):
     def __repr__(self) -> str:
         return (f"SyntheticGestures({self.split}, samples={len(self)}, "
                 f"duration_s={self.duration_s}, seed={self.seed})")
+
+
+@register_dataset("synthetic", frame_size=(32, 32), binning={"time_window": 100_000},
+                  needs_root=False,
+                  options=("samples_per_class", "clip_seconds", "split_seed", "num_classes"))
+def _create(root: Any, part: str, *, download: bool = False, samples_per_class: int = 40,
+            clip_seconds: float = 1.5, split_seed: int = 0, num_classes: int = 11) -> Any:
+    """Training clips: `samples_per_class` per class; held-out: a quarter of it (at least 10)."""
+
+    def make(train: bool) -> SyntheticGestures:
+        n = samples_per_class if train else max(10, samples_per_class // 4)
+        return SyntheticGestures(n, "train" if train else "test", duration_s=clip_seconds,
+                                 seed=split_seed, num_classes=num_classes)
+
+    return split_parts(make, part)

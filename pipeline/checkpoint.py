@@ -1,15 +1,55 @@
 """Checkpoints: weights via `torch.save(state_dict)` (loaded with `weights_only=True`) beside
-a JSON file holding the model config and any extra metadata. Nothing is unpickled."""
+a JSON file holding the model config, the input recipe and any extra metadata. Nothing is
+unpickled, and the config is checked against limits before a model is built from it.
+
+A checkpoint is named by a `.pt` path, a training output folder (its `best.pt`) or the name of
+a shipped checkpoint (`nmnist`, `gestures`); `resolve_checkpoint` is the one place that turns
+such a name into a path.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from spikestream.pipeline.model import SpikingTransformer
+from spikestream.pipeline.recipe import InputRecipe
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+# Limits a checkpoint's config must keep before anything is built from it (a forged JSON must
+# not make us allocate terabytes): far above every shipped or paper configuration.
+CONFIG_LIMITS: dict[str, int] = {
+    "embed_dim": 8192,
+    "depth": 128,
+    "heads": 256,
+    "num_classes": 100_000,
+    "in_channels": 16,
+    "time_steps": 1_000_000,
+    "mlp_ratio": 64,
+    "input_side": 4096,
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: bad JSON, config out of limits, weights that do not
+    fit the config or cannot be read safely."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model ready to run, with what it needs to be fed: its input recipe and class names."""
+
+    model: Any
+    recipe: InputRecipe
+    classes: list[str] | None
+    path: Path
+    extra: dict[str, Any]
 
 
 def config_path(path: str | Path) -> Path:
@@ -17,13 +57,41 @@ def config_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
+def shipped_weights() -> list[str]:
+    """Names of the checkpoints shipped with the package (`pipeline/weights/<name>.pt`)."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt") if p.with_suffix(".json").is_file())
+
+
+def resolve_checkpoint(path_or_name: str | Path) -> Path:
+    """The weights path of a `.pt` path, a training output folder or a shipped name."""
+    p = Path(path_or_name)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        if (p / "best.pt").is_file():
+            return p / "best.pt"
+        raise FileNotFoundError(f"{p}: a folder without best.pt (not a training output folder)")
+    shipped = WEIGHTS_DIR / f"{path_or_name}.pt"
+    if "/" not in str(path_or_name) and shipped.is_file():
+        return shipped
+    raise FileNotFoundError(
+        f"no checkpoint {str(path_or_name)!r}: not a file, not a training folder with best.pt, "
+        f"and not a shipped name (shipped: {', '.join(shipped_weights()) or 'none'})"
+    )
+
+
 def save_checkpoint(
-    path: str | Path, model: SpikingTransformer, extra: dict[str, Any] | None = None
+    path: str | Path, model: Any, extra: dict[str, Any] | None = None,
+    recipe: InputRecipe | None = None,
 ) -> tuple[Path, Path]:
-    """Write weights to `path` and `{"config", "extra"}` to `path` with suffix `.json`."""
+    """Write weights to `path` and `{"config", "recipe", "extra"}` to `path` with suffix
+    `.json`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": "spikestream-checkpoint-1", "config": model.config, "extra": extra or {}}
+    meta: dict[str, Any] = {"format": "spikestream-checkpoint-1", "config": model.config}
+    if recipe is not None:
+        meta["recipe"] = recipe.to_dict()
+    meta["extra"] = extra or {}
     text = json.dumps(meta, indent=2)  # fails early if `extra` is not JSON-able
     torch.save(model.state_dict(), path)
     cpath = config_path(path)
@@ -31,24 +99,115 @@ def save_checkpoint(
     return path, cpath
 
 
-def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[SpikingTransformer, dict[str, Any]]:
-    """Rebuild the model from the JSON config and load its weights; returns `(model, extra)`.
+def validate_config(config: Any, where: str = "config") -> dict[str, Any]:
+    """Check a model config's types and sizes against `CONFIG_LIMITS`; returns it."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where}: the model config must be an object, got "
+                              f"{type(config).__name__}")
+    for key in ("embed_dim", "depth", "heads", "num_classes", "in_channels", "time_steps",
+                "mlp_ratio"):
+        if key not in config:
+            continue
+        v = config[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or int(v) != v:
+            raise CheckpointError(f"{where}: {key} must be an integer, got {v!r}")
+        if not 1 <= v <= CONFIG_LIMITS[key]:
+            raise CheckpointError(f"{where}: {key} = {v} outside 1..{CONFIG_LIMITS[key]}")
+    size = config.get("input_size")
+    if size is not None:
+        if (not isinstance(size, (list, tuple)) or len(size) != 2
+                or not all(isinstance(s, int) and not isinstance(s, bool) for s in size)
+                or not all(1 <= s <= CONFIG_LIMITS["input_side"] for s in size)):
+            raise CheckpointError(f"{where}: input_size must be two integers in "
+                                  f"1..{CONFIG_LIMITS['input_side']}, got {size!r}")
+    return config
 
-    The model is returned in eval mode."""
-    path = Path(path)
+
+def read_checkpoint_json(path: str | Path) -> dict[str, Any]:
+    """The JSON beside the weights at `path` (checked to be a checkpoint's)."""
     cpath = config_path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint weights not found: {path}")
     if not cpath.is_file():
         raise FileNotFoundError(f"checkpoint config not found: {cpath} (written beside {path})")
     try:
         meta = json.loads(cpath.read_text())
-        config = meta["config"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{cpath}: not a spikestream checkpoint config ({e})") from None
-    model = SpikingTransformer(config)
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    model.load_state_dict(state)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cpath}: not a spikestream checkpoint config ({e})") from None
+    if not isinstance(meta, dict) or "config" not in meta:
+        raise CheckpointError(f"{cpath}: not a spikestream checkpoint config (no 'config')")
+    validate_config(meta["config"], str(cpath))
+    return meta
+
+
+def checkpoint_recipe(meta: dict[str, Any], config: dict[str, Any]) -> InputRecipe:
+    """The input recipe of a checkpoint JSON: its `recipe`, or for checkpoints written before
+    recipes existed, one derived from `extra.meta` (sensor size, binning, frame size, frame
+    parameters), with no live equivalent of per-sample binnings."""
+    if meta.get("recipe") is not None:
+        try:
+            return InputRecipe.from_dict(meta["recipe"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"bad input recipe ({e})") from None
+    info = (meta.get("extra") or {}).get("meta") or {}
+    binning = dict(info.get("binning") or {})
+    frame_size = binning.pop("frame_size", None) or config.get("input_size")
+    params = info.get("frame_params") or {}
+    h, w = (int(v) for v in (config.get("input_size") or frame_size))
+    sensor = info.get("sensor_size") or [w, h, int(config.get("in_channels", 2))]
+    if not any(binning.get(m) is not None for m in ("time_window", "n_time_bins",
+                                                    "event_count", "n_event_bins")):
+        raise CheckpointError("the checkpoint holds no input recipe and no binning to derive "
+                              "one from: give the bin length (--bin-ms)")
+    try:
+        return InputRecipe.from_binning(binning, sensor, frame_size,
+                                        start_time=params.get("start_time"),
+                                        end_time=params.get("end_time"))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot derive an input recipe ({e})") from None
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[Any, dict[str, Any]]:
+    """Rebuild the model from the JSON config and load its weights; returns `(model, extra)`.
+
+    `path` is anything `resolve_checkpoint` takes. The model is returned in eval mode."""
+    from spikestream.pipeline import SpikingTransformer
+
+    path = resolve_checkpoint(path)
+    meta = read_checkpoint_json(path)
+    try:
+        model = SpikingTransformer(meta["config"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{config_path(path)}: bad model config ({e})") from None
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not loadable as plain weights ({first})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds {type(state).__name__}, not a state dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not fit the config ({first})") from None
     return model.eval(), dict(meta.get("extra", {}))
+
+
+def load_for_inference(path_or_name: str | Path,
+                       map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """The model, its input recipe and class names: what every command that runs a
+    checkpoint starts from."""
+    path = resolve_checkpoint(path_or_name)
+    model, extra = load_checkpoint(path, map_location)
+    meta = read_checkpoint_json(path)
+    try:
+        recipe = checkpoint_recipe(meta, meta["config"])
+    except CheckpointError as e:
+        raise CheckpointError(f"{config_path(path)}: {e}") from None
+    classes = (extra.get("meta") or {}).get("classes")
+    classes = [str(c) for c in classes] if classes else None
+    if classes is not None and len(classes) != model.num_classes:
+        classes = None
+    return LoadedCheckpoint(model, recipe, classes, path, extra)

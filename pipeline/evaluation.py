@@ -5,7 +5,8 @@ live stream, and the decision after step t is the argmax of the mean of the logi
 1..t (rate decoding, the same rule as training's loss). `accuracy_per_step[t]` therefore
 shows how early the streaming model decides; its last entry is the final accuracy. A model
 that cannot step causally (e.g. STAtten's chunk mode) is evaluated with `forward`, which by
-the model contract gives the same logits. Latency per step is timed separately, with batch 1.
+the model contract gives the same logits. Latency per step is timed separately, with batch 1
+(warm-up steps, then enough timed steps for a median and a 99th percentile).
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ class EvalResult:
     per_class_accuracy: list[float]
     confusion: list[list[int]]
     accuracy_per_step: list[float]
-    step_latency_ms: float
+    step_latency_ms: float  # median of `latency_steps` timed steps at batch 1
     latency_samples: int
+    step_latency_p99_ms: float = float("nan")
+    latency_steps: int = 0
+    predictions: list[int] = field(default_factory=list)  # final decision per sample, in order
+    targets: list[int] = field(default_factory=list)
     mode: str = "step"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -59,50 +64,60 @@ def _steps_ok(model: nn.Module) -> bool:
     return bool(getattr(model, "causal", True))
 
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-
-
-def shipped_weights() -> list[str]:
-    """Names of the checkpoints shipped with the package (`pipeline/weights/<name>.pt`)."""
-    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt") if p.with_suffix(".json").is_file())
-
-
-def resolve_checkpoint(path_or_name: str | Path) -> Path:
-    """A checkpoint path as given, or the shipped weights of that name (e.g. `"nmnist"`)."""
-    p = Path(path_or_name)
-    if p.is_file():
-        return p
-    if p.is_dir() and (p / "best.pt").is_file():
-        return p / "best.pt"
-    shipped = WEIGHTS_DIR / f"{path_or_name}.pt"
-    if shipped.is_file():
-        return shipped
-    raise FileNotFoundError(
-        f"no checkpoint {str(path_or_name)!r}: not a file, not a training folder with best.pt, "
-        f"and not a shipped name (shipped: {', '.join(shipped_weights()) or 'none'})"
-    )
+def stratified_subset(targets: list[int], limit: int, seed: int = 0) -> list[int]:
+    """`limit` sample indices drawn evenly from every class (round robin over the classes, a
+    seeded shuffle within each), in ascending order."""
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    rng = np.random.default_rng(seed)
+    arr = np.asarray(targets)
+    pools = []
+    for c in np.unique(arr):
+        idx = np.flatnonzero(arr == c)
+        rng.shuffle(idx)
+        pools.append(idx.tolist())
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < min(limit, len(arr)):
+        for pool in pools:
+            if depth < len(pool) and len(picked) < limit:
+                picked.append(pool[depth])
+        depth += 1
+    return sorted(picked)
 
 
 @torch.no_grad()
 def measure_step_latency(model: nn.Module, dataset: Dataset, device: torch.device,
-                         samples: int = 8, warmup: int = 2) -> tuple[float, int]:
-    """Mean wall time of one `model.step` at batch 1 (ms) over the first `samples` samples."""
+                         samples: int = 8, steps: int = 200,
+                         warmup: int = 20) -> tuple[float, float, int, int]:
+    """Wall time of one `model.step` at batch 1: `(p50_ms, p99_ms, timed steps, samples)`.
+
+    The frames of the first `samples` samples are stepped through again and again (state
+    reset per sample) until `warmup` untimed and then `steps` timed steps have run."""
     model.eval()
     n = min(samples, len(dataset))  # type: ignore[arg-type]
+    seqs = [dataset[i][0].to(device)[:, None] for i in range(n)]  # [T, 1, P, H, W] each
     times: list[float] = []
-    for i in range(n):
-        frames = dataset[i][0].to(device)[:, None]  # [T, 1, P, H, W]
-        state = model.init_state(1, device=device)
-        for t in range(frames.shape[0]):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            _, state = model.step(frames[t], state)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i > 0 or t >= warmup:
-                times.append(time.perf_counter() - t0)
-    return (1000.0 * float(np.mean(times)) if times else float("nan")), n
+    done = 0
+    while seqs and len(times) < steps:
+        for frames in seqs:
+            state = model.init_state(1, device=device)
+            for t in range(frames.shape[0]):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                _, state = model.step(frames[t], state)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if done >= warmup:
+                    times.append(time.perf_counter() - t0)
+                done += 1
+            if len(times) >= steps:
+                break
+    if not times:
+        return float("nan"), float("nan"), 0, n
+    ms = 1000.0 * np.asarray(times)
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), len(times), n
 
 
 @torch.no_grad()
@@ -114,6 +129,7 @@ def evaluate(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     latency_samples: int = 8,
+    latency_steps: int = 200,
     progress: bool = True,
 ) -> EvalResult:
     """Score `model` on a dataset of `(frames[T, P, H, W], label)` (see the module doc)."""
@@ -125,6 +141,8 @@ def evaluate(
     correct_t: np.ndarray | None = None
     total = 0
     mode = "step"
+    predictions: list[int] = []
+    targets: list[int] = []
     with Progress(TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), disable=not progress) as bar:
         task = bar.add_task("eval", total=len(loader))
@@ -147,6 +165,8 @@ def evaluate(
                                  "timesteps (bin with n_time_bins for a fixed T)")
             correct_t += hits
             np.add.at(confusion, (target.numpy(), pred_t[-1].numpy()), 1)
+            predictions.extend(pred_t[-1].tolist())
+            targets.extend(target.tolist())
             total += int(target.numel())
             bar.advance(task)
     if total == 0 or confusion is None or correct_t is None:
@@ -155,8 +175,10 @@ def evaluate(
         float(confusion[c, c] / confusion[c].sum()) if confusion[c].sum() else float("nan")
         for c in range(confusion.shape[0])
     ]
-    latency, lat_n = (measure_step_latency(model, dataset, device, latency_samples)
-                      if mode == "step" and latency_samples > 0 else (float("nan"), 0))
+    p50, p99, lat_steps, lat_n = (
+        measure_step_latency(model, dataset, device, latency_samples, latency_steps)
+        if mode == "step" and latency_samples > 0 and latency_steps > 0
+        else (float("nan"), float("nan"), 0, 0))
     names = list(classes) if classes else [str(c) for c in range(confusion.shape[0])]
     return EvalResult(
         accuracy=float(np.trace(confusion) / total),
@@ -165,8 +187,12 @@ def evaluate(
         per_class_accuracy=per_class,
         confusion=confusion.tolist(),
         accuracy_per_step=(correct_t / total).tolist(),
-        step_latency_ms=latency,
+        step_latency_ms=p50,
         latency_samples=lat_n,
+        step_latency_p99_ms=p99,
+        latency_steps=lat_steps,
+        predictions=predictions,
+        targets=targets,
         mode=mode,
     )
 

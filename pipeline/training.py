@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from spikestream.pipeline.checkpoint import save_checkpoint
+from spikestream.pipeline.recipe import InputRecipe
 
 
 @dataclass
@@ -277,6 +278,7 @@ def fit(
     *,
     model_name: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
+    recipe: InputRecipe | None = None,
     resume: bool = False,
     progress: bool = True,
     info: DistInfo | None = None,
@@ -286,7 +288,8 @@ def fit(
 
     The checkpoint JSON holds the model's own config (what rebuilds it) and, as "extra",
     `model_name` (e.g. `{"config": "tiny", "attention": "ssa"}`), the training config, the
-    epoch, the validation accuracy and `meta` (dataset, binning, classes, ...) under "meta".
+    epoch, the validation accuracy and `meta` (dataset, binning, classes, ...) under "meta";
+    `recipe`, the input recipe the data was binned by, is saved beside the config.
     """
     info = info or setup_distributed(cfg.device)
     device = info.device
@@ -399,9 +402,11 @@ def fit(
             if val_loader is None or improved:
                 result.best_accuracy, result.best_epoch = val_acc, epoch + 1
             if info.main:
-                save_checkpoint(out / "last.pt", model, checkpoint_json(epoch, val_acc))
+                save_checkpoint(out / "last.pt", model, checkpoint_json(epoch, val_acc),
+                                recipe)
                 if val_loader is None or improved:
-                    save_checkpoint(out / "best.pt", model, checkpoint_json(epoch, val_acc))
+                    save_checkpoint(out / "best.pt", model, checkpoint_json(epoch, val_acc),
+                                    recipe)
                 torch.save({
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),

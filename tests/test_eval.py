@@ -14,14 +14,8 @@ import torch
 
 from spikestream.cli import main
 from spikestream.datasets import NMNIST
-from spikestream.pipeline.checkpoint import load_checkpoint
-from spikestream.pipeline.evaluation import (
-    WEIGHTS_DIR,
-    evaluate,
-    plot_accuracy_over_time,
-    plot_confusion,
-    resolve_checkpoint,
-)
+from spikestream.pipeline.checkpoint import WEIGHTS_DIR, load_checkpoint, resolve_checkpoint
+from spikestream.pipeline.evaluation import evaluate, plot_accuracy_over_time, plot_confusion
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_training import Bars, tiny_model  # noqa: E402

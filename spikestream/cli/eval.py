@@ -2,8 +2,9 @@
 dataset's held-out part: accuracy, per-class accuracy, a confusion-matrix PNG, an accuracy-
 versus-time PNG (the model runs stepwise, as on a live stream) and the mean latency per step.
 
-The dataset, its options and the binning default to what the checkpoint was trained with (its
-JSON), so the input is binned exactly as in training.
+The dataset and its options default to what the checkpoint was trained with, and the input is
+binned by the checkpoint's input recipe, exactly as in training. `eval.json` lists every file
+scored with its label and prediction.
 """
 
 from __future__ import annotations
@@ -13,13 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from spikestream.cli.train import (
-    add_data_arguments,
-    build_events_dataset,
-    dataset_options,
-    default_cache,
-    frames_dataset,
-)
+from spikestream.cli.train import add_data_arguments, dataset_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,11 +24,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint .pt, a training --out folder, or a shipped name "
                    "(nmnist, gestures)")
     add_data_arguments(p, train=False)
-    p.add_argument("--split", choices=("test", "train"), default="test",
-                   help="which part to score (test: the held-out part)")
-    p.add_argument("--limit", type=int, help="score only the first N samples")
+    p.add_argument("--split", choices=("test", "train", "all"), default="test",
+                   help="which part to score: test (the held-out part), train, or all "
+                   "(every sample; e.g. a folder held out as a whole)")
+    p.add_argument("--limit", type=int, help="score N samples drawn evenly from every class "
+                   "(seeded by --split-seed)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: the latency of a streaming step, as `stream` runs)")
     p.add_argument("--out", type=Path, help="folder for the PNGs and eval.json "
                    "(default: beside the checkpoint, or ./eval-NAME for shipped weights)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -44,37 +43,41 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import Subset
 
-    from spikestream.pipeline.checkpoint import load_checkpoint
+    from spikestream.datasets.registry import create_dataset
+    from spikestream.pipeline import load_for_inference
+    from spikestream.pipeline.checkpoint import WEIGHTS_DIR
     from spikestream.pipeline.evaluation import (
-        WEIGHTS_DIR,
         evaluate,
         plot_accuracy_over_time,
         plot_confusion,
-        resolve_checkpoint,
+        stratified_subset,
     )
+    from spikestream.pipeline.recipe import default_cache, frames_dataset
 
-    path = resolve_checkpoint(args.checkpoint)
-    model, extra = load_checkpoint(path, map_location=args.device)
-    meta = extra.get("meta", {})
+    torch.set_num_threads(max(1, args.threads))
+    ck = load_for_inference(args.checkpoint, map_location=args.device)
+    path, model, recipe = ck.path, ck.model, ck.recipe
+    meta = ck.extra.get("meta", {})
     name = args.dataset or meta.get("dataset")
     if name is None:
         raise ValueError(f"{path}: the checkpoint names no dataset; give --dataset")
     opts = dataset_options(args, meta.get("dataset_options"))
-    events_ds = build_events_dataset(name, args.root, args.split == "train", opts, args.download)
-    binning = dict(meta.get("binning") or {})
-    frame_size = binning.pop("frame_size", None)
-    if frame_size is None:
-        frame_size = list(model.input_size)
-    ds: Any = frames_dataset(events_ds, binning, tuple(frame_size), args.cache or default_cache(),
-                             in_memory=False)
-    classes = list(meta.get("classes") or getattr(events_ds, "classes", []))
+    events_ds = create_dataset(name, args.root, part=args.split, download=args.download, **opts)
+    ds: Any = frames_dataset(events_ds, recipe, args.cache or default_cache(), in_memory=False)
+    classes = ck.classes or list(getattr(events_ds, "classes", []))
     if len(classes) != model.num_classes:
         classes = [str(c) for c in range(model.num_classes)]
+    indices = list(range(len(ds)))
     if args.limit is not None:
-        ds = Subset(ds, list(range(min(args.limit, len(ds)))))
+        indices = stratified_subset(list(events_ds.targets), args.limit, opts["split_seed"])
+        ds = Subset(ds, indices)
     result = evaluate(model, ds, classes=classes, batch_size=args.batch_size,
                       device=torch.device(args.device), progress=not args.json)
-    bin_ms = binning.get("time_window", 0) / 1000 or None
+    files = getattr(events_ds, "files", None)
+    scored = [{"index": i, "file": str(files[i]) if files is not None else None,
+               "label": int(y), "predicted": int(p)}
+              for i, y, p in zip(indices, result.targets, result.predictions, strict=True)]
+    bin_ms = recipe.value / 1000 if recipe.mode == "time_window" else None
     if args.out is not None:
         out = args.out
     elif path.parent.resolve() == WEIGHTS_DIR.resolve():
@@ -85,13 +88,16 @@ def run(args: argparse.Namespace) -> int:
     cm_png = plot_confusion(result, out / "confusion.png")
     t_png = plot_accuracy_over_time(result, out / "accuracy_over_time.png", bin_ms)
     obj = result.to_json()
-    obj.update(checkpoint=str(path), dataset=name, split=args.split,
-               confusion_png=str(cm_png), accuracy_over_time_png=str(t_png), bin_ms=bin_ms)
+    del obj["predictions"], obj["targets"]
+    obj.update(checkpoint=str(path), dataset=name, split=args.split, limit=args.limit,
+               recipe=recipe.to_dict(), confusion_png=str(cm_png),
+               accuracy_over_time_png=str(t_png), bin_ms=bin_ms, scored=scored)
     (out / "eval.json").write_text(json.dumps(obj, indent=2) + "\n")
     if args.json:
         print(json.dumps(obj))
         return 0
-    print(f"{name} ({args.split}): accuracy {result.accuracy:.2%} on {result.samples} samples")
+    how = f"{len(indices)} of {len(events_ds)}" + (" (stratified)" if args.limit else "")
+    print(f"{name} ({args.split}, {how} samples): accuracy {result.accuracy:.2%}")
     worst = sorted((a, c) for c, a in zip(result.classes, result.per_class_accuracy, strict=True)
                    if a == a)[:3]
     print("lowest per-class: " + ", ".join(f"{c} {a:.0%}" for a, c in worst))
@@ -99,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     unit = f" x {bin_ms:g} ms" if bin_ms else ""
     print(f"accuracy after step 1 / {len(acc_t) // 2} / {len(acc_t)}{unit}: "
           f"{acc_t[0]:.2%} / {acc_t[len(acc_t) // 2 - 1]:.2%} / {acc_t[-1]:.2%}")
-    print(f"mean latency per step (batch 1): {result.step_latency_ms:.2f} ms")
-    print(f"wrote {cm_png}, {t_png}, {out / 'eval.json'}")
+    print(f"latency per step (batch 1, {args.threads} thread(s), {result.latency_steps} steps "
+          f"after warm-up): p50 {result.step_latency_ms:.2f} ms, "
+          f"p99 {result.step_latency_p99_ms:.2f} ms")
+    print(f"wrote {cm_png}, {t_png}, {out / 'eval.json'} (lists the {len(scored)} files scored)")
     return 0

@@ -40,7 +40,7 @@ def load_stream_model(path_or_name: str, bin_ms: float | None = None) -> StreamM
     (event-count or fixed-count bins) the bin length must be given (`bin_ms`, default 10 ms).
     """
     from spikestream.pipeline.checkpoint import load_checkpoint
-    from spikestream.pipeline.evaluation import resolve_checkpoint
+    from spikestream.pipeline.checkpoint import resolve_checkpoint
 
     path = resolve_checkpoint(path_or_name)
     model, extra = load_checkpoint(path)

@@ -1,39 +1,27 @@
 """`spikestream train`: train the spiking transformer on DVS-Gesture, N-Caltech101, N-MNIST or
 synthetic gestures; checkpoints (weights + JSON) go to `--out`. Runs under `torchrun` for DDP.
 
-The dataset table below holds each dataset's defaults (frame size, binning, augmentation); the
-binning and dataset options are stored in the checkpoint JSON so that `spikestream eval` and the
-streaming side rebuild exactly the same input.
+Each dataset's defaults (frame size, binning, augmentation) come from the dataset registry; the
+input recipe (sensor, frame size, binning and its live equivalent, filters) and the dataset
+options are stored in the checkpoint JSON so that every command rebuilds exactly the same input.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-
-DATASETS: dict[str, dict[str, Any]] = {
-    "nmnist": {"frame_size": (32, 32), "binning": {"n_time_bins": 8}, "augment": "roll,drop"},
-    "dvsgesture": {"frame_size": (128, 128), "binning": {"n_event_bins": 16},
-                   "augment": "roll,drop"},
-    "ncaltech101": {"frame_size": (128, 128), "binning": {"n_event_bins": 16},
-                    "augment": "flip,roll,drop"},
-    "synthetic": {"frame_size": (32, 32), "binning": {"time_window": 100_000},
-                  "augment": "roll,drop"},
-}
 
 
 def add_data_arguments(p: argparse.ArgumentParser, *, train: bool) -> None:
     """Options that choose and shape a dataset (shared by `train` and `eval`)."""
-    p.add_argument("--dataset", required=train, choices=sorted(DATASETS),
+    from spikestream.datasets.registry import dataset_names
+
+    p.add_argument("--dataset", required=train, choices=dataset_names(),
                    help="dataset (eval: default from the checkpoint)")
     p.add_argument("--root", type=Path, help="dataset folder (not needed for synthetic)")
     p.add_argument("--num-classes", type=int, choices=(10, 11),
@@ -69,65 +57,6 @@ def dataset_options(args: argparse.Namespace, stored: dict[str, Any] | None = No
         "samples_per_class": pick("samples_per_class", 40),
         "clip_seconds": pick("clip_seconds", 1.5),
     }
-
-
-def build_events_dataset(name: str, root: Path | None, train: bool, opts: dict[str, Any],
-                         download: bool = False) -> Any:
-    """The event dataset `name`, its training or held-out part."""
-    from spikestream.datasets.dvsgesture import DVSGesture
-    from spikestream.datasets.ncaltech101 import NCaltech101
-    from spikestream.datasets.nmnist import NMNIST
-
-    if name == "synthetic":
-        from spikestream.datasets.synthetic import SyntheticGestures
-
-        n = opts["samples_per_class"] if train else max(10, opts["samples_per_class"] // 4)
-        return SyntheticGestures(n, "train" if train else "test",
-                                 duration_s=opts["clip_seconds"], seed=opts["split_seed"],
-                                 num_classes=opts["num_classes"])
-    if root is None:
-        raise ValueError(f"--root is required for --dataset {name}")
-    if name == "nmnist":
-        return NMNIST(root, train=train, test_fraction=opts["val_fraction"],
-                      seed=opts["split_seed"], download=download)
-    if name == "dvsgesture":
-        return DVSGesture(root, train=train, num_classes=opts["num_classes"], download=download)
-    if name == "ncaltech101":
-        return NCaltech101(root, "train" if train else "test", background=opts["background"],
-                           test_fraction=opts["val_fraction"], seed=opts["split_seed"],
-                           download=download)
-    raise ValueError(f"unknown dataset {name!r}")
-
-
-def default_cache() -> Path:
-    """`$SPIKESTREAM_CACHE/frames`, else `~/.cache/spikestream/frames` (never the data folder)."""
-    base = os.environ.get("SPIKESTREAM_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "spikestream") / "frames"
-
-
-def frame_params(binning: dict[str, Any], frame_size: tuple[int, int] | None,
-                 sensor_size: tuple[int, int, int]) -> dict[str, Any]:
-    """`to_frames` keyword arguments for a binning spec and a frame size."""
-    params = {k: v for k, v in binning.items() if k in {
-        "n_time_bins", "time_window", "event_count", "n_event_bins", "binary", "merge_polarity",
-        "start_time", "end_time", "include_incomplete"}}
-    if frame_size is not None and tuple(frame_size) != (sensor_size[1], sensor_size[0]):
-        params["target_size"] = tuple(int(v) for v in frame_size)
-    return params
-
-
-def frames_dataset(events_ds: Any, binning: dict[str, Any], frame_size: tuple[int, int] | None,
-                   cache: Path | None, augment: Any = None, in_memory: bool = True) -> Any:
-    """Wrap an event dataset into cached `(frames, label)` samples with a fixed T."""
-    from spikestream.datasets.cache import FrameDataset
-    from spikestream.pipeline.binning import to_frames
-
-    params = frame_params(binning, frame_size, events_ds.sensor_size)
-    if "time_window" in params and "end_time" not in params and hasattr(events_ds, "duration_s"):
-        # fixed-length clips: a fixed number of bins, from t = 0 to the clip's end
-        params.update(start_time=0, end_time=int(round(events_ds.duration_s * 1e6)))
-    return FrameDataset(events_ds, partial(to_frames, dtype=np.float32), params, cache_dir=cache,
-                        in_memory=in_memory, augment=augment)
 
 
 def prepare_frames(ds: Any, label: str, progress: bool = True) -> None:
@@ -197,8 +126,10 @@ def binning_from_args(args: argparse.Namespace, defaults: dict[str, Any]) -> dic
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from spikestream.datasets.registry import create_dataset, get_dataset_entry
+    from spikestream.pipeline import create_model
     from spikestream.pipeline.augment import FrameAugment
-    from spikestream.pipeline.configs import create_model
+    from spikestream.pipeline.recipe import default_cache, frames_dataset, recipe_for_dataset
     from spikestream.pipeline.training import (
         TrainConfig,
         fit,
@@ -206,22 +137,24 @@ def run(args: argparse.Namespace) -> int:
         shutdown_distributed,
     )
 
-    spec = DATASETS[args.dataset]
+    spec = get_dataset_entry(args.dataset)
     opts = dataset_options(args)
     info = setup_distributed(args.device)
     progress = not args.no_progress and info.main
     t_start = time.perf_counter()
     try:
-        train_ev = build_events_dataset(args.dataset, args.root, True, opts, args.download)
-        val_ev = build_events_dataset(args.dataset, args.root, False, opts, args.download)
-        binning = binning_from_args(args, spec["binning"])
-        frame_size = tuple(args.frame_size) if args.frame_size else spec["frame_size"]
+        train_ev = create_dataset(args.dataset, args.root, part="train",
+                                  download=args.download, **opts)
+        val_ev = create_dataset(args.dataset, args.root, part="test", download=args.download,
+                                **opts)
+        binning = binning_from_args(args, spec.binning)
+        frame_size = tuple(args.frame_size) if args.frame_size else spec.frame_size
         cache = args.cache or default_cache()
         augment = FrameAugment.from_spec(args.augment if args.augment is not None
-                                         else spec["augment"])
-        train_ds = frames_dataset(train_ev, binning, frame_size, cache,
-                                  augment if augment.active else None)
-        val_ds = frames_dataset(val_ev, binning, frame_size, cache)
+                                         else spec.augment)
+        recipe = recipe_for_dataset(train_ev, binning, frame_size)
+        train_ds = frames_dataset(train_ev, recipe, cache, augment if augment.active else None)
+        val_ds = frames_dataset(val_ev, recipe, cache)
         prepare_frames(train_ds, "bin train", progress)
         prepare_frames(val_ds, "bin held-out", progress)
         x0, _ = train_ds[0]
@@ -257,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         }
         result = fit(model, train_ds, val_ds, cfg, args.out,
                      model_name={"config": args.config, "attention": args.attention},
-                     meta=meta, resume=args.resume, progress=progress, info=info,
+                     meta=meta, recipe=recipe, resume=args.resume, progress=progress, info=info,
                      log=(print if info.main else None))
         if info.main:
             summary = {"best_val_accuracy": result.best_accuracy, "best_epoch": result.best_epoch,
