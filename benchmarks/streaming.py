@@ -71,7 +71,13 @@ from spikestream.pipeline import create_model  # noqa: E402
 from spikestream.pipeline.binning import to_frames  # noqa: E402
 from spikestream.pipeline.compiled import make_step  # noqa: E402
 from spikestream.pipeline.neurons import LIF  # noqa: E402
-from spikestream.pipeline.streaming import StepInfo, run_stream  # noqa: E402
+from spikestream.pipeline.recipe import InputRecipe  # noqa: E402
+from spikestream.pipeline.streaming import (  # noqa: E402
+    Sink,
+    StepInfo,
+    StreamPolicy,
+    run_stream,
+)
 
 BIN_US = 10_000
 PACKET_US = 1000
@@ -168,7 +174,10 @@ def run_case(config: str, size: int, steps: int) -> list[dict]:
     for mode, speed, policy in (("live", 1.0, "drop_oldest"), ("replay", None, "block")):
         for engine in ENGINES:
             camera = ReplayCamera(events, (size, size, 2), speed=speed, packet_us=PACKET_US)
-            result = run_stream(camera, model, policy=policy, max_steps=steps, engine=engine)
+            recipe = InputRecipe.from_binning({"time_window": BIN_US}, (size, size, 2),
+                                              (size, size))
+            result = run_stream(camera, steppers[engine], recipe,
+                                policy=StreamPolicy(queue=policy, max_steps=steps))
             rows.append({
                 "config": config,
                 "input": f"{size}x{size}",
@@ -205,8 +214,10 @@ def memory_case(config: str, size: int, steps: int) -> dict:
             marks["tenth"] = rss_mib()
 
     # drop_oldest: the live policy, with a source faster than the model
-    result = run_stream(endless_source(size, size), model, sensor_size=(size, size, 2),
-                        max_steps=steps, on_step=on_step, engine=TARGET_ENGINE)
+    recipe = InputRecipe.from_binning({"time_window": BIN_US}, (size, size, 2), (size, size))
+    result = run_stream(endless_source(size, size), make_step(model, frames[:1], TARGET_ENGINE),
+                        recipe, sinks=[Sink(on_step=on_step)],
+                        policy=StreamPolicy(queue="drop_oldest", max_steps=steps))
     return {
         "config": config,
         "input": f"{size}x{size}",

@@ -7,6 +7,7 @@ from spikestream.pipeline.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from spikestream.pipeline.compiled import ENGINES, make_step
 from spikestream.pipeline.configs import CONFIGS, create_model, get_config, list_configs
 from spikestream.pipeline.model import SpikingTransformer, state_nbytes
 from spikestream.pipeline.neurons import LIF, TernaryLIF
@@ -14,6 +15,7 @@ from spikestream.pipeline.recipe import InputRecipe
 
 __all__ = [
     "CONFIGS",
+    "ENGINES",
     "InputRecipe",
     "LIF",
     "LoadedCheckpoint",
@@ -24,6 +26,7 @@ __all__ = [
     "list_configs",
     "load_checkpoint",
     "load_for_inference",
+    "make_step",
     "resolve_checkpoint",
     "save_checkpoint",
     "state_nbytes",

@@ -175,7 +175,8 @@ class InputRecipe:
 
     def sample_binning(self, t_first: int, t_last: int, n_events: int) -> StreamBinning:
         """Binning that gives exactly `to_frames(recording, **frame_params())` for a whole
-        recording (first and last timestamps, event count) streamed one bin at a time."""
+        recording (first and last timestamps, event count) streamed one bin at a time
+        (per-sample modes)."""
         span = int(t_last) - int(t_first)
         if self.mode == "n_time_bins":
             w = span // int(self.value)
@@ -193,27 +194,25 @@ class InputRecipe:
             return StreamBinning(None, c, None, int(self.value), True,
                                  f"{self.value} equal-count bins of this recording "
                                  f"({c} events each, as trained)")
-        if self.mode == "event_count":
-            c = int(self.value)
-            steps = (int(n_events) - min(c, int(n_events))) // c + 1
-            return StreamBinning(None, c, None, steps, True, f"{c} events per bin (as trained)")
-        w = int(self.value)
-        t0 = int(self.start_time) if self.start_time is not None else int(t_first)
-        t_end = int(self.end_time) if self.end_time is not None else int(t_last)
-        steps = max((t_end - t0 - w) // w + 1, 1)
-        return StreamBinning(w, None, t0, steps, True,
-                             f"time window {w / 1000:g} ms (as trained)")
+        raise ValueError(f"{self.mode} bins do not depend on the sample: use live_binning")
 
     def recording_binning(self, t_first: int, t_last: int, n_events: int) -> StreamBinning:
-        """A recorded file: binned as one training sample when it is sample-sized (per-sample
-        modes: span at most `SAMPLE_SPAN_FACTOR` times the training samples' mean span, or no
-        mean known), else as a live stream."""
+        """A whole recording: for per-sample modes, binned as one training sample when it is
+        sample-sized (span at most `SAMPLE_SPAN_FACTOR` times the training samples' mean span,
+        or no mean known); otherwise, and for fixed windows or counts, as a live stream."""
         if not self.per_sample:
-            return self.sample_binning(t_first, t_last, n_events)
+            return self.live_binning()
         span = int(t_last) - int(t_first)
         if self.sample_span_us is None or span <= SAMPLE_SPAN_FACTOR * self.sample_span_us:
             return self.sample_binning(t_first, t_last, n_events)
         return self.live_binning()
+
+    def binning_for(self, events: np.ndarray) -> StreamBinning:
+        """`recording_binning` of a whole recording's events (after the recipe's filters)."""
+        events = self.filter_events(events)
+        if len(events) == 0:
+            return self.live_binning()
+        return self.recording_binning(int(events["t"][0]), int(events["t"][-1]), len(events))
 
     def with_time_window(self, window_us: int) -> InputRecipe:
         """The recipe with a fixed time window instead (an explicit `--bin-ms`)."""

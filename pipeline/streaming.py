@@ -1,23 +1,27 @@
 """Live incremental inference: source -> `StreamBinner` -> `model.step` -> decisions.
 
-`run_stream(source, model)` reads packets in a capture thread, bins them into frames (one per
-time window) and hands the frames to inference through a bounded queue; the calling thread
-runs `model.step` one frame at a time on state it owns, and turns the logits into a running
-decision.
+`run_stream(source, step_model, recipe)` reads packets in a capture thread, bins them by the
+checkpoint's input recipe and hands the frames to inference through a bounded queue; the
+calling thread runs `step_model.step` one frame at a time on state it owns (the caller picks
+the engine: a model, or `make_step(model, ...)`), and turns the logits into a running decision.
+Everything else about the run is a `StreamPolicy`; recorders, views and UDP forwarding are
+`Sink`s.
 
-Queue policy: `"drop_oldest"` (the default, for live sources): when inference falls behind
-and the queue is full, the oldest waiting bin is dropped to make room for the newest, so the
-model always sees the freshest data and memory stays bounded; every dropped bin is counted
-(`StreamResult.drops`). `"block"`: capture waits for room (back-pressure; for recordings,
-when every bin must be classified). Bins still queued when a run is stopped early are counted
-in `unprocessed`; events the binner could not place (older than its open bin) in
-`late_events`.
+Queue policy: `"drop_oldest"` (paced and live sources, which do not wait): when inference
+falls behind and the queue is full, the oldest waiting bin is dropped to make room for the
+newest, so the model always sees the freshest data and memory stays bounded; every dropped bin
+is counted (`StreamResult.drops`). `"block"` (recordings replayed as fast as inference takes
+them, the default for them): capture waits for room, so every bin is classified and a
+recording gives the same decision on every run. Bins still queued when a run is stopped
+early are counted in `unprocessed`; events the binner could not place (older than its open
+bin) in `late_events`.
 
 Decision rule: class probabilities at step t are the softmax of the mean of the logits of the
 last `window` steps (`window=None`: of all steps so far), i.e. the temporal mean that
 Spikformer-style models are trained on, taken over a sliding window for a stream that never
-ends. The running decision is their argmax; the early decision is the first step whose top
-probability reaches `threshold`.
+ends; a recording binned as one training sample (`StreamBinning.per_sample`) is decided on
+the mean of all its steps, as `evaluate` decides. The running decision is their argmax; the
+early decision is the first step whose top probability reaches `threshold`.
 
 Latency: `p50_ms`/`p99_ms` are the compute time of one step (frame to probabilities);
 `lag_p50_ms`/`lag_p99_ms` the time from the moment a bin was completed by capture to its
@@ -31,8 +35,9 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -40,6 +45,7 @@ import torch
 from numba import njit
 
 from spikestream.pipeline.binning import StreamBinner
+from spikestream.pipeline.recipe import InputRecipe, StreamBinning
 
 __all__ = [
     "POLICIES",
@@ -47,10 +53,14 @@ __all__ = [
     "Decider",
     "EarlyDecision",
     "LatencyHistogram",
+    "Sink",
     "StepInfo",
     "StepModel",
+    "StreamPolicy",
     "StreamResult",
     "run_stream",
+    "stream_binner",
+    "torch_threads",
 ]
 
 POLICIES = ("drop_oldest", "block")
@@ -364,6 +374,7 @@ class StreamResult:
     decisions_omitted: int = 0  # changes beyond `max_decisions`
     interrupted: bool = False  # ended by Ctrl-C
     source: dict[str, Any] = field(default_factory=dict)  # the source's counters
+    binning: dict[str, Any] = field(default_factory=dict)  # how the stream was binned
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -388,83 +399,141 @@ def _model_device(model: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def _model_binner(
-    model: Any, sensor_size: Sequence[int], time_window_us: int, binary: bool
-) -> StreamBinner:
-    """A binner whose frames fit the model: its input size and polarity channels."""
-    size = getattr(model, "input_size", None)
-    channels = getattr(model, "in_channels", None)
-    w, h = int(sensor_size[0]), int(sensor_size[1])
-    target = None if size is None or tuple(size) == (h, w) else tuple(size)
+@dataclass(frozen=True)
+class Sink:
+    """Where a run's data goes besides the decisions: `on_packet(packet)` sees every incoming
+    packet in the capture thread (e.g. `Recorder.append`, `UDPSink.send`), `on_step(StepInfo)`
+    every step in the calling thread (e.g. a live view)."""
+
+    on_packet: Callable[[np.ndarray], Any] | None = None
+    on_step: Callable[[StepInfo], Any] | None = None
+
+
+@dataclass(frozen=True)
+class StreamPolicy:
+    """How bins move: `queue` ("block": lossless, capture waits for inference; "drop_oldest":
+    a full queue drops its oldest bin, counted) of `queue_size` bins; the decision's `window`
+    (steps; None: all) and early-decision `threshold`; the run's limits; and the torch
+    intra-op `threads` during the run (set and restored; None leaves them alone): one step of
+    one sample is too small to split, and on a busy 2-core machine the default threads made a
+    2 ms step take ~400 ms."""
+
+    queue: str = "block"
+    queue_size: int = 4
+    window: int | None = 16
+    threshold: float = 0.9
+    max_steps: int | None = None
+    max_seconds: float | None = None
+    threads: int | None = 1
+    max_decisions: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.queue not in POLICIES:
+            raise ValueError(f"queue policy must be one of {POLICIES}, got {self.queue!r}")
+
+    @classmethod
+    def for_source(cls, source: Any, **overrides: Any) -> StreamPolicy:
+        """Lossless for recordings replayed as fast as inference takes them (a source whose
+        `speed` is None, or a plain iterable of packets); drop-oldest for paced and live
+        sources, which do not wait for inference."""
+        paced = hasattr(source, "sensor_size") and getattr(source, "speed", 1.0) is not None
+        return cls(**{"queue": "drop_oldest" if paced else "block", **overrides})
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Torch intra-op threads set to `n` inside the block and restored after (None: unchanged)."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def stream_binner(recipe: InputRecipe, binning: StreamBinning,
+                  sensor_size: Sequence[int] | None = None,
+                  in_channels: int | None = None) -> StreamBinner:
+    """The binner for `binning` of a recipe: frames of the recipe's frame size and polarity
+    handling from a source of `sensor_size` (default the recipe's)."""
+    sensor = tuple(int(v) for v in (sensor_size or recipe.sensor_size))
+    w, h = sensor[0], sensor[1]
+    frame = tuple(recipe.frame_size)
     return StreamBinner(
-        sensor_size,
-        time_window=time_window_us,
-        binary=binary,
-        merge_polarity=channels == 1 and int(sensor_size[2]) == 2,
-        target_size=target,
+        sensor,
+        time_window=binning.time_window,
+        event_count=binning.event_count,
+        t0=binning.t0,
+        binary=recipe.binary,
+        merge_polarity=(recipe.merge_polarity or in_channels == 1) and sensor[2] == 2,
+        target_size=None if frame == (h, w) else frame,
     )
 
 
 def run_stream(
     source: Iterable[np.ndarray],
-    model: StepModel,
+    step_model: StepModel,
+    recipe: InputRecipe | StreamBinner,
     *,
-    sensor_size: Sequence[int] | None = None,
-    time_window_us: int = 10_000,
-    binary: bool = False,
-    binner: StreamBinner | None = None,
-    queue_size: int = 4,
-    policy: str = "drop_oldest",
-    window: int | None = 16,
-    threshold: float = 0.9,
+    binning: StreamBinning | None = None,
+    sinks: Sequence[Sink] = (),
+    policy: StreamPolicy | None = None,
     class_names: Sequence[str] | None = None,
-    max_steps: int | None = None,
-    max_seconds: float | None = None,
-    on_packet: Callable[[np.ndarray], None] | None = None,
-    on_step: Callable[[StepInfo], None] | None = None,
     clock: Callable[[], int | None] | None = None,
     stop: threading.Event | None = None,
-    max_decisions: int = 10_000,
-    engine: str = "eager",
 ) -> StreamResult:
-    """Stream `source` through `model` one bin at a time; returns the run's summary.
+    """Stream `source` through `step_model` one bin at a time; returns the run's summary.
 
     `source`: any iterable of `EVENT_DTYPE` packets (an `EventSource`, whose `sensor_size` and
-    `counters` are used). `model`: anything with `init_state(batch)` and
-    `step(frame[1, P, H, W], state) -> (logits[1, C], state)`; an `nn.Module` is put in eval
-    mode. Frames come from `binner`, or from a `StreamBinner` of `time_window_us` bins resized
-    to the model's `input_size` (and merged to one polarity if `in_channels == 1`).
-    `on_packet(packet)` sees every incoming packet in the capture thread (e.g. an HDF5
-    recorder's append); `on_step(StepInfo)` every step in the calling thread. `clock()` may
-    return the current stream time in µs, to close bins while no events arrive (live
-    sources). The run ends with the source, after `max_steps` steps or `max_seconds` of wall
-    time, when `stop` is set, or on Ctrl-C (`interrupted`).
-
-    `engine` (for an `nn.Module`): "eager" steps `model.step`; "numba", "torchscript" or
-    "auto" step the fast copy `pipeline.compiled.make_step` builds and checks against eager
-    `step` (falling back with a warning where it differs); the binner's frames must then
-    have the model's shape.
+    `counters` are used). `step_model`: anything with `init_state(batch)` and
+    `step(frame[1, P, H, W], state) -> (logits[1, C], state)`: a model (put in eval mode) or
+    the fast step `make_step` builds; the caller picks the engine. `recipe`: the checkpoint's
+    `InputRecipe` (frames binned as it says: by `binning`, default `recipe.live_binning()`;
+    for a whole recording pass `binning=recipe.binning_for(events)`, which bins it exactly as
+    training binned a sample), or an explicit `StreamBinner`. `policy`: by default
+    `StreamPolicy.for_source(source)` (lossless for unpaced replays, drop-oldest for paced
+    and live sources; one torch thread, set and restored around the run).
+    `clock()` may return the current stream time in µs, to close bins while no events arrive
+    (live sources). The run ends with the source, after `policy.max_steps` steps or
+    `policy.max_seconds` of wall time, when `stop` is set, or on Ctrl-C (`interrupted`).
     """
-    if sensor_size is None:
-        sensor_size = binner.sensor_size if binner is not None else getattr(
-            source, "sensor_size", None
-        )
-        if sensor_size is None:
-            raise ValueError("sensor_size is needed for a source without a sensor_size")
-    if binner is None:
-        binner = _model_binner(model, sensor_size, time_window_us, binary)
+    policy = policy or StreamPolicy.for_source(source)
+    if isinstance(recipe, StreamBinner):
+        binner = recipe
+        max_steps = policy.max_steps
+        binning_info: dict[str, Any] = {}
+    else:
+        binning = binning or recipe.live_binning()
+        binner = stream_binner(recipe, binning, getattr(source, "sensor_size", None),
+                               getattr(step_model, "in_channels", None))
+        limits = [m for m in (policy.max_steps, binning.max_steps) if m is not None]
+        max_steps = min(limits) if limits else None
+        binning_info = binning.as_dict()
+        if binning.per_sample:
+            policy = replace(policy, window=None)
+    filter_packet = recipe.filter_events if isinstance(recipe, InputRecipe) else None
+    with torch_threads(policy.threads):
+        result = _run(source, step_model, binner, policy, max_steps, sinks, class_names, clock,
+                      stop, filter_packet)
+    result.binning = binning_info
+    return result
+
+
+def _run(source: Iterable[np.ndarray], model: StepModel, binner: StreamBinner,
+         policy: StreamPolicy, max_steps: int | None, sinks: Sequence[Sink],
+         class_names: Sequence[str] | None, clock: Callable[[], int | None] | None,
+         stop: threading.Event | None,
+         filter_packet: Callable[[np.ndarray], np.ndarray] | None) -> StreamResult:
     if isinstance(model, torch.nn.Module):
         model.eval()
     device = _model_device(model)
-    if engine != "eager" and isinstance(model, torch.nn.Module):
-        from spikestream.pipeline.compiled import make_step
-
-        channels = getattr(model, "in_channels", None)
-        size = getattr(model, "input_size", None)
-        if channels is None or size is None:
-            raise ValueError(f"engine {engine!r} needs a model with in_channels and input_size")
-        model = make_step(model, torch.zeros(1, channels, *size, device=device), engine)
-    queue = BinQueue(queue_size, policy)
+    window, threshold = policy.window, policy.threshold
+    packet_sinks = [s.on_packet for s in sinks if s.on_packet is not None]
+    step_sinks = [s.on_step for s in sinks if s.on_step is not None]
+    queue = BinQueue(policy.queue_size, policy.queue)
     halt = threading.Event()  # ends both threads; `stop` is the caller's, only read
 
     def stopping() -> bool:
@@ -504,8 +573,10 @@ def run_stream(
             for packet in source:
                 if stopping():
                     break
-                if on_packet is not None:
-                    on_packet(packet)
+                for sink in packet_sinks:
+                    sink(packet)
+                if filter_packet is not None:
+                    packet = filter_packet(packet)
                 if not emit(binner.push(packet)):
                     break
                 if clock is not None:
@@ -519,7 +590,7 @@ def run_stream(
         finally:
             queue.close()
 
-    result = StreamResult(queue_size=queue_size, policy=policy)
+    result = StreamResult(queue_size=policy.queue_size, policy=policy.queue)
     step_hist, lag_hist = LatencyHistogram(), LatencyHistogram()
     state = model.init_state(1)
     thread = threading.Thread(target=capture, name="spikestream-capture", daemon=True)
@@ -527,6 +598,7 @@ def run_stream(
     thread.start()
     last_label: int | None = None
     last_conf: float | None = None
+    max_seconds = policy.max_seconds
     try:
         with torch.inference_mode():
             while True:
@@ -552,7 +624,7 @@ def run_stream(
                 lag_hist.add(t_done - item.done_at)
                 result.compute_s += t_done - t_start
                 if label != last_label:
-                    if len(result.decisions) < max_decisions:
+                    if len(result.decisions) < policy.max_decisions:
                         result.decisions.append({
                             "step": result.steps, "bin": item.index, "t_us": item.t_end_us,
                             "label": label, "name": decider.name(label), "confidence": conf,
@@ -561,13 +633,15 @@ def run_stream(
                         result.decisions_omitted += 1
                     last_label = label
                 result.steps += 1
-                if on_step is not None:
-                    on_step(StepInfo(
+                if step_sinks:
+                    info = StepInfo(
                         result.steps - 1, item.index, item.t_end_us, z, probs, label,
                         decider.name(label), conf, (t_done - t_start) * 1e3,
                         (t_done - item.done_at) * 1e3, len(queue), queue.drops,
                         binner.events_in,
-                    ))
+                    )
+                    for sink in step_sinks:
+                        sink(info)
                 if max_steps is not None and result.steps >= max_steps:
                     break
     except KeyboardInterrupt:

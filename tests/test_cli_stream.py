@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from spikestream import Recording
@@ -62,3 +63,25 @@ def test_score_segments_takes_the_mean_logits_inside_each_gesture():
     assert [s["predicted"] for s in scored] == [0, 2, 1]
     assert [s["correct"] for s in scored] == [True, False, True]
     assert [s["steps"] for s in scored] == [2, 2, 1]
+
+
+def test_streamed_nmnist_recordings_give_evals_decision_every_run(real_data, tmp_path, capsys):
+    """Held-out real N-MNIST digits streamed one by one through `stream --source file:` with
+    the shipped checkpoint: each decision equals `eval`'s prediction for that file, no bin is
+    dropped, and a second run gives the same."""
+    root = real_data / "nmnist-small" / "train"
+    if not root.is_dir():
+        pytest.skip(f"{root} not found")
+    assert main(["eval", "--checkpoint", "nmnist", "--root", str(root), "--limit", "30",
+                 "--json", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]) == 0
+    scored = json.loads(capsys.readouterr().out)["scored"]
+    assert len(scored) == 30 and {s["label"] for s in scored} == set(range(10))  # stratified
+    for i, s in enumerate(scored):
+        runs = 2 if i < 3 else 1
+        for _ in range(runs):
+            assert main(["stream", "--source", f"file:{s['file']}", "--checkpoint", "nmnist",
+                         "--json"]) == 0
+            out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+            assert out["decision"] == s["predicted"], s
+            assert out["drops"] == 0 and out["steps"] == 8 and out["binning"]["per_sample"]
+            assert out["recipe"]["mode"] == "n_time_bins"

@@ -8,10 +8,11 @@ import torch
 from model_helpers import excite
 
 from spikestream.devices import gesture_clip
-from spikestream.pipeline import create_model
+from spikestream.pipeline import create_model, make_step
 from spikestream.pipeline.binning import to_frames
 from spikestream.pipeline.compiled import compile_step
-from spikestream.pipeline.streaming import run_stream
+from spikestream.pipeline.recipe import InputRecipe
+from spikestream.pipeline.streaming import Sink, StreamPolicy, run_stream
 
 SIZE = (128, 128)
 
@@ -92,8 +93,10 @@ def test_run_stream_engines_give_the_eager_decisions(engine):
     logits = {}
     for name in ("eager", engine):
         seen = []
-        result = run_stream(iter(packets), model, sensor_size=(64, 64, 2), policy="block",
-                            engine=name, on_step=lambda i, s=seen: s.append(i.logits))
+        step = make_step(model, torch.zeros(1, 2, 64, 64), name)
+        recipe = InputRecipe.from_binning({"time_window": 10_000}, (64, 64, 2), (64, 64))
+        result = run_stream(iter(packets), step, recipe, policy=StreamPolicy(queue="block"),
+                            sinks=[Sink(on_step=lambda i, s=seen: s.append(i.logits))])
         assert result.steps == result.bins > 50 and result.drops == 0
         logits[name] = np.stack(seen)
     assert logits["eager"].std(axis=0).max() > 0

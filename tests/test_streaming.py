@@ -17,10 +17,13 @@ from torch import nn
 from spikestream import make_events
 from spikestream.pipeline.binning import StreamBinner, to_frames
 from spikestream.pipeline.neurons import LIF
+from spikestream.pipeline.recipe import InputRecipe
 from spikestream.pipeline.streaming import (
     BinQueue,
     Decider,
     LatencyHistogram,
+    Sink,
+    StreamPolicy,
     run_stream,
 )
 
@@ -82,9 +85,14 @@ def offline_logits(model: nn.Module, ev: np.ndarray, sensor, window_us: int, **k
         return model.eval()(torch.from_numpy(frames.astype(np.float32))[:, None])[:, 0].numpy()
 
 
-def collect(**kw):
+def windows(window_us: int, sensor=(W, H, 2), frame=(H, W)) -> InputRecipe:
+    """The recipe of fixed time windows from `sensor` into frames of `frame` (H, W)."""
+    return InputRecipe.from_binning({"time_window": window_us}, sensor, frame)
+
+
+def collect(source, model, recipe, **kw):
     steps = []
-    result = run_stream(on_step=steps.append, **kw)
+    result = run_stream(source, model, recipe, sinks=[Sink(on_step=steps.append)], **kw)
     return result, steps
 
 
@@ -95,8 +103,8 @@ def test_any_packet_split_gives_offline_logits(seed, sizes):
     model = LIFClassifier(seed=seed % 7)
     cuts = np.cumsum(sizes)
     packets = np.split(ev, cuts[cuts < len(ev)])
-    result, steps = collect(source=packets, model=model, sensor_size=(W, H, 2),
-                            time_window_us=7000, policy="block", window=4)
+    result, steps = collect(packets, model, windows(7000),
+                            policy=StreamPolicy(queue="block", window=4))
     ref = offline_logits(model, ev, (W, H, 2), 7000)
     assert result.steps == len(ref) == len(steps) and result.drops == 0
     np.testing.assert_allclose(np.stack([s.logits for s in steps]), ref, atol=1e-5)
@@ -116,8 +124,8 @@ def test_replay_camera_any_packet_size_matches_offline_forward_of_the_model() ->
     for packets in (dict(packet_events=7), dict(packet_events=977), dict(packet_us=3000),
                     dict(packet_us=10**6)):
         cam = devices.ReplayCamera(ev, (128, 128, 2), speed=None, **packets)
-        result, steps = collect(source=cam, model=model, time_window_us=10_000,
-                                policy="block", window=8)
+        result, steps = collect(cam, model, windows(10_000, (128, 128, 2), (64, 64)),
+                                policy=StreamPolicy(queue="block", window=8))
         assert result.steps == len(ref) and result.drops == 0, packets
         np.testing.assert_allclose(np.stack([s.logits for s in steps]), ref, atol=1e-4)
         assert [s.label for s in steps] == ref_labels, packets
@@ -144,8 +152,8 @@ def test_slow_model_drops_oldest_bins_counted_and_memory_stays_bounded() -> None
                 rss.append(rss_bytes())
 
     model = LIFClassifier(delay_s=0.002)
-    result = run_stream(source(), model, sensor_size=(W, H, 2), time_window_us=10_000,
-                        queue_size=16, policy="drop_oldest")
+    result = run_stream(source(), model, windows(10_000),
+                        policy=StreamPolicy(queue="drop_oldest", queue_size=16))
     t_first, t_last = int(template["t"][0]), int(template["t"][-1]) + (n_packets - 1) * packet_us
     n_bins = (t_last - t_first) // 10_000 + 1
     assert result.bins == n_bins
@@ -159,8 +167,8 @@ def test_slow_model_drops_oldest_bins_counted_and_memory_stays_bounded() -> None
 
 def test_block_policy_classifies_every_bin() -> None:
     ev = random_events(1, 2000, 500_000)
-    result = run_stream([ev], LIFClassifier(delay_s=0.001), sensor_size=(W, H, 2),
-                        time_window_us=10_000, queue_size=2, policy="block")
+    result = run_stream([ev], LIFClassifier(delay_s=0.001), windows(10_000),
+                        policy=StreamPolicy(queue="block", queue_size=2))
     n_bins = (int(ev["t"][-1]) - int(ev["t"][0])) // 10_000 + 1
     assert result.drops == 0 and result.steps == result.bins == n_bins
     assert result.max_queue <= 2
@@ -222,9 +230,9 @@ def test_summary_early_decision_sink_and_max_steps(tmp_path: Path) -> None:
     k = len(confs) // 4 + int(np.argmax(np.diff(confs[len(confs) // 4 : 3 * len(confs) // 4])))
     threshold = float(confs[k] + confs[k + 1]) / 2
     with hdf5.Recorder(tmp_path / "rec.h5", (W, H, 2)) as rec:
-        result = run_stream(packets, model, sensor_size=(W, H, 2), time_window_us=10_000,
-                            policy="block", on_packet=rec.append, threshold=threshold,
-                            class_names=list("vwxyz"))
+        result = run_stream(packets, model, windows(10_000),
+                            policy=StreamPolicy(queue="block", threshold=threshold),
+                            sinks=[Sink(on_packet=rec.append)], class_names=list("vwxyz"))
     back = read_events(tmp_path / "rec.h5")
     np.testing.assert_array_equal(back.events, ev)
     summary = result.as_dict()
@@ -239,8 +247,8 @@ def test_summary_early_decision_sink_and_max_steps(tmp_path: Path) -> None:
     changes = [i for i in range(len(labels)) if i == 0 or labels[i] != labels[i - 1]]
     assert [c["step"] for c in summary["decisions"]] == changes
 
-    short = run_stream(packets, model, sensor_size=(W, H, 2), time_window_us=10_000,
-                       policy="block", max_steps=5)
+    short = run_stream(packets, model, windows(10_000),
+                       policy=StreamPolicy(queue="block", max_steps=5))
     assert short.steps == 5 and short.drops == 0
     assert short.bins == short.steps + short.unprocessed  # the rest is counted, not lost
     assert short.bins > 5
@@ -255,9 +263,8 @@ def test_clock_closes_bins_while_no_events_arrive() -> None:
             now["t"] = i * 100_000
             yield make_events([], [], [], [])
 
-    result, steps = collect(source=quiet_source(), model=LIFClassifier(),
-                            sensor_size=(W, H, 2), time_window_us=10_000, policy="block",
-                            clock=lambda: now["t"])
+    result, steps = collect(quiet_source(), LIFClassifier(), windows(10_000),
+                            policy=StreamPolicy(queue="block"), clock=lambda: now["t"])
     assert result.steps == 100 and [s.t_us for s in steps] == [10_000 * (i + 1) for i in range(100)]
 
 
@@ -267,19 +274,19 @@ def test_source_errors_reach_the_caller() -> None:
         raise OSError("camera unplugged")
 
     with pytest.raises(OSError, match="unplugged"):
-        run_stream(broken(), LIFClassifier(), sensor_size=(W, H, 2))
+        run_stream(broken(), LIFClassifier(), windows(10_000))
 
 
 def test_binner_from_model_resizes_and_merges_polarity() -> None:
     model = LIFClassifier(p=1, h=6, w=8)
     ev = random_events(4, 1000, 100_000)
-    result, steps = collect(source=[ev], model=model, sensor_size=(W, H, 2),
-                            time_window_us=10_000, policy="block")
+    result, steps = collect([ev], model, windows(10_000, frame=(6, 8)),
+                            policy=StreamPolicy(queue="block"))
     ref = offline_logits(model, ev, (W, H, 2), 10_000, target_size=(6, 8), merge_polarity=True)
     np.testing.assert_allclose(np.stack([s.logits for s in steps]), ref, atol=1e-5)
     explicit = StreamBinner((W, H, 2), time_window=10_000, target_size=(6, 8),
                             merge_polarity=True, binary=True)
-    assert run_stream([ev], model, binner=explicit, policy="block").steps == len(ref)
+    assert run_stream([ev], model, explicit, policy=StreamPolicy(queue="block")).steps == len(ref)
 
 
 def test_stop_event_ends_an_endless_source() -> None:
@@ -297,7 +304,8 @@ def test_stop_event_ends_an_endless_source() -> None:
         if info.step == 2:
             stop.set()
 
-    result = run_stream(endless(), LIFClassifier(), sensor_size=(W, H, 2), on_step=on_step,
-                        stop=stop, policy="block")
+    result = run_stream(endless(), LIFClassifier(), windows(10_000),
+                        sinks=[Sink(on_step=on_step)], stop=stop,
+                        policy=StreamPolicy(queue="block"))
     assert result.steps == 3 and not result.interrupted
     assert result.bins == result.steps + result.drops + result.unprocessed

@@ -14,11 +14,10 @@ import numpy as np
 
 from spikestream.cli.stream import (
     add_engine_flag,
-    load_stream_model,
-    make_source,
+    describe_start,
+    prepare,
     print_summary,
     run_with_view,
-    set_threads,
 )
 from spikestream.pipeline.streaming import StepInfo
 
@@ -36,30 +35,34 @@ def score_segments(segments: list[tuple[int, int, int]],
 
 
 def run(args: argparse.Namespace) -> int:
-    set_threads(args.threads)
-    sm = load_stream_model(args.checkpoint)
+    from spikestream.pipeline import load_for_inference
+
+    classes = load_for_inference(args.checkpoint).classes
+    n_classes = len(classes) if classes else 11
     rng = np.random.default_rng(args.seed)
-    sequence = [int(g) for g in rng.permutation(len(sm.class_names or range(11)))[:args.gestures]]
+    sequence = [int(g) for g in rng.permutation(n_classes)[:args.gestures]]
     spec = "sim:" + ",".join(str(g) for g in sequence)
-    speed = None if args.speed == 0 else args.speed
-    source = make_source(spec, speed=speed, seed=args.seed, duration_s=args.duration)
+    prep = prepare(args.checkpoint, spec, speed=None if args.speed == 0 else args.speed,
+                   realtime=False, bin_ms=None, engine=args.engine, threads=args.threads,
+                   queue_size=8, threshold=0.9, seconds=None, seed=args.seed,
+                   duration_s=args.duration)
+    source = prep.source
     steps: list[tuple[int, np.ndarray]] = []
 
     def keep(info: StepInfo) -> None:
         if info.t_us is not None:
             steps.append((info.t_us, info.logits.copy()))
 
-    print(f"spikestream demo: {len(sequence)} gestures of {args.duration:g} s on a simulated "
-          f"DVS128, checkpoint '{sm.name}', {sm.time_window_us / 1000:g} ms bins")
-    result = run_with_view(source, sm, json_out=args.json, record=None, seconds=None,
-                           threshold=0.9, queue_size=8, on_step=keep,
-                           policy="block" if speed is None else "drop_oldest",
-                           engine=args.engine)
+    if not args.json:
+        print(f"spikestream demo: {len(sequence)} gestures of {args.duration:g} s on a "
+              f"simulated DVS128; {describe_start(prep)}")
+    result = run_with_view(prep, json_out=args.json, on_step=keep)
     scored = score_segments(source.segments, steps)
-    names = sm.class_names or [str(i) for i in range(11)]
+    names = classes or [str(i) for i in range(11)]
     right = sum(s["correct"] for s in scored)
     if args.json:
         print(json.dumps({"gestures": len(scored), "correct": right, "segments": scored,
+                          "recipe": prep.ck.recipe.to_dict(),
                           **{k: v for k, v in result.as_dict().items() if k != "decisions"}},
                          default=str))
         return 0

@@ -12,10 +12,9 @@ import numpy as np
 import torch
 
 from spikestream.cli.output import print_fields
+from spikestream.pipeline import SpikingTransformer, create_model, list_configs
 from spikestream.pipeline.checkpoint import load_checkpoint
-from spikestream.pipeline.configs import create_model, list_configs
 from spikestream.pipeline.energy import E_AC_PJ, E_MAC_PJ, energy_report
-from spikestream.pipeline.model import SpikingTransformer
 
 DEFAULT_RECORDING = Path("aedat4") / "sample.aedat4"
 

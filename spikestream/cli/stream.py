@@ -10,53 +10,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spikestream.pipeline.compiled import ENGINES
-from spikestream.pipeline.streaming import StepInfo, StreamResult
+from spikestream.pipeline import ENGINES
+from spikestream.pipeline.streaming import Sink, StepInfo, StreamPolicy, StreamResult
 
 
 @dataclass
-class StreamModel:
-    """A checkpoint ready to stream: the model and the binning it was trained with."""
+class Prepared:
+    """A checkpoint and a source made ready to stream: the step to run, the recipe, how the
+    stream is binned (and why), and the policy."""
 
-    model: Any
-    name: str
-    time_window_us: int
-    binary: bool
-    class_names: list[str] | None
-
-
-def set_threads(n: int) -> None:
-    """Torch intra-op threads for streaming. One step of one sample is too small to split:
-    on 2 cores with the capture thread busy, 2 threads made a 2 ms step take ~400 ms."""
-    import torch
-
-    torch.set_num_threads(max(1, n))
-
-
-def load_stream_model(path_or_name: str, bin_ms: float | None = None) -> StreamModel:
-    """Load a checkpoint (path or shipped name) with the bin length it was trained on.
-
-    Checkpoints trained on time-window bins carry their window in `meta.binning`; for others
-    (event-count or fixed-count bins) the bin length must be given (`bin_ms`, default 10 ms).
-    """
-    from spikestream.pipeline.checkpoint import load_checkpoint
-    from spikestream.pipeline.checkpoint import resolve_checkpoint
-
-    path = resolve_checkpoint(path_or_name)
-    model, extra = load_checkpoint(path)
-    meta = extra.get("meta", {})
-    binning = meta.get("binning", {})
-    if bin_ms is not None:
-        window = int(round(bin_ms * 1000))
-    elif binning.get("time_window"):
-        window = int(binning["time_window"])
-    else:
-        window = 10_000
-    if window <= 0:
-        raise ValueError(f"bin length must be positive, got {window} µs")
-    classes = meta.get("classes")
-    return StreamModel(model, str(path_or_name), window, bool(binning.get("binary", False)),
-                       list(classes) if classes else None)
+    ck: Any  # LoadedCheckpoint
+    step: Any
+    source: Any
+    binning: Any  # StreamBinning
+    policy: StreamPolicy
+    warnings: list[str]
 
 
 def make_source(spec: str, *, speed: float | None, seed: int, duration_s: float | None = None):
@@ -70,6 +38,54 @@ def make_source(spec: str, *, speed: float | None, seed: int, duration_s: float 
         labels = [int(g) if g.isdigit() else g for g in seq] if seq else None
         return SimulatedCamera.gestures(labels, duration_s=duration_s, speed=speed, seed=seed)
     return source_from_spec(spec, speed=speed, seed=seed, read_recording=read_events)
+
+
+def prepare(checkpoint: str, source_spec: str, *, speed: float | None, realtime: bool,
+            bin_ms: float | None, engine: str, threads: int, queue_size: int,
+            threshold: float, seconds: float | None, seed: int,
+            duration_s: float | None = None, offload: str | None = None) -> Prepared:
+    """Load the checkpoint, open the source and decide how to bin it and how bins move.
+
+    A recorded file (`file:PATH`) replays unpaced and lossless unless `realtime` (or a
+    `speed`) paces it; a per-sample recipe (n equal bins) bins it exactly as training binned
+    a sample. Live and simulated sources are paced and bin by the recipe's live equivalent.
+    `bin_ms` replaces the recipe's binning by a fixed window."""
+    import torch
+
+    from spikestream.datasets import read_events
+    from spikestream.devices import ReplayCamera
+    from spikestream.pipeline import load_for_inference, make_step
+
+    ck = load_for_inference(checkpoint)
+    if bin_ms is not None:
+        if not bin_ms > 0:
+            raise ValueError(f"--bin-ms must be positive, got {bin_ms}")
+        ck.recipe = ck.recipe.with_time_window(int(round(bin_ms * 1000)))
+    if offload:
+        from spikestream.firmware_bridge.offload import offload as offload_to
+
+        offload_to(ck.model, offload)
+        engine = "eager"
+    kind, _, rest = source_spec.partition(":")
+    if kind.strip().lower() == "file" and rest:
+        recording = read_events(Path(rest))
+        pace = 1.0 if realtime and speed is None else speed
+        source: Any = ReplayCamera(recording, speed=pace)
+        binning = ck.recipe.binning_for(recording.events)
+    else:
+        pace = 1.0 if speed is None else speed
+        source = make_source(source_spec, speed=pace, seed=seed, duration_s=duration_s)
+        binning = ck.recipe.live_binning()
+    notes = []
+    mismatch = ck.recipe.sensor_mismatch(source.sensor_size)
+    if mismatch:
+        notes.append(mismatch)
+    model = ck.model
+    step = make_step(model, torch.zeros(1, model.in_channels, *model.input_size), engine)
+    policy = StreamPolicy(queue="block" if pace is None else "drop_oldest",
+                          queue_size=queue_size, threshold=threshold, max_seconds=seconds,
+                          threads=threads)
+    return Prepared(ck, step, source, binning, policy, notes)
 
 
 class LiveView:
@@ -116,42 +132,37 @@ class LiveView:
         self.live.update(table)
 
 
-def run_with_view(source: Any, sm: StreamModel, *, json_out: bool, record: str | None,
-                  seconds: float | None, threshold: float, queue_size: int,
-                  policy: str = "drop_oldest", on_step=None,
-                  engine: str = "eager") -> StreamResult:
-    """Stream `source` through `sm.model`, with the live view unless JSON output or no TTY.
-
-    `policy="drop_oldest"` for live or paced sources (inference keeps up or drops, counted);
-    `"block"` for a source replayed as fast as possible, where every bin must be classified.
-    `engine`: how steps run (`pipeline.compiled.ENGINES`; fast engines are checked against
-    eager steps when built).
-    """
+def run_with_view(prep: Prepared, *, json_out: bool, record: str | None = None,
+                  on_step=None) -> StreamResult:
+    """Stream a prepared source, with the live view unless JSON output or no TTY; `record`
+    also writes every incoming event to HDF5."""
     from spikestream.pipeline.streaming import run_stream
 
     with contextlib.ExitStack() as stack:
-        src = stack.enter_context(source) if hasattr(source, "__enter__") else source
-        on_packet = None
+        src = stack.enter_context(prep.source)
+        sinks: list[Sink] = []
         if record:
             from spikestream.datasets import Recorder
 
             rec = stack.enter_context(Recorder(record, src.sensor_size, metadata={
-                "source": type(src).__name__, "checkpoint": sm.name}))
-            on_packet = rec.append
-        view = None
+                "source": type(src).__name__, "checkpoint": str(prep.ck.path)}))
+            sinks.append(Sink(on_packet=rec.append))
         if not json_out and sys.stderr.isatty():
-            view = stack.enter_context(LiveView(sm.class_names))
+            view = stack.enter_context(LiveView(prep.ck.classes))
+            sinks.append(Sink(on_step=view.update))
+        if on_step is not None:
+            sinks.append(Sink(on_step=on_step))
+        return run_stream(src, prep.step, prep.ck.recipe, binning=prep.binning, sinks=sinks,
+                          policy=prep.policy, class_names=prep.ck.classes)
 
-        def step_cb(info: StepInfo) -> None:
-            if view is not None:
-                view.update(info)
-            if on_step is not None:
-                on_step(info)
 
-        return run_stream(src, sm.model, time_window_us=sm.time_window_us, binary=sm.binary,
-                          queue_size=queue_size, policy=policy, threshold=threshold,
-                          class_names=sm.class_names, max_seconds=seconds,
-                          on_packet=on_packet, on_step=step_cb, engine=engine)
+def describe_start(prep: Prepared) -> str:
+    """The line printed before a run: checkpoint, binning and why, policy, engine."""
+    p = prep.policy
+    how = "lossless" if p.queue == "block" else f"drops the oldest of {p.queue_size} when behind"
+    return (f"checkpoint {prep.ck.path.name}: {prep.binning.description}; "
+            f"{p.queue} ({how}); engine {getattr(prep.step, 'mode', 'eager')}, "
+            f"{p.threads} thread(s)")
 
 
 def print_summary(result: StreamResult) -> None:
@@ -165,23 +176,23 @@ def print_summary(result: StreamResult) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    set_threads(args.threads)
-    sm = load_stream_model(args.checkpoint, args.bin_ms)
-    if args.offload:
-        from spikestream.firmware_bridge.offload import offload
-
-        offload(sm.model, args.offload)
     speed = None if args.speed == 0 else args.speed
-    source = make_source(args.source, speed=speed, seed=args.seed)
+    prep = prepare(args.checkpoint, args.source, speed=speed, realtime=args.realtime,
+                   bin_ms=args.bin_ms, engine=args.engine, threads=args.threads,
+                   queue_size=args.queue, threshold=args.threshold, seconds=args.seconds,
+                   seed=args.seed, offload=args.offload)
+    for note in prep.warnings:
+        print(f"spikestream stream: warning: {note}", file=sys.stderr)
+    if not args.json:
+        print(describe_start(prep))
     if args.record:
         Path(args.record).parent.mkdir(parents=True, exist_ok=True)
-    result = run_with_view(source, sm, json_out=args.json, record=args.record,
-                           seconds=args.seconds, threshold=args.threshold,
-                           queue_size=args.queue,
-                           policy="block" if speed is None else "drop_oldest",
-                           engine="eager" if args.offload else args.engine)
+    result = run_with_view(prep, json_out=args.json, record=args.record)
     if args.json:
-        print(json.dumps(result.as_dict(), default=str))
+        obj = result.as_dict()
+        obj.update(recipe=prep.ck.recipe.to_dict(), engine=getattr(prep.step, "mode", "eager"),
+                   warnings=prep.warnings)
+        print(json.dumps(obj, default=str))
     else:
         print_summary(result)
     return 130 if result.interrupted else 0
@@ -206,16 +217,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint path or shipped name (default: gestures)")
     p.add_argument("--record", metavar="OUT.h5", help="also record the incoming events to HDF5")
     p.add_argument("--seconds", type=float, help="stop after this many seconds of wall time")
-    p.add_argument("--speed", type=float, default=1.0,
-                   help="pacing of sim/file sources: 1 real time, 0 as fast as possible")
-    p.add_argument("--bin-ms", type=float, help="bin length (default: the checkpoint's)")
+    p.add_argument("--speed", type=float, default=None,
+                   help="pacing of sim/file sources: 1 real time, 0 as fast as possible "
+                        "(default: sim 1; files 0, lossless)")
+    p.add_argument("--realtime", action="store_true",
+                   help="replay a file at real time, dropping bins when inference falls behind "
+                        "(default: as fast as inference takes them, every bin classified)")
+    p.add_argument("--bin-ms", type=float,
+                   help="fixed bin length instead of the checkpoint's recipe (default: the "
+                        "recipe: its time window; for a checkpoint trained on n equal bins "
+                        "per sample, a recording of sample size is cut into n equal bins and a "
+                        "live stream binned at the training samples' mean bin length)")
     p.add_argument("--threshold", type=float, default=0.9,
                    help="confidence for the early decision (default 0.9)")
     p.add_argument("--queue", type=int, default=4, help="bins waiting for inference (default 4)")
     p.add_argument("--offload", metavar="PORT",
                    help="run the lrf_dyn core on a device at PORT (serial port or URL)")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated camera")
-    p.add_argument("--threads", type=int, default=1, help="torch threads for inference (1)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for inference, set for the run and restored (1)")
     add_engine_flag(p)
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.set_defaults(func=run)
