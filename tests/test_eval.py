@@ -126,3 +126,28 @@ def test_shipped_weights_are_small_safe_and_describe_their_input(name: str) -> N
     assert list(meta["binning"]["frame_size"]) == list(model.input_size)
     if name == "gestures":  # the streaming side bins live events with this window
         assert meta["binning"]["time_window"] > 0 and meta["sensor_size"] == [128, 128, 2]
+
+
+def test_eval_split_all_scores_every_file_and_limit_is_stratified(
+        few_nmnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A flat folder held out as a whole: `--split all` scores every file, not the seeded
+    20%; `--limit` draws evenly from the classes; eval.json names each file scored."""
+    common = ["eval", "--checkpoint", "nmnist", "--root", str(few_nmnist), "--json",
+              "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "ev")]
+    assert main([*common, "--split", "all"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    files = sorted(p.name for p in few_nmnist.glob("*.bs2"))
+    assert obj["samples"] == len(files) == 40
+    assert sorted(Path(s["file"]).name for s in obj["scored"]) == files
+    labels = dict(ln.split() for ln in (few_nmnist / "labels.txt").read_text().splitlines()[1:])
+    for s in obj["scored"]:
+        assert s["label"] == int(labels[Path(s["file"]).stem])
+    right = sum(s["label"] == s["predicted"] for s in obj["scored"])
+    assert obj["accuracy"] == pytest.approx(right / 40)
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["scored"] == obj["scored"]
+    assert obj["latency_steps"] >= 200 and obj["step_latency_p99_ms"] >= obj["step_latency_ms"]
+
+    assert main([*common, "--split", "all", "--limit", "10"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    present = {int(v) for v in labels.values()}
+    assert obj["samples"] == 10 and {s["label"] for s in obj["scored"]} == present

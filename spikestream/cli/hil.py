@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
+from serial import SerialException
 
 from spikestream.firmware_bridge.hil import (
     bernoulli_kv,
@@ -115,9 +117,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         with Link(args.port, timeout=args.timeout, window=args.window, baudrate=args.baud) as link:
             result = run_conformance(link, params, inputs)
-    except LinkError as e:
-        print(f"spikestream hil: link failed: {type(e).__name__}: {e}")
-        return 3
+    except (LinkError, SerialException) as e:
+        from spikestream.cli import EXIT_DEVICE, error_line
+
+        what = f"link to {args.port} failed: {type(e).__name__}: {error_line(e)}"
+        if args.json:  # stdout stays one parseable object
+            print(json.dumps({"error": what, "port": args.port, "exit_code": EXIT_DEVICE}))
+        print(f"spikestream hil: error: {what}", file=sys.stderr)
+        return EXIT_DEVICE
     out = result.as_dict()
     out["input"] = source
     out["shape"] = {"tokens": args.tokens, "dim": dim, "heads": args.heads, "k": args.k}
