@@ -214,6 +214,13 @@ class InputRecipe:
             return self.live_binning()
         return self.recording_binning(int(events["t"][0]), int(events["t"][-1]), len(events))
 
+    def describe(self) -> str:
+        """The training binning in words, e.g. `8 equal time bins per sample`."""
+        return {"time_window": f"{self.value / 1000:g} ms time windows",
+                "event_count": f"{self.value} events per bin",
+                "n_time_bins": f"{self.value} equal time bins per sample",
+                "n_event_bins": f"{self.value} equal-count bins per sample"}[self.mode]
+
     def with_time_window(self, window_us: int) -> InputRecipe:
         """The recipe with a fixed time window instead (an explicit `--bin-ms`)."""
         return replace(self, mode="time_window", value=int(window_us), start_time=None,

@@ -85,3 +85,16 @@ def test_streamed_nmnist_recordings_give_evals_decision_every_run(real_data, tmp
             assert out["decision"] == s["predicted"], s
             assert out["drops"] == 0 and out["steps"] == 8 and out["binning"]["per_sample"]
             assert out["recipe"]["mode"] == "n_time_bins"
+
+
+def test_live_streams_bin_at_the_recipes_live_equivalent_and_warn_on_sensor(capsys):
+    """`nmnist` was trained on 8 equal bins of ~306 ms digits: a live (simulated) stream is
+    binned at the training set's mean bin length, and its 128x128 sensor is warned about."""
+    assert main(["stream", "--checkpoint", "nmnist", "--source", "sim:0", "--speed", "0",
+                 "--seconds", "1", "--json"]) == 0
+    out, err = capsys.readouterr()
+    obj = json.loads(out.strip().splitlines()[-1])
+    live = obj["recipe"]["live_time_window_us"]
+    assert obj["binning"]["time_window"] == live and not obj["binning"]["per_sample"]
+    assert 30_000 < live < 45_000
+    assert "128x128" in err and "34x34" in err and obj["warnings"]

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     sequence = [int(g) for g in rng.permutation(n_classes)[:args.gestures]]
     spec = "sim:" + ",".join(str(g) for g in sequence)
-    prep = prepare(args.checkpoint, spec, speed=None if args.speed == 0 else args.speed,
+    prep = prepare(args.checkpoint, spec, speed=args.speed,
                    realtime=False, bin_ms=None, engine=args.engine, threads=args.threads,
                    queue_size=8, threshold=0.9, seconds=None, seed=args.seed,
                    duration_s=args.duration)

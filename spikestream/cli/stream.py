@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,8 @@ def prepare(checkpoint: str, source_spec: str, *, speed: float | None, realtime:
             duration_s: float | None = None, offload: str | None = None) -> Prepared:
     """Load the checkpoint, open the source and decide how to bin it and how bins move.
 
-    A recorded file (`file:PATH`) replays unpaced and lossless unless `realtime` (or a
+    `speed`: None when not given, 0 for as fast as inference takes the events, else a pace
+    factor. A recorded file (`file:PATH`) replays unpaced and lossless unless `realtime` (or a
     `speed`) paces it; a per-sample recipe (n equal bins) bins it exactly as training binned
     a sample. Live and simulated sources are paced and bin by the recipe's live equivalent.
     `bin_ms` replaces the recipe's binning by a fixed window."""
@@ -57,6 +58,7 @@ def prepare(checkpoint: str, source_spec: str, *, speed: float | None, realtime:
     from spikestream.pipeline import load_for_inference, make_step
 
     ck = load_for_inference(checkpoint)
+    trained = ck.recipe.describe()
     if bin_ms is not None:
         if not bin_ms > 0:
             raise ValueError(f"--bin-ms must be positive, got {bin_ms}")
@@ -67,15 +69,19 @@ def prepare(checkpoint: str, source_spec: str, *, speed: float | None, realtime:
         offload_to(ck.model, offload)
         engine = "eager"
     kind, _, rest = source_spec.partition(":")
+    given = None if speed is None else (None if speed == 0 else float(speed))
     if kind.strip().lower() == "file" and rest:
         recording = read_events(Path(rest))
-        pace = 1.0 if realtime and speed is None else speed
+        pace = given if speed is not None else (1.0 if realtime else None)
         source: Any = ReplayCamera(recording, speed=pace)
         binning = ck.recipe.binning_for(recording.events)
     else:
-        pace = 1.0 if speed is None else speed
+        pace = given if speed is not None else 1.0
         source = make_source(source_spec, speed=pace, seed=seed, duration_s=duration_s)
         binning = ck.recipe.live_binning()
+    if bin_ms is not None:
+        binning = replace(binning, description=f"time window {bin_ms:g} ms (--bin-ms; the "
+                                                f"checkpoint was trained on {trained})")
     notes = []
     mismatch = ck.recipe.sensor_mismatch(source.sensor_size)
     if mismatch:
@@ -176,8 +182,7 @@ def print_summary(result: StreamResult) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    speed = None if args.speed == 0 else args.speed
-    prep = prepare(args.checkpoint, args.source, speed=speed, realtime=args.realtime,
+    prep = prepare(args.checkpoint, args.source, speed=args.speed, realtime=args.realtime,
                    bin_ms=args.bin_ms, engine=args.engine, threads=args.threads,
                    queue_size=args.queue, threshold=args.threshold, seconds=args.seconds,
                    seed=args.seed, offload=args.offload)
