@@ -14,6 +14,7 @@ import torch
 
 from spikestream.cli import main
 from spikestream.datasets import NMNIST
+from spikestream.pipeline import load_for_inference
 from spikestream.pipeline.checkpoint import WEIGHTS_DIR, load_checkpoint, resolve_checkpoint
 from spikestream.pipeline.evaluation import evaluate, plot_accuracy_over_time, plot_confusion
 
@@ -83,6 +84,13 @@ def test_cli_train_then_eval_json(few_nmnist: Path, tmp_path: Path,
     assert meta["binning"] == {"n_time_bins": 4, "frame_size": [32, 32]}
     assert meta["dataset"] == "nmnist" and meta["classes"] == [str(d) for d in range(10)]
     assert model.time_steps == 4 and model.num_classes == 10
+    recipe = load_for_inference(out).recipe  # the training folder names the checkpoint
+    assert (recipe.mode, recipe.value, recipe.frame_size) == ("n_time_bins", 4, (32, 32))
+    assert recipe.sensor_size == (34, 34, 2) and recipe.filters == ("crop_to_sensor",)
+    train_part = NMNIST(few_nmnist, train=True)
+    spans = [int(e["t"][-1]) - int(e["t"][0]) for e in map(train_part.load,
+                                                          range(len(train_part)))]
+    assert recipe.live_time_window_us == round(np.mean([s // 4 for s in spans]))
 
     rc = main(["eval", "--checkpoint", str(out / "best.pt"), "--root", str(few_nmnist),
                "--cache", str(tmp_path / "cache"), "--json"])

@@ -183,3 +183,15 @@ def test_registry_builds_every_part(nmnist_root: Path) -> None:
         create_dataset("mnist", nmnist_root)
     synth = create_dataset("synthetic", part="test", samples_per_class=4, num_classes=10)
     assert len(synth) == 100 and synth.classes[-1] == "Air guitar"
+
+
+def test_model_info_takes_a_shipped_name_and_bins_by_its_recipe(nmnist_root: Path,
+                                                                capsys) -> None:
+    from spikestream.cli import main
+
+    assert main(["model-info", "--checkpoint", "nmnist", "--input",
+                 str(nmnist_root / "1.bs2"), "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert "8 bins by the recipe" in obj["input_description"]
+    assert obj["energy_uj_per_sample"] == pytest.approx(8 * obj["energy_uj_per_step"])
+    assert obj["parameters"] == sum(p.numel() for p in load_checkpoint("nmnist")[0].parameters())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,6 @@ import torch
 
 from spikestream.cli.output import print_fields
 from spikestream.pipeline import SpikingTransformer, create_model, list_configs
-from spikestream.pipeline.checkpoint import load_checkpoint
 from spikestream.pipeline.energy import E_AC_PJ, E_MAC_PJ, energy_report
 
 DEFAULT_RECORDING = Path("aedat4") / "sample.aedat4"
@@ -55,9 +55,37 @@ def recording_frames(path: Path, model: SpikingTransformer, steps: int) -> torch
     return x.unsqueeze(1)
 
 
+def checkpoint_frames(path: Path, ck, steps: int) -> tuple[torch.Tensor, str]:
+    """The recording binned by the checkpoint's input recipe (as its training data was), at
+    most `steps` frames `[T, 1, P, H, W]`, and a note when the recording's sensor differs."""
+    from spikestream.datasets import read_events
+    from spikestream.pipeline.binning import to_frames
+
+    recipe = ck.recipe
+    rec = read_events(path)
+    events = recipe.filter_events(rec.events)
+    if len(events) == 0:
+        raise ValueError(f"{path}: no events to measure the model on")
+    params = recipe.frame_params()
+    params.pop("start_time", None)  # fixed clip bounds do not apply to another recording
+    params.pop("end_time", None)
+    params["target_size"] = tuple(recipe.frame_size)
+    if ck.model.in_channels == 1:
+        params["merge_polarity"] = True
+    if tuple(recipe.frame_size) == (rec.sensor_size[1], rec.sensor_size[0]):
+        params.pop("target_size")
+    frames = to_frames(events, rec.sensor_size, dtype=np.float32, **params)[:steps]
+    note = recipe.sensor_mismatch(rec.sensor_size)
+    return torch.from_numpy(frames).unsqueeze(1), note or ""
+
+
 def run(args: argparse.Namespace) -> int:
+    ck = None
     if args.checkpoint:
-        model, _ = load_checkpoint(args.checkpoint)
+        from spikestream.pipeline import load_for_inference
+
+        ck = load_for_inference(args.checkpoint)
+        model = ck.model
         name = f"checkpoint {args.checkpoint}"
     else:
         model = create_model(args.config, args.attention)
@@ -75,10 +103,16 @@ def run(args: argparse.Namespace) -> int:
                 "no recording given and none found in $SPIKESTREAM_REAL_DATA or ../shared/data; "
                 "pass --input FILE (or --random RATE)"
             )
-        frames = recording_frames(path, model, steps)
-        described = f"{path.name}, {steps} time bins"
+        if ck is not None:
+            frames, note = checkpoint_frames(path, ck, steps)
+            described = f"{path.name}, {len(frames)} bins by the recipe ({ck.recipe.describe()})"
+            if note:
+                print(f"spikestream model-info: warning: {note}", file=sys.stderr)
+        else:
+            frames = recording_frames(path, model, steps)
+            described = f"{path.name}, {steps} time bins"
     report = energy_report(model, frames, name, described).as_dict()
-    report["energy_uj_per_sample"] = report["energy_uj_per_step"] * steps
+    report["energy_uj_per_sample"] = report["energy_uj_per_step"] * len(frames)
     report["pj_per_ac"], report["pj_per_mac"] = E_AC_PJ, E_MAC_PJ
     print_fields(report, as_json=args.json)
     return 0
@@ -93,7 +127,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", default="tiny", choices=list_configs())
     p.add_argument("--attention", default="ssa", choices=sorted(ATTENTION))
-    p.add_argument("--checkpoint", default=None, help="weights .pt (with its .json) to measure")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint to measure: .pt, training folder or shipped name; the "
+                        "recording is binned by its input recipe")
     p.add_argument("--input", default=None,
                    help="event recording to measure on (default: the real DVXplorer sample)")
     p.add_argument("--random", type=float, default=None, metavar="RATE",
