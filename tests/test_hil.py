@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from spikestream.cli import EXIT_DEVICE
 from spikestream.cli import main as cli_main
 from spikestream.firmware_bridge.hil import (
     bernoulli_kv,
@@ -186,7 +187,8 @@ def test_hil_cli_quantized_lrf_dyn_and_link_failure(capsys) -> None:
     assert res["rc"] == 0 and res["bit_exact"] and res["params"].startswith("lrf_dyn")
     rc = cli_main(["hil", "--port", "loop://", "--steps", "4", "--tokens", "8", "--input",
                    "random", "--timeout", "0.01"])
-    assert rc == 3 and "LinkTimeout" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert rc == EXIT_DEVICE and "LinkTimeout" in err and out == ""  # errors go to stderr
 
 
 @pytest.mark.parametrize("where", ["--pty", "--tcp=127.0.0.1:0"])
