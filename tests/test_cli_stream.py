@@ -98,3 +98,22 @@ def test_live_streams_bin_at_the_recipes_live_equivalent_and_warn_on_sensor(caps
     assert obj["binning"]["time_window"] == live and not obj["binning"]["per_sample"]
     assert 30_000 < live < 45_000
     assert "128x128" in err and "34x34" in err and obj["warnings"]
+
+
+def test_stream_forwards_every_event_over_udp(real_data, capsys):
+    """`--forward udp:HOST:PORT`: a sink sends the incoming events on; a real UDP socket
+    receives exactly the file's events."""
+    from spikestream.devices import UDPSource
+
+    path = real_data / "nmnist-small" / "train" / "1.bs2"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    src = UDPSource(port=0, sensor_size=(34, 34, 2), idle_timeout_s=2.0)
+    host, port = src.address
+    assert main(["stream", "--source", f"file:{path}", "--checkpoint", "nmnist", "--json",
+                 "--forward", f"udp:{host}:{port}"]) == 0
+    capsys.readouterr()
+    with src:
+        got = [p for p in src if len(p)]
+    np.testing.assert_array_equal(np.concatenate(got), read_events(path).events)
+    assert src.ended

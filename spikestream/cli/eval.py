@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     )
     from spikestream.pipeline.recipe import default_cache, frames_dataset
 
+    if args.val_fraction is not None and not 0 <= args.val_fraction < 1:
+        raise ValueError(f"--val-fraction {args.val_fraction}: must be in [0, 1); to score "
+                         "every file of a folder use --split all")
     torch.set_num_threads(max(1, args.threads))
     ck = load_for_inference(args.checkpoint, map_location=args.device)
     path, model, recipe = ck.path, ck.model, ck.recipe

@@ -138,10 +138,20 @@ class LiveView:
         self.live.update(table)
 
 
+def udp_address(spec: str) -> tuple[str, int]:
+    """`udp:[HOST:]PORT` -> (host, port), host 127.0.0.1 unless given."""
+    kind, _, rest = spec.partition(":")
+    host, _, port = rest.rpartition(":")
+    if kind != "udp" or not port.isdigit():
+        raise ValueError(f"--forward {spec!r}: expected udp:[HOST:]PORT")
+    return host or "127.0.0.1", int(port)
+
+
 def run_with_view(prep: Prepared, *, json_out: bool, record: str | None = None,
-                  on_step=None) -> StreamResult:
+                  forward: str | None = None, on_step=None) -> StreamResult:
     """Stream a prepared source, with the live view unless JSON output or no TTY; `record`
-    also writes every incoming event to HDF5."""
+    also writes every incoming event to HDF5, `forward` (`udp:[HOST:]PORT`) sends it on as
+    UDP datagrams in our packet format."""
     from spikestream.pipeline.streaming import run_stream
 
     with contextlib.ExitStack() as stack:
@@ -153,6 +163,12 @@ def run_with_view(prep: Prepared, *, json_out: bool, record: str | None = None,
             rec = stack.enter_context(Recorder(record, src.sensor_size, metadata={
                 "source": type(src).__name__, "checkpoint": str(prep.ck.path)}))
             sinks.append(Sink(on_packet=rec.append))
+        if forward:
+            from spikestream.devices import UDPSink
+
+            host, port = udp_address(forward)
+            udp = stack.enter_context(UDPSink(host, port, src.sensor_size))
+            sinks.append(Sink(on_packet=udp.send))
         if not json_out and sys.stderr.isatty():
             view = stack.enter_context(LiveView(prep.ck.classes))
             sinks.append(Sink(on_step=view.update))
@@ -192,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         print(describe_start(prep))
     if args.record:
         Path(args.record).parent.mkdir(parents=True, exist_ok=True)
-    result = run_with_view(prep, json_out=args.json, record=args.record)
+    result = run_with_view(prep, json_out=args.json, record=args.record, forward=args.forward)
     if args.json:
         obj = result.as_dict()
         obj.update(recipe=prep.ck.recipe.to_dict(), engine=getattr(prep.step, "mode", "eager"),
@@ -221,6 +237,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default="gestures",
                    help="checkpoint path or shipped name (default: gestures)")
     p.add_argument("--record", metavar="OUT.h5", help="also record the incoming events to HDF5")
+    p.add_argument("--forward", metavar="udp:[HOST:]PORT",
+                   help="also send the incoming events on as UDP datagrams (our format)")
     p.add_argument("--seconds", type=float, help="stop after this many seconds of wall time")
     p.add_argument("--speed", type=float, default=None,
                    help="pacing of sim/file sources: 1 real time, 0 as fast as possible "
