@@ -10,7 +10,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from spikestream.pipeline import ENGINES
+from spikestream.pipeline import ENGINES, LoadedCheckpoint
+from spikestream.pipeline.recipe import StreamBinning
 from spikestream.pipeline.streaming import Sink, StepInfo, StreamPolicy, StreamResult
 
 
@@ -19,10 +20,10 @@ class Prepared:
     """A checkpoint and a source made ready to stream: the step to run, the recipe, how the
     stream is binned (and why), and the policy."""
 
-    ck: Any  # LoadedCheckpoint
-    step: Any
-    source: Any
-    binning: Any  # StreamBinning
+    ck: LoadedCheckpoint
+    step: Any  # what make_step built: init_state(1), step(frame, state), mode
+    source: Any  # an EventSource
+    binning: StreamBinning
     policy: StreamPolicy
     warnings: list[str]
 
