@@ -31,7 +31,7 @@ from spikestream.firmware_bridge.emulator import DeviceEmulator
 from spikestream.firmware_bridge.hil import bernoulli_kv, random_core_params
 from spikestream.firmware_bridge.intcore import CoreParams, IntCore
 from spikestream.firmware_bridge.link import Link
-from spikestream.firmware_bridge.transports import EmulatorOptions, PtyEmulator
+from spikestream.firmware_bridge.ports import EmulatorOptions, PtyEmulator
 
 N_TOKENS = 64
 HEADS, K = 4, 3

@@ -21,7 +21,7 @@ from spikestream.firmware_bridge.link import (
     LinkTimeout,
     ProtocolMismatch,
 )
-from spikestream.firmware_bridge.transports import EmulatorOptions, TcpEmulator
+from spikestream.firmware_bridge.ports import EmulatorOptions, TcpEmulator
 
 N, HEADS, HEAD_DIM = 6, 2, 4
 D = HEADS * HEAD_DIM
@@ -67,7 +67,7 @@ def test_sequence_numbers_wrap(params) -> None:
               timeout=0.05) as link:
         link.load(params)
         out = np.stack(link.step(u))
-        assert link._seq < 0x100 and link.serial.emulator.device.stats.steps_applied == 30
+        assert link.channel.seq < 0x100 and link.serial.emulator.device.stats.steps_applied == 30
     assert np.array_equal(out, reference(params, u))
 
 

@@ -12,7 +12,7 @@ import sys
 import threading
 
 from spikestream.firmware_bridge.faults import FaultConfig
-from spikestream.firmware_bridge.transports import EmulatorOptions, PtyEmulator, TcpEmulator
+from spikestream.firmware_bridge.ports import EmulatorOptions, PtyEmulator, TcpEmulator
 
 
 def register(sub: argparse._SubParsersAction) -> None:
