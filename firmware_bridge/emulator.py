@@ -98,7 +98,7 @@ class DeviceEmulator:
         self.max_tokens, self.max_dim, self.max_blob = max_tokens, max_dim, max_blob
         self.faults = FaultInjector(faults or FaultConfig(), seed)
         self._sleep = sleep
-        self._core_factory = core_factory
+        self.core_factory = core_factory
         self._outer = Deframer(max_len=4 * mtu + 64)  # splits frames for per-frame faults
         self._inner = Deframer(max_len=4 * mtu + 64)  # the receiver proper
         self.stats = DeviceStats()
@@ -317,7 +317,7 @@ class DeviceEmulator:
                 )
             if STEP_HEAD.size + 4 + bytes_per_step(params.n_tokens, params.dim) > self.mtu:
                 raise _Refuse(NakReason.TOO_LARGE, "one timestep does not fit the MTU")
-            self.params, self.core, self.model_hash = params, self._core_factory(params), crc
+            self.params, self.core, self.model_hash = params, self.core_factory(params), crc
             return MsgType.OK, COMMIT.pack(TARGET_PARAMS, crc)
         core = self._need_core()
         shape = core.state().shape

@@ -4,8 +4,9 @@ pyserial's ``spikeemu://`` URL (see `transports`).
 All three carry the same bytes a USB-serial board would, so the host's `Link` runs unchanged on
 ``/dev/ttyACM0``, the pty path, ``socket://127.0.0.1:PORT`` and ``spikeemu://?...``. URL query
 keys: ``faults`` (a fault spec, see faults.py), ``seed``, ``baud``, ``mtu``, ``window``,
-``max_tokens``, ``max_dim``.
+``max_tokens``, ``max_dim``, ``core`` (``jit``, the default, or ``numpy``).
 """
+
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import select
 import socket
 import threading
 import tty
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,8 +25,12 @@ from serial.urlhandler import protocol_socket
 
 from spikestream.firmware_bridge.emulator import DeviceEmulator
 from spikestream.firmware_bridge.faults import FaultConfig
+from spikestream.firmware_bridge.intcore import CoreParams, IntCore
 from spikestream.firmware_bridge.serving import EmulatorServer, fd_channel, socket_channel
 from spikestream.firmware_bridge.transports import URL_SCHEME
+
+#: The cores an emulator can run: both compute the same integers (tests hold them bit-exact).
+CORES = ("jit", "numpy")
 
 
 @dataclass
@@ -38,11 +44,19 @@ class EmulatorOptions:
     window: int = 16
     max_tokens: int = 4096
     max_dim: int = 4096
+    core: str = "jit"  # "jit": the compiled JitCore; "numpy": the reference IntCore
 
     def device(self) -> DeviceEmulator:
+        if self.core not in CORES:
+            raise ValueError(f"core {self.core!r}: expected one of {', '.join(CORES)}")
+        factory: Callable[[CoreParams], IntCore] = IntCore
+        if self.core == "jit":
+            from spikestream.firmware_bridge.intcore_jit import JitCore  # compiles here, once
+
+            factory = JitCore
         return DeviceEmulator(
             mtu=self.mtu, window=self.window, max_tokens=self.max_tokens,
-            max_dim=self.max_dim, faults=self.faults, seed=self.seed,
+            max_dim=self.max_dim, faults=self.faults, seed=self.seed, core_factory=factory,
         )
 
     @classmethod
@@ -51,7 +65,7 @@ class EmulatorOptions:
         parts = urlsplit(url)
         if parts.scheme.lower() != URL_SCHEME:
             raise ValueError(f"{url!r}: expected a {URL_SCHEME}:// URL")
-        known = {"faults", "seed", "baud", "mtu", "window", "max_tokens", "max_dim"}
+        known = {"faults", "seed", "baud", "mtu", "window", "max_tokens", "max_dim", "core"}
         opts = cls()
         for key, values in parse_qs(parts.query, keep_blank_values=True).items():
             if key not in known:
@@ -62,6 +76,8 @@ class EmulatorOptions:
                     opts.faults = FaultConfig.parse(v)
                 elif key == "baud":
                     opts.baud = float(v) if v else None
+                elif key == "core":
+                    opts.core = v
                 else:
                     setattr(opts, key, int(v))
             except ValueError as e:

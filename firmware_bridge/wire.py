@@ -50,6 +50,33 @@ def cobs_encode(data: bytes | bytearray | memoryview) -> bytes:
     return np.insert(a[a != 0], at, codes).tobytes()
 
 
+def _code_positions(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """Positions of the code bytes of COBS data `a` (no zeros) and where the chain ends (== len(a)
+    when valid). The chain is followed 16 codes at a time in Python, over jump tables built by
+    doubling; the codes in between are filled in by the tables, vectorised."""
+    n = len(a)
+    nxt = np.arange(n + BLOCK + 1)
+    nxt[:n] += a  # positions at or past the end jump to themselves
+    jumps = [nxt]
+    levels = 4 if n > 512 else 0
+    for _ in range(levels):
+        jumps.append(jumps[-1][jumps[-1]])
+    big = jumps[-1]
+    at = [0]
+    i = 0
+    while i < n:
+        i = int(big[i])
+        at.append(i)
+    end = at.pop()
+    pos = np.asarray(at)
+    for table in reversed(jumps[:-1]):
+        pos = np.stack([pos, table[pos]], axis=1).ravel()
+        pos = pos[pos < n]
+    if levels:  # the last stretch may have ended inside a jump: end is the first stop past n
+        end = int(nxt[pos[-1]])
+    return pos, end
+
+
 def cobs_decode(data: bytes | bytearray | memoryview) -> bytes:
     """Decode COBS; CobsError says what is wrong (a 0x00 inside, or a code past the end)."""
     enc = bytes(data)
@@ -59,16 +86,10 @@ def cobs_decode(data: bytes | bytearray | memoryview) -> bytes:
     zero = enc.find(0)
     if zero >= 0:
         raise CobsError(f"zero byte found in input at {zero}")
-    codes: list[int] = []
-    add = codes.append
-    i = 0
-    while i < n:  # the code bytes form a chain: each says where the next one is
-        add(i)
-        i += enc[i]
-    if i > n:
-        raise CobsError(f"not enough input bytes for length code at {codes[-1]}")
     a = np.frombuffer(enc, dtype=np.uint8)
-    at = np.asarray(codes)
+    at, end = _code_positions(a)
+    if end > n:
+        raise CobsError(f"not enough input bytes for length code at {int(at[-1])}")
     keep = np.ones(n, dtype=bool)
     keep[at] = False
     out = a.copy()

@@ -165,7 +165,11 @@ def test_bad_inputs_are_value_errors(params) -> None:
 def test_options_from_url() -> None:
     o = EmulatorOptions.from_url("spikeemu://?faults=drop=0.1,stall=5&seed=9&baud=9600&mtu=128")
     assert (o.faults.drop, o.faults.stall, o.seed, o.baud, o.mtu) == (0.1, 5.0, 9, 9600.0, 128)
+    assert o.core == "jit" and EmulatorOptions.from_url("spikeemu://?core=numpy").core == "numpy"
+    assert type(o.device().core_factory(random_core_params(n_tokens=2))).__name__ == "JitCore"
     with pytest.raises(ValueError, match="unknown option"):
         EmulatorOptions.from_url("spikeemu://?speed=3")
+    with pytest.raises(LinkClosed, match="core 'gpu'"):
+        Link("spikeemu://?core=gpu")
     with pytest.raises(LinkClosed, match="fault"):
         Link("spikeemu://?faults=nonsense=1")

@@ -57,8 +57,12 @@ def test_cobs_roundtrip_and_no_zero_inside() -> None:
 
 def test_cobs_matches_the_cobs_package() -> None:
     cobs = pytest.importorskip("cobs.cobs", reason="the cobs package is not installed")
-    for data in random_blobs(2, 600) + [v for v, _ in VECTORS]:
+    spikes = [  # STEP payloads as they are: bit-packed sparse spikes, up to the MTU
+        np.packbits(np.random.default_rng(n).random(8 * n) < 0.09).tobytes() for n in (600, 8192)
+    ]
+    for data in random_blobs(2, 600) + [v for v, _ in VECTORS] + spikes:
         assert cobs_encode(data) == cobs.encode(data)
+        assert cobs_decode(cobs.encode(data)) == data
     rng = np.random.default_rng(3)
     for _ in range(2000):  # arbitrary input: both accept the same strings and decode alike
         raw = rng.integers(0, 256, int(rng.integers(1, 40)), dtype=np.uint8).tobytes()
