@@ -18,6 +18,7 @@ _HOME = {
     "DeviceRefused": "link",
     "DeviceLimitError": "link",
     "DeviceResetLoop": "link",
+    "DeviceSilent": "link",
     "ProtocolMismatch": "link",
     "ReplayMismatch": "link",
     "LinkStats": "link",

@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import json
 import select
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from spikestream.firmware_bridge.hil import (
     run_conformance,
 )
 from spikestream.firmware_bridge.intcore import IntCore
-from spikestream.firmware_bridge.link import Link
+from spikestream.firmware_bridge.link import DeviceSilent, Link, LinkClosed
 
 # The full command line, and the same `emulator` command module alone (the full parser imports
 # every subcommand, torch included: seconds of start-up on a busy machine).
@@ -203,3 +205,41 @@ def test_device_vanishing_raises_a_link_error(where: str) -> None:
             proc.wait(timeout=10)
             with pytest.raises((LinkClosed, LinkTimeout)):
                 link.step(u)
+
+
+@pytest.mark.parametrize(
+    ("where", "sig"),
+    [("--pty", signal.SIGKILL), ("--pty", signal.SIGSTOP), ("--tcp=127.0.0.1:0", signal.SIGSTOP)],
+    ids=["pty-killed", "pty-hung", "tcp-hung"],
+)
+def test_dead_peer_mid_run_is_reported_within_the_bound(where: str, sig: int) -> None:
+    """The emulator process dies (SIGKILL: the line closes) or hangs (SIGSTOP: the line stays
+    open, nothing comes back) in the middle of a long `step` call; the link must raise within
+    its dead-peer bound, not after its retransmission budget (~20 s with these settings)."""
+    params = random_core_params(heads=4, head_dim=16, k=3, n_tokens=64, seed=8)
+    u = bernoulli_kv(4000, 64, 64, seed=9)  # ~7 s of line time at 3 Mbaud
+    with emulator_process(where, "--baud", "3000000") as (port, proc):
+        with Link(port, timeout=0.1, max_retries=10) as link:
+            link.load(params)
+            link.step(u[:20])
+            when: list[float] = []
+
+            def strike() -> None:
+                when.append(time.monotonic())
+                proc.send_signal(sig)
+
+            timer = threading.Timer(0.3, strike)
+            timer.start()
+            try:
+                with pytest.raises((DeviceSilent, LinkClosed)) as err:
+                    link.step(u)
+            finally:
+                timer.join()
+                proc.kill()
+            elapsed = time.monotonic() - when[0]
+            bound = link.channel.dead_after()  # it adapts with the RTO during the run
+    assert link.stats.steps < len(u) + 20  # it failed mid-run, not after it
+    if sig == signal.SIGSTOP:
+        assert isinstance(err.value, DeviceSilent) and "dead or hung" in str(err.value)
+        assert elapsed >= 0.5 * bound  # the silence rule fired, not a closed line
+    assert elapsed <= bound + link.channel.rto(0) + 0.5, (elapsed, bound, str(err.value))

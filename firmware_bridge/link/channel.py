@@ -5,6 +5,10 @@ The device executes requests strictly in sequence order and answers each exactly
 retransmitted request is answered from its cache), so the channel only has to get every request
 through and match answers by their ``ack``. NAKs that the channel cannot retry away are raised:
 NOT_SYNCED as `DeviceRebooted` (the session recovers), others as `DeviceRefused`.
+
+Dead peer: while requests are outstanding, a device that sends no byte (and, when the host is
+writing, takes none) for `dead_after()` seconds, by default max(DEAD_RTOS x RTO, DEAD_MIN_S), is
+reported as `DeviceSilent`; a port that fails or closes is reported at once as `LinkClosed`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import serial
 from spikestream.firmware_bridge.link.errors import (
     DeviceRebooted,
     DeviceRefused,
+    DeviceSilent,
     LinkClosed,
     LinkTimeout,
     ProtocolMismatch,
@@ -38,6 +43,11 @@ from spikestream.firmware_bridge.protocol import (
     seq_diff,
 )
 from spikestream.firmware_bridge.transports import open_port
+
+#: A device silent for this many retransmission timeouts (RTO without backoff) is dead ...
+DEAD_RTOS = 4
+#: ... but never sooner than this many seconds (a frame's line time, a stall).
+DEAD_MIN_S = 1.0
 
 #: The answer type each request expects (or a NAK).
 ANSWER = {
@@ -87,7 +97,8 @@ class _Out:
 class FrameChannel:
     """Requests out, answers back, over one port. `window` (frames in flight) is set by the
     session after the handshake; `timeout` is the least retransmission timeout in seconds;
-    `max_retries` the consecutive timeouts before LinkTimeout."""
+    `max_retries` the consecutive timeouts before LinkTimeout; `dead_after` fixes the dead-peer
+    bound in seconds (default: adapts with the RTO, see the module docstring)."""
 
     def __init__(
         self,
@@ -98,8 +109,11 @@ class FrameChannel:
         baudrate: int = 115200,
         first_seq: int | None = None,
         stats: LinkStats | None = None,
+        dead_after: float | None = None,
     ) -> None:
-        self.timeout, self.max_retries = timeout, max_retries
+        if dead_after is not None and dead_after <= 0:
+            raise ValueError(f"dead_after {dead_after} must be positive")
+        self.timeout, self.max_retries, self._dead_after = timeout, max_retries, dead_after
         if isinstance(port, str):
             try:
                 self.serial = open_port(port, baudrate)
@@ -125,6 +139,7 @@ class FrameChannel:
         self._srtt: float | None = None
         self._rttvar = 0.0
         self._gbn_at = -1.0
+        self._heard = 0.0  # when the last byte arrived
 
     def close(self) -> None:
         """Close the port if the channel opened it (a caller's port stays the caller's)."""
@@ -140,6 +155,12 @@ class FrameChannel:
             base = max(base, 1.5 * self._srtt + 4 * self._rttvar)
         return base * (1 << min(tries, 2))
 
+    def dead_after(self) -> float:
+        """Seconds of silence, with requests outstanding, after which the device is dead."""
+        if self._dead_after is not None:
+            return self._dead_after
+        return max(DEAD_RTOS * self.rto(0), DEAD_MIN_S)
+
     def exchange(
         self,
         requests: Sequence[tuple[int, bytes]],
@@ -152,6 +173,7 @@ class FrameChannel:
         replies: list[Frame | None] = [None] * n
         outstanding: dict[int, _Out] = {}
         nxt = done = 0
+        started = time.monotonic()  # silence before this exchange does not count
         while done < n:
             while nxt < n and len(outstanding) < self.window:
                 mtype, payload = requests[nxt]
@@ -163,7 +185,15 @@ class FrameChannel:
                 nxt += 1
             oldest = next(iter(outstanding.values()))
             deadline = oldest.last_sent + self.rto(oldest.tries)
-            frames = self._poll(deadline)
+            dead_at = max(self._heard, started) + self.dead_after()
+            frames = self._poll(min(deadline, dead_at))
+            if not frames and time.monotonic() >= dead_at:
+                quiet = time.monotonic() - max(self._heard, started)
+                raise DeviceSilent(
+                    f"{self.port}: the device sent nothing for {quiet:.2f} s with "
+                    f"{MsgType(oldest.type).name} (seq {oldest.seq}) unanswered: dead or hung "
+                    f"(dead-peer bound {self.dead_after():.2f} s)"
+                )
             for f in frames:
                 o = self._match(f, outstanding)
                 if o is None:
@@ -246,12 +276,38 @@ class FrameChannel:
     # ---- bytes -----------------------------------------------------------------------------
 
     def _write(self, raw: bytes) -> None:
+        """Write a frame; a device that takes no byte for `dead_after()` s is DeviceSilent."""
         try:
-            self.serial.write(raw)
+            if self._fileno is None:
+                self.serial.write(raw)
+            else:
+                self._write_fd(raw)
         except (serial.SerialException, OSError) as e:
             raise LinkClosed(f"{self.port}: write failed: {e}") from e
         self.stats.frames_sent += 1
         self.stats.bytes_sent += len(raw)
+
+    def _write_fd(self, raw: bytes) -> None:
+        # pyserial's own write waits forever on a full buffer (no write_timeout), and setting one
+        # reconfigures the port; its ports are non-blocking, so write the descriptor here.
+        assert self._fileno is not None
+        view = memoryview(raw)
+        moved = time.monotonic()
+        while view:
+            try:
+                view = view[os.write(self._fileno, view) :]
+                moved = time.monotonic()
+                continue
+            except BlockingIOError:
+                pass
+            limit = self.dead_after()
+            left = moved + limit - time.monotonic()
+            if left <= 0:
+                raise DeviceSilent(
+                    f"{self.port}: the device took no bytes for {limit:.2f} s: dead or hung "
+                    f"(dead-peer bound {limit:.2f} s)"
+                )
+            select.select([], [self._fileno], [], left)
 
     def _poll(self, deadline: float) -> list[Frame]:
         """Frames received before `deadline` (returns as soon as at least one arrived)."""
@@ -269,6 +325,7 @@ class FrameChannel:
             except (serial.SerialException, OSError) as e:
                 raise LinkClosed(f"{self.port}: read failed: {e}") from e
             if data:
+                self._heard = time.monotonic()
                 self.stats.bytes_received += len(data)
                 for raw in self._deframer.feed(data):
                     try:

@@ -13,6 +13,11 @@ class LinkTimeout(LinkError):
     """The device stopped answering (after all retransmissions)."""
 
 
+class DeviceSilent(LinkTimeout):
+    """Nothing came from the device, and it took no bytes, for longer than the dead-peer bound
+    (`FrameChannel.dead_after`): the device died or hung without closing the line."""
+
+
 class LinkClosed(LinkError):
     """The port failed or closed under the link."""
 

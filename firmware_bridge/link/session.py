@@ -65,7 +65,8 @@ class Link:
     trips), `window` the most frames in flight (capped by the device's), `max_retries` the
     consecutive timeouts before LinkTimeout, `checkpoint_every` the timesteps between state
     snapshots used for reboot recovery, `steps_per_frame` a cap on timesteps per STEP frame,
-    `first_seq` the first sequence number (default random).
+    `first_seq` the first sequence number (default random), `dead_after` the seconds of silence
+    after which the device is reported dead (`DeviceSilent`; default: max(4 RTO, 1 s)).
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class Link:
         checkpoint_every: int = 1024,
         steps_per_frame: int | None = None,
         first_seq: int | None = None,
+        dead_after: float | None = None,
     ) -> None:
         if timeout <= 0 or window < 1 or max_retries < 1 or checkpoint_every < 1:
             raise ValueError("timeout, window, max_retries and checkpoint_every must be positive")
@@ -87,7 +89,7 @@ class Link:
         self.stats = LinkStats()
         self.channel = FrameChannel(
             port, timeout=timeout, max_retries=max_retries, baudrate=baudrate,
-            first_seq=first_seq, stats=self.stats,
+            first_seq=first_seq, stats=self.stats, dead_after=dead_after,
         )
         self.port = self.channel.port
         self.caps: Caps | None = None
