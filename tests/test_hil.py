@@ -243,3 +243,16 @@ def test_dead_peer_mid_run_is_reported_within_the_bound(where: str, sig: int) ->
         assert isinstance(err.value, DeviceSilent) and "dead or hung" in str(err.value)
         assert elapsed >= 0.5 * bound  # the silence rule fired, not a closed line
     assert elapsed <= bound + link.channel.rto(0) + 0.5, (elapsed, bound, str(err.value))
+
+
+def test_hil_cli_reports_progress_per_batch(capsys) -> None:
+    spec = "drop=0.1,reset_after=4"
+    rc = cli_main(["hil", "--port", f"spikeemu://?faults={spec}&seed=2", "--steps", "200",
+                   "--tokens", "8", "--input", "random", "--timeout", "0.02",
+                   "--progress", "lines", "--json"])
+    out, err = capsys.readouterr()
+    res = json.loads(out)
+    assert rc == 0 and res["bit_exact"]
+    lines = [x for x in err.splitlines() if x.startswith("hil: ")]
+    assert [x.split()[1] for x in lines] == ["64/200", "128/200", "192/200", "200/200"]
+    assert f"reboots recovered {res['resets_recovered']}," in lines[-1]

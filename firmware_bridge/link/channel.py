@@ -9,6 +9,9 @@ NOT_SYNCED as `DeviceRebooted` (the session recovers), others as `DeviceRefused`
 Dead peer: while requests are outstanding, a device that sends no byte (and, when the host is
 writing, takes none) for `dead_after()` seconds, by default max(DEAD_RTOS x RTO, DEAD_MIN_S), is
 reported as `DeviceSilent`; a port that fails or closes is reported at once as `LinkClosed`.
+Once a retransmission timeout has passed in silence, the oldest request alone is sent again every
+`dead_after() / DEAD_PROBES` seconds (probes, without backoff), so that a live device on a lossy
+line is heard well within the bound: DEAD_PROBES probes must all be lost to call it dead.
 """
 
 from __future__ import annotations
@@ -45,9 +48,11 @@ from spikestream.firmware_bridge.protocol import (
 from spikestream.firmware_bridge.transports import open_port
 
 #: A device silent for this many retransmission timeouts (RTO without backoff) is dead ...
-DEAD_RTOS = 4
+DEAD_RTOS = 8
 #: ... but never sooner than this many seconds (a frame's line time, a stall).
 DEAD_MIN_S = 1.0
+#: ... after this many probes went unanswered in that time.
+DEAD_PROBES = 16
 
 #: The answer type each request expects (or a NAK).
 ANSWER = {
@@ -184,7 +189,12 @@ class FrameChannel:
                 self._write(raw)
                 nxt += 1
             oldest = next(iter(outstanding.values()))
-            deadline = oldest.last_sent + self.rto(oldest.tries)
+            # Silent since a timeout resent the oldest: probe it, without backoff.
+            probing = oldest.tries > 0 and self._heard < oldest.last_sent
+            if probing:
+                deadline = oldest.last_sent + self.dead_after() / DEAD_PROBES
+            else:
+                deadline = oldest.last_sent + self.rto(oldest.tries)
             dead_at = max(self._heard, started) + self.dead_after()
             frames = self._poll(min(deadline, dead_at))
             if not frames and time.monotonic() >= dead_at:
@@ -212,6 +222,9 @@ class FrameChannel:
                         self._resend(older)
             if not frames and outstanding and time.monotonic() >= deadline:
                 oldest = next(iter(outstanding.values()))
+                if probing:
+                    self._resend(oldest)
+                    continue
                 oldest.tries += 1
                 self.stats.lost += 1
                 if oldest.tries > self.max_retries:

@@ -101,6 +101,7 @@ class Link:
         self._interval = checkpoint_every
         self._resets_since_ckpt = 0
         self._last_crc: int | None = None
+        self._frames_this_boot = 0  # STEP frames answered since the last handshake
 
     # ---- context manager and counters ------------------------------------------------------
 
@@ -285,13 +286,17 @@ class Link:
                 f"device rebooted {self._resets_since_ckpt} times without progress "
                 f"(last boot counter {reset.boot_counter})"
             )
-        self._interval = max(1, self._interval // 2)  # checkpoint more often under reboots
+        # Checkpoint more often under reboots: every step frame but the last that the device
+        # answered in its last life fits between reboots (with the state read after them);
+        # when it answered too few, halve.
+        fit = (self._frames_this_boot - 1) * self.steps_per_frame
+        self._interval = max(1, min(fit if fit > 0 else self._interval // 2, self.checkpoint_every))
         self._handshake()
         if self._blob is not None:
             self._upload(TARGET_PARAMS, self._blob)
             if self._ckpt is not None:
                 self._upload(TARGET_STATE, self._ckpt)
-        self.stats.replayed += self._dev_pos
+        self.stats.replayed += sum(1 for e in self._hist if e.out is not None)
         self._dev_pos = 0
         self.stats.resets_recovered += 1
 
@@ -324,6 +329,7 @@ class Link:
         self._last_crc = None
 
         def on_reply(idx: int, f: Frame) -> None:
+            self._frames_this_boot += 1
             a = lo + idx * k
             n, flags = STEP_HEAD.unpack_from(f.payload)
             off = STEP_HEAD.size
@@ -364,6 +370,7 @@ class Link:
             raise ProtocolMismatch(f"device arithmetic ID {caps.arith_id}, host {ARITH_ID}")
         self.caps = caps
         self.channel.window = min(self._window_req, caps.window)
+        self._frames_this_boot = 0
         return caps
 
     def _upload(self, target: int, blob: bytes) -> None:
