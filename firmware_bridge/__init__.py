@@ -22,6 +22,7 @@ _HOME = {
     "ProtocolMismatch": "link",
     "ReplayMismatch": "link",
     "LinkStats": "link",
+    "FrameChannel": "link",
     "CoreParams": "intcore",
     "IntCore": "intcore",
     "ARITH_ID": "intcore",

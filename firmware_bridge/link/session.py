@@ -121,11 +121,21 @@ class Link:
 
     @property
     def timeout(self) -> float:
+        """The least retransmission timeout in seconds (the channel's)."""
         return self.channel.timeout
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        self.channel.timeout = value
 
     @property
     def max_retries(self) -> int:
+        """Consecutive timeouts before LinkTimeout (the channel's)."""
         return self.channel.max_retries
+
+    @max_retries.setter
+    def max_retries(self, value: int) -> None:
+        self.channel.max_retries = value
 
     @property
     def retransmits(self) -> int:
