@@ -41,13 +41,24 @@ def cobs_encode(data: bytes | bytearray | memoryview) -> bytes:
         blocks[-1] -= 1
     run_start = np.cumsum(lengths) - lengths  # where each run begins among the nonzero bytes
     if not full.any():  # the common case: no run reaches 254 bytes
-        return np.insert(a[a != 0], run_start, (lengths + 1).astype(np.uint8)).tobytes()
+        return _interleave(a[a != 0], run_start, (lengths + 1).astype(np.uint8))
     seg = np.repeat(np.arange(len(lengths)), blocks)
     first = np.cumsum(blocks) - blocks
     k = np.arange(len(seg)) - first[seg]  # block index within its run
     at = run_start[seg] + BLOCK * k
     codes = np.where(k < full[seg], _FULL, rem[seg] + 1).astype(np.uint8)
-    return np.insert(a[a != 0], at, codes).tobytes()
+    return _interleave(a[a != 0], at, codes)
+
+
+def _interleave(data: np.ndarray, at: np.ndarray, codes: np.ndarray) -> bytes:
+    """`data` with codes[i] inserted before data[at[i]] (`at` ascending)."""
+    out = np.empty(len(data) + len(codes), dtype=np.uint8)
+    where = at + np.arange(len(at))  # each code lands after the codes before it
+    is_code = np.zeros(len(out), dtype=bool)
+    is_code[where] = True
+    out[where] = codes
+    out[~is_code] = data
+    return out.tobytes()
 
 
 def _code_positions(a: np.ndarray) -> tuple[np.ndarray, int]:
