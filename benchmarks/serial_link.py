@@ -1,12 +1,10 @@
 """Serial link throughput: steps per second over a pty, unthrottled and at 921,600 and 3,000,000
 baud, beside the line-rate bound computed from the bytes on the wire.
 
-The emulator runs in a child process on a pty (as `spikestream emulator --pty` does). For the
-link measurements its core answers from a table of the reference IntCore's outputs, computed
-beforehand and checked against each received input (so a lost, reordered or repeated step still
-fails): the figures then measure the link, not numpy's speed at emulating the device (an FPGA
-computes a timestep in microseconds). One extra row runs the real IntCore in the emulator, to
-show where the emulated device itself becomes the limit.
+The emulator runs in a child process on a pty (as `spikestream emulator --pty` does) with the
+compiled JitCore (`spikestream emulator --core jit`, the default), fast enough that the line, not
+the emulated device, is the limit; outputs are checked against the reference IntCore. One extra
+row runs the numpy IntCore in the emulator, to show where it becomes the limit.
 
     bound = (baud / 10) / max(bytes up per step, bytes down per step)   [UART 8N1, full duplex]
 
@@ -23,70 +21,30 @@ import argparse
 import json
 import multiprocessing as mp
 import time
-import zlib
 
 import numpy as np
 
 from spikestream.firmware_bridge.emulator import DeviceEmulator
 from spikestream.firmware_bridge.hil import bernoulli_kv, random_core_params
 from spikestream.firmware_bridge.intcore import CoreParams, IntCore
+from spikestream.firmware_bridge.intcore_jit import JitCore
 from spikestream.firmware_bridge.link import Link
-from spikestream.firmware_bridge.transports import EmulatorOptions, PtyEmulator
+from spikestream.firmware_bridge.ports import EmulatorOptions, PtyEmulator
 
 N_TOKENS = 64
 HEADS, K = 4, 3
 BAUDS: tuple[float | None, ...] = (None, 921_600, 3_000_000)
 
 
-class TableCore:
-    """A device core that replays the reference IntCore's outputs and states for one known
-    input sequence; raises if the inputs arrive in another order than recorded."""
-
-    def __init__(self, params: CoreParams, table: dict[str, np.ndarray]) -> None:
-        self.params = params
-        self.inputs, self.outputs, self.states = table["inputs"], table["outputs"], table["states"]
-        self._zero = np.zeros_like(self.states[0])
-        self.i = 0
-
-    def reset(self) -> None:
-        self.i = 0
-
-    def step(self, u: np.ndarray) -> np.ndarray:
-        if self.i >= len(self.inputs) or not np.array_equal(u, self.inputs[self.i]):
-            raise RuntimeError(f"TableCore: input {self.i} differs from the recorded sequence")
-        self.i += 1
-        return self.outputs[self.i - 1]
-
-    def state(self) -> np.ndarray:
-        return self.states[self.i - 1].copy() if self.i else self._zero.copy()
-
-    def load_state(self, arr: np.ndarray) -> None:
-        if not arr.any():
-            self.i = 0
-            return
-        hits = np.flatnonzero((self.states == arr).all(axis=(1, 2, 3)))
-        if not len(hits):
-            raise RuntimeError("TableCore: state not in the recorded sequence")
-        self.i = int(hits[0]) + 1
-
-    def state_crc(self) -> int:
-        return zlib.crc32(np.ascontiguousarray(self.state(), dtype="<i2").tobytes())
-
-
 def make_case(dim: int, steps: int) -> tuple[CoreParams, dict[str, np.ndarray]]:
     params = random_core_params(HEADS, dim // HEADS, K, N_TOKENS, seed=dim)
     inputs = bernoulli_kv(steps, N_TOKENS, dim, rate=0.3, seed=dim + 1)
     core = IntCore(params)
-    outputs, states = [], []
-    for u in inputs:
-        outputs.append(core.step(u))
-        states.append(core.state())
-    return params, {"inputs": inputs, "outputs": np.stack(outputs), "states": np.stack(states)}
+    return params, {"inputs": inputs, "outputs": np.stack([core.step(u) for u in inputs])}
 
 
-def _serve(conn, baud, params, table) -> None:  # child process
-    factory = (lambda p: TableCore(p, table)) if table is not None else IntCore
-    device = DeviceEmulator(core_factory=factory)
+def _serve(conn, baud, real_core) -> None:  # child process
+    device = DeviceEmulator(core_factory=IntCore if real_core else JitCore)
     with PtyEmulator(EmulatorOptions(baud=baud), device=device) as emu:
         conn.send(emu.path)
         conn.recv()  # parent says stop
@@ -97,7 +55,7 @@ def measure(dim: int, baud: float | None, params, table, real_core: bool, window
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe()
     proc = ctx.Process(
-        target=_serve, args=(child, baud, params, None if real_core else table), daemon=True
+        target=_serve, args=(child, baud, real_core), daemon=True
     )
     proc.start()
     try:
@@ -127,7 +85,7 @@ def measure(dim: int, baud: float | None, params, table, real_core: bool, window
     return {
         "D": dim,
         "line": f"{baud:,.0f} baud" if baud else "unthrottled",
-        "core": "IntCore" if real_core else "table",
+        "core": "IntCore" if real_core else "JitCore",
         "steps": steps,
         "steps_per_frame": spf,
         "steps_per_s": rate,
@@ -162,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(measure(dim, None, params, table, True, args.window))
         print(_fmt(rows[-1]), flush=True)
     throttled = [r for r in rows if r["ratio"] is not None]
-    fast = [r for r in rows if r["bound_steps_per_s"] is None and r["core"] == "table"]
+    fast = [r for r in rows if r["bound_steps_per_s"] is None and r["core"] == "JitCore"]
     ok_ratio = all(r["ratio"] >= 0.9 for r in throttled)
     ok_host = all(r["host_ms_per_step"] < 0.2 for r in fast)
     ok_exact = all(r["bit_exact"] and r["applied_once"] for r in rows)

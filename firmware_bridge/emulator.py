@@ -1,19 +1,14 @@
-"""Software emulator of an LRF-Dyn device: the protocol state machine around the numpy IntCore,
-and a server that runs it over a byte channel at an honest line rate.
+"""Software emulator of an LRF-Dyn device: the protocol state machine around the numpy IntCore.
 
-Device side only: numpy, no torch. ``DeviceEmulator.receive(bytes) -> [frames]`` is the whole
-firmware; ``EmulatorServer`` adds a receive thread, a device thread and a transmit thread, each
-line direction paced at 10 bits per byte when a baud rate is given (a real UART receives and
-sends in the background while the CPU computes).
+Device side only: numpy and the wire protocol, no torch, no pyserial.
+``DeviceEmulator.receive(bytes) -> [frames]`` is the whole firmware; `serving.EmulatorServer`
+runs it over a byte channel at an honest line rate.
 """
 
 from __future__ import annotations
 
-import queue
 import struct
-import threading
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,10 +41,11 @@ from spikestream.firmware_bridge.protocol import (
     bytes_per_step,
     decode_frame,
     encode_frame,
+    pack_spikes,
     seq_diff,
+    unpack_spikes,
 )
-
-BITS_PER_BYTE = 10  # UART 8N1: start bit, 8 data bits, stop bit
+from spikestream.firmware_bridge.wire import crc32
 
 
 class _Refuse(Exception):
@@ -102,7 +98,7 @@ class DeviceEmulator:
         self.max_tokens, self.max_dim, self.max_blob = max_tokens, max_dim, max_blob
         self.faults = FaultInjector(faults or FaultConfig(), seed)
         self._sleep = sleep
-        self._core_factory = core_factory
+        self.core_factory = core_factory
         self._outer = Deframer(max_len=4 * mtu + 64)  # splits frames for per-frame faults
         self._inner = Deframer(max_len=4 * mtu + 64)  # the receiver proper
         self.stats = DeviceStats()
@@ -271,7 +267,7 @@ class DeviceEmulator:
             if offset > len(raw):
                 raise _Refuse(NakReason.BAD_MESSAGE, f"offset {offset} > state size {len(raw)}")
             n = min(max_len, self.mtu - STATE_DATA.size)
-            head = STATE_DATA.pack(len(raw), offset, zlib.crc32(raw))
+            head = STATE_DATA.pack(len(raw), offset, crc32(raw))
             return MsgType.STATE_DATA, head + raw[offset : offset + n]
         if t == MsgType.PING:
             return MsgType.PONG, p
@@ -304,7 +300,7 @@ class DeviceEmulator:
         buf = self._blob.get(target)
         if buf is None or self._filled.get(target) != len(buf):
             raise _Refuse(NakReason.CRC_MISMATCH, "blob incomplete")
-        got = zlib.crc32(buf)
+        got = crc32(buf)
         if got != crc:
             raise _Refuse(NakReason.CRC_MISMATCH, f"blob crc 0x{got:08x} != 0x{crc:08x}")
         del self._blob[target]
@@ -321,7 +317,7 @@ class DeviceEmulator:
                 )
             if STEP_HEAD.size + 4 + bytes_per_step(params.n_tokens, params.dim) > self.mtu:
                 raise _Refuse(NakReason.TOO_LARGE, "one timestep does not fit the MTU")
-            self.params, self.core, self.model_hash = params, self._core_factory(params), crc
+            self.params, self.core, self.model_hash = params, self.core_factory(params), crc
             return MsgType.OK, COMMIT.pack(TARGET_PARAMS, crc)
         core = self._need_core()
         shape = core.state().shape
@@ -341,153 +337,11 @@ class DeviceEmulator:
             raise _Refuse(
                 NakReason.BAD_SHAPE, f"{len(p) - 2} spike bytes for {n} steps of {bps} bytes"
             )
-        nd = prm.n_tokens * prm.dim
-        rows = np.frombuffer(p, dtype=np.uint8, offset=STEP_HEAD.size).reshape(n, bps)
-        u = np.unpackbits(rows, axis=1, count=nd, bitorder="little").view(bool)
-        s = np.empty((n, nd), dtype=bool)
-        for i in range(n):
-            s[i] = core.step(u[i].reshape(prm.n_tokens, prm.dim)).reshape(-1)
+        u = unpack_spikes(memoryview(p)[STEP_HEAD.size :], n, prm.n_tokens, prm.dim)
+        s = np.stack([core.step(x) for x in u]) if n else u
         self.stats.steps_applied += n
         self.stats.step_frames += 1
         out = STEP_HEAD.pack(n, flags & STEP_WANT_STATE_CRC)
         if flags & STEP_WANT_STATE_CRC:
             out += struct.pack("<I", core.state_crc())
-        return MsgType.STEP_RESULT, out + np.packbits(s, axis=1, bitorder="little").tobytes()
-
-
-# ---- running over a byte channel -------------------------------------------------------------
-
-ReadFn = Callable[[float], "bytes | None"]  # wait up to t seconds; b"" on timeout, None on EOF
-WriteFn = Callable[[bytes], None]
-
-
-class EmulatorServer:
-    """Serves a DeviceEmulator over a byte channel until stopped or the channel closes.
-
-    With `baud`, each direction carries at most baud/10 bytes per second: received bytes reach
-    the device only after their line time, and frames leave in chunks, each written when its last
-    byte would have left the wire.
-    """
-
-    def __init__(
-        self,
-        device: DeviceEmulator,
-        read: ReadFn,
-        write: WriteFn,
-        baud: float | None = None,
-        chunk: int = 1024,
-        name: str = "emulator",
-    ) -> None:
-        if baud is not None and baud <= 0:
-            raise ValueError(f"baud {baud} must be > 0")
-        self.device, self._read, self._write = device, read, write
-        self.baud, self.chunk, self.name = baud, chunk, name
-        self.stop_event = threading.Event()
-        self.closed = threading.Event()  # the channel reached EOF or failed
-        self.error: BaseException | None = None
-        self._rxq: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-        self._txq: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
-        self._lock = threading.Lock()  # serialises the device between rx and device threads
-        self._threads: list[threading.Thread] = []
-
-    @property
-    def byte_time(self) -> float:
-        return BITS_PER_BYTE / self.baud if self.baud else 0.0
-
-    def start(self) -> EmulatorServer:
-        targets = [self._rx_loop, self._tx_loop] + ([self._dev_loop] if self.baud else [])
-        for fn in targets:
-            t = threading.Thread(target=self._guard(fn), name=f"{self.name}-{fn.__name__}")
-            t.daemon = True
-            t.start()
-            self._threads.append(t)
-        return self
-
-    def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                fn()
-            except OSError as e:  # the channel went away
-                self.error = e
-                self.closed.set()
-            except BaseException as e:  # noqa: BLE001 - reported through .error, never swallowed
-                self.error = e
-                self.closed.set()
-                raise
-
-        return run
-
-    def stop(self, timeout: float = 2.0) -> None:
-        self.stop_event.set()
-        for t in self._threads:
-            t.join(timeout)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the channel closes (or stop); True when it did."""
-        return self.closed.wait(timeout)
-
-    def _running(self) -> bool:
-        return not (self.stop_event.is_set() or self.closed.is_set())
-
-    def _rx_loop(self) -> None:
-        rx_free = 0.0  # virtual time the receive line becomes idle
-        t_empty = time.monotonic()  # last moment the input was seen empty
-        while self._running():
-            t0 = time.monotonic()
-            data = self._read(0.05)
-            t1 = time.monotonic()
-            if data is None:
-                self.closed.set()
-                return
-            if not data:
-                t_empty = t1
-                continue
-            if not self.baud:
-                self._deliver(data)
-                continue
-            # Bytes began arriving no earlier than the last time the input was seen empty.
-            start = max(rx_free, t_empty if t1 - t0 < 1e-3 else t1)
-            for i in range(0, len(data), self.chunk):
-                piece = data[i : i + self.chunk]
-                rx_free = max(rx_free, start) + len(piece) * self.byte_time
-                _sleep_until(rx_free, self.stop_event)
-                self._rxq.put(piece)
-            t_empty = rx_free
-
-    def _dev_loop(self) -> None:
-        while self._running():
-            try:
-                data = self._rxq.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            self._deliver(data)
-
-    def _deliver(self, data: bytes) -> None:
-        with self._lock:
-            frames = self.device.receive(data)
-        now = time.monotonic()
-        for f in frames:
-            self._txq.put((now, f))
-
-    def _tx_loop(self) -> None:
-        tx_free = 0.0
-        while self._running():
-            try:
-                t_ready, frame = self._txq.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            if not self.baud:
-                self._write(frame)
-                continue
-            start = max(tx_free, t_ready)
-            for i in range(0, len(frame), self.chunk):
-                piece = frame[i : i + self.chunk]
-                tx_free = start = start + len(piece) * self.byte_time
-                _sleep_until(tx_free, self.stop_event)
-                self._write(piece)
-
-
-def _sleep_until(t: float, stop: threading.Event) -> None:
-    delay = t - time.monotonic()
-    if delay > 0:
-        stop.wait(delay) if delay > 0.05 else time.sleep(delay)
+        return MsgType.STEP_RESULT, out + pack_spikes(s)

@@ -10,6 +10,7 @@ of that spike map, so u keeps the recording's spatial and temporal structure.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -121,9 +122,11 @@ def run_conformance(
     inputs: np.ndarray,
     batch: int = 64,
     load: bool = True,
+    progress: Callable[[int, int, Link], None] | None = None,
 ) -> HilResult:
     """Handshake, load `params`, run `inputs` [T, N, D] in batches of `batch` timesteps and
-    compare each output with IntCore. Timing covers the device run only."""
+    compare each output with IntCore. Timing covers the device run only. `progress(done, total,
+    link)` is called after each batch (the link's `stats` say what it cost)."""
     caps = link.hello()
     if load:
         link.load(params)
@@ -136,6 +139,8 @@ def run_conformance(
     cpu0, t0 = time.thread_time(), time.perf_counter()
     for i in range(0, len(inputs), batch):
         got.extend(link.step(inputs[i : i + batch]))
+        if progress is not None:
+            progress(len(got), len(inputs), link)
     wall, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
     nbytes = link.stats.bytes_sent + link.stats.bytes_received - s0
     n = len(inputs)

@@ -200,6 +200,11 @@ class IntCore:
             if not np.isin(u, (0, 1)).all():
                 raise ValueError("IntCore.step: input must be boolean spikes (0/1)")
             u = u.astype(bool)
+        return self._advance(u)
+
+    def _advance(self, u: np.ndarray) -> np.ndarray:
+        """The token loop of `step` on a checked bool `[N, D]` input."""
+        p = self.params
         uh = u.reshape(p.n_tokens, p.heads, 1, p.head_dim)
         out = np.empty((p.n_tokens, p.heads, p.head_dim), dtype=bool)
         # Preallocated buffers and in-place ufuncs: the loop is bound by per-call overhead.

@@ -3,18 +3,19 @@
 A frame on the wire is ``0x00 | COBS(header | payload | CRC-32) | 0x00``. The header is
 little-endian ``version:u8 flags:u8 seq:u16 ack:u16 type:u8 length:u16`` (9 bytes); the CRC is
 zlib's CRC-32 of header and payload, little-endian. ``docs/protocol.md`` describes every message,
-the device state machine and the host's recovery rules.
+the device state machine and the host's recovery rules. Host and device both use this module; it
+needs numpy and the standard library only (COBS and CRC-32 are in `wire`).
 """
 
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
-from cobs import cobs
+
+from spikestream.firmware_bridge.wire import CobsError, cobs_decode, cobs_encode, crc32
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("<BBHHBH")
@@ -39,8 +40,6 @@ STEP_WANT_STATE_CRC = 0x01  # step_flags bit: STEP_RESULT carries the state CRC 
 TARGET_PARAMS = 0
 TARGET_STATE = 1
 TARGET_RESET = 2  # OK after RESET_STATE
-
-FRAME_OVERHEAD = HEADER.size + CRC.size + 2  # plus COBS: one byte per 254 started
 
 
 class MsgType(IntEnum):
@@ -79,9 +78,6 @@ class NakReason(IntEnum):
     BAD_SHAPE = 12  # STEP length does not match n_steps x bytes per step
 
 
-RETRYABLE_NAKS = frozenset({NakReason.CORRUPT, NakReason.OUT_OF_ORDER})
-
-
 class FrameError(ValueError):
     """A received byte string is not a valid frame."""
 
@@ -106,20 +102,20 @@ def encode_frame(frame: Frame) -> bytes:
         frame.version, frame.flags, frame.seq % SEQ_MOD, frame.ack % SEQ_MOD, int(frame.type),
         len(frame.payload),
     ) + frame.payload
-    body += CRC.pack(zlib.crc32(body))
-    return DELIMITER + cobs.encode(body) + DELIMITER
+    body += CRC.pack(crc32(body))
+    return DELIMITER + cobs_encode(body) + DELIMITER
 
 
 def decode_frame(raw: bytes) -> Frame:
     """Decode the bytes between two delimiters; FrameError says what is wrong."""
     try:
-        body = cobs.decode(raw)
-    except cobs.DecodeError as e:
+        body = cobs_decode(raw)
+    except CobsError as e:
         raise FrameError(f"COBS decoding failed: {e}") from None
     if len(body) < HEADER.size + CRC.size:
         raise FrameError(f"frame of {len(body)} bytes is shorter than header + CRC")
     (crc,) = CRC.unpack_from(body, len(body) - CRC.size)
-    if zlib.crc32(memoryview(body)[: -CRC.size]) != crc:
+    if crc32(memoryview(body)[: -CRC.size]) != crc:
         raise FrameError("CRC-32 mismatch")
     version, flags, seq, ack, mtype, length = HEADER.unpack_from(body)
     if length != len(body) - HEADER.size - CRC.size:
@@ -188,7 +184,9 @@ def pack_spikes(spikes: np.ndarray) -> bytes:
     return np.packbits(flat, axis=1, bitorder="little").tobytes()
 
 
-def unpack_spikes(data: bytes, n_steps: int, n_tokens: int, dim: int) -> np.ndarray:
+def unpack_spikes(
+    data: bytes | memoryview, n_steps: int, n_tokens: int, dim: int
+) -> np.ndarray:
     """Inverse of pack_spikes: bool [n_steps, n_tokens, dim]."""
     bps = bytes_per_step(n_tokens, dim)
     if len(data) != n_steps * bps:
@@ -196,11 +194,6 @@ def unpack_spikes(data: bytes, n_steps: int, n_tokens: int, dim: int) -> np.ndar
     rows = np.frombuffer(data, dtype=np.uint8).reshape(n_steps, bps)
     bits = np.unpackbits(rows, axis=1, count=n_tokens * dim, bitorder="little")
     return bits.reshape(n_steps, n_tokens, dim).view(bool)
-
-
-def state_crc(state: np.ndarray) -> int:
-    """CRC-32 of a state array as little-endian int16 bytes (the state CRC on the wire)."""
-    return zlib.crc32(np.ascontiguousarray(state, dtype="<i2").tobytes())
 
 
 # ---- CAPS ------------------------------------------------------------------------------------

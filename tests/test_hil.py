@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import json
 import select
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +27,7 @@ from spikestream.firmware_bridge.hil import (
     run_conformance,
 )
 from spikestream.firmware_bridge.intcore import IntCore
-from spikestream.firmware_bridge.link import Link
+from spikestream.firmware_bridge.link import DeviceSilent, Link, LinkClosed
 
 # The full command line, and the same `emulator` command module alone (the full parser imports
 # every subcommand, torch included: seconds of start-up on a busy machine).
@@ -205,3 +207,55 @@ def test_device_vanishing_raises_a_link_error(where: str) -> None:
             proc.wait(timeout=10)
             with pytest.raises((LinkClosed, LinkTimeout)):
                 link.step(u)
+
+
+@pytest.mark.parametrize(
+    ("where", "sig"),
+    [("--pty", signal.SIGKILL), ("--pty", signal.SIGSTOP), ("--tcp=127.0.0.1:0", signal.SIGSTOP)],
+    ids=["pty-killed", "pty-hung", "tcp-hung"],
+)
+def test_dead_peer_mid_run_is_reported_within_the_bound(where: str, sig: int) -> None:
+    """The emulator process dies (SIGKILL: the line closes) or hangs (SIGSTOP: the line stays
+    open, nothing comes back) in the middle of a long `step` call; the link must raise within
+    its dead-peer bound, not after its retransmission budget (~20 s with these settings)."""
+    params = random_core_params(heads=4, head_dim=16, k=3, n_tokens=64, seed=8)
+    u = bernoulli_kv(4000, 64, 64, seed=9)  # ~7 s of line time at 3 Mbaud
+    with emulator_process(where, "--baud", "3000000") as (port, proc):
+        with Link(port, timeout=0.1, max_retries=10) as link:
+            link.load(params)
+            link.step(u[:20])
+            when: list[float] = []
+
+            def strike() -> None:
+                when.append(time.monotonic())
+                proc.send_signal(sig)
+
+            timer = threading.Timer(0.3, strike)
+            timer.start()
+            try:
+                with pytest.raises((DeviceSilent, LinkClosed)) as err:
+                    link.step(u)
+            finally:
+                timer.join()
+                proc.kill()
+            elapsed = time.monotonic() - when[0]
+            bound = link.channel.dead_after()  # it adapts with the RTO during the run
+    assert link.stats.steps < len(u) + 20  # it failed mid-run, not after it
+    if sig == signal.SIGSTOP:
+        assert isinstance(err.value, DeviceSilent) and "dead or hung" in str(err.value)
+        assert elapsed >= 0.5 * bound  # the silence rule fired, not a closed line
+    # slack for a loaded machine; the failure this guards against took 23.7 s or forever
+    assert elapsed <= bound + link.channel.rto(0) + 2.0, (elapsed, bound, str(err.value))
+
+
+def test_hil_cli_reports_progress_per_batch(capsys) -> None:
+    spec = "drop=0.1,reset_after=4"
+    rc = cli_main(["hil", "--port", f"spikeemu://?faults={spec}&seed=2", "--steps", "200",
+                   "--tokens", "8", "--input", "random", "--timeout", "0.02",
+                   "--progress", "lines", "--json"])
+    out, err = capsys.readouterr()
+    res = json.loads(out)
+    assert rc == 0 and res["bit_exact"]
+    lines = [x for x in err.splitlines() if x.startswith("hil: ")]
+    assert [x.split()[1] for x in lines] == ["64/200", "128/200", "192/200", "200/200"]
+    assert f"reboots recovered {res['resets_recovered']}," in lines[-1]

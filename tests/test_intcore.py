@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from spikestream.firmware_bridge.intcore import ARITH_ID, CoreParams, IntCore
+from spikestream.firmware_bridge.intcore_jit import JitCore
 from spikestream.firmware_bridge.quantize import (
     QuantizedLRFDynCore,
     quantize_cores,
@@ -73,12 +74,16 @@ def scalar_step(p: CoreParams, x: list, u: np.ndarray) -> np.ndarray:
     return out
 
 
+CORES = pytest.mark.parametrize("core_cls", [IntCore, JitCore], ids=["numpy", "jit"])
+
+
+@CORES
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 2, 5), (3, 8, 3, 4)])
-def test_intcore_matches_scalar_spec(shape: tuple[int, int, int, int]) -> None:
+def test_intcore_matches_scalar_spec(shape: tuple[int, int, int, int], core_cls) -> None:
     heads, k, d, n = shape
     rng = np.random.default_rng(sum(shape))
     p = random_params(rng, heads, k, d, n)
-    core = IntCore(p)
+    core = core_cls(p)
     x = [[[0] * d for _ in range(k)] for _ in range(heads)]
     for _ in range(40):
         u = rng.random((n, heads * d)) < rng.random()
@@ -86,7 +91,8 @@ def test_intcore_matches_scalar_spec(shape: tuple[int, int, int, int]) -> None:
         np.testing.assert_array_equal(core.state(), np.array(x, dtype=np.int16))
 
 
-def test_saturation_both_ends() -> None:
+@CORES
+def test_saturation_both_ends(core_cls) -> None:
     """Charges of +-127 << 8 on slow compartments drive the state into both int16 limits."""
     ones = np.ones((1, 3), dtype=np.int8)
     p = CoreParams(
@@ -98,7 +104,7 @@ def test_saturation_both_ends() -> None:
         readout=np.array([[1, 0, 0]], np.int8),
         theta=np.array([30000], np.int16),
     )  # fmt: skip
-    core = IntCore(p)
+    core = core_cls(p)
     x = [[[0] for _ in range(3)]]
     u = np.ones((4, 1), dtype=bool)
     for _ in range(3):
@@ -263,3 +269,25 @@ def test_injected_core_in_attention() -> None:
         np.testing.assert_array_equal(ref.step(u[0].numpy() > 0), s[0].numpy() > 0)
         total += float(u.sum())
     assert total > 0
+
+
+def test_jit_core_equals_numpy_core_over_long_runs() -> None:
+    """Many timesteps over the whole parameter range, with state loads and resets between."""
+    rng = np.random.default_rng(17)
+    for heads, k, d, n in [(4, 3, 16, 64), (2, 8, 5, 9), (3, 1, 7, 12)]:
+        p = random_params(rng, heads, k, d, n)
+        ref, jit = IntCore(p), JitCore(p)
+        for t in range(60):
+            u = rng.random((n, heads * d)) < rng.random()
+            np.testing.assert_array_equal(jit.step(u), ref.step(u))
+            assert jit.state_crc() == ref.state_crc()
+            if t == 20:
+                snap = rng.integers(-32768, 32768, ref.state().shape)
+                ref.load_state(snap)
+                jit.load_state(snap)
+            if t == 40:
+                ref.reset()
+                jit.reset()
+        np.testing.assert_array_equal(jit.state(), ref.state())
+        with pytest.raises(ValueError, match="input shape"):
+            jit.step(np.zeros((n + 1, heads * d), bool))

@@ -21,7 +21,7 @@ from spikestream.firmware_bridge.link import (
     LinkTimeout,
     ProtocolMismatch,
 )
-from spikestream.firmware_bridge.transports import EmulatorOptions, TcpEmulator
+from spikestream.firmware_bridge.ports import EmulatorOptions, TcpEmulator
 
 N, HEADS, HEAD_DIM = 6, 2, 4
 D = HEADS * HEAD_DIM
@@ -67,7 +67,7 @@ def test_sequence_numbers_wrap(params) -> None:
               timeout=0.05) as link:
         link.load(params)
         out = np.stack(link.step(u))
-        assert link._seq < 0x100 and link.serial.emulator.device.stats.steps_applied == 30
+        assert link.channel.seq < 0x100 and link.serial.emulator.device.stats.steps_applied == 30
     assert np.array_equal(out, reference(params, u))
 
 
@@ -165,7 +165,11 @@ def test_bad_inputs_are_value_errors(params) -> None:
 def test_options_from_url() -> None:
     o = EmulatorOptions.from_url("spikeemu://?faults=drop=0.1,stall=5&seed=9&baud=9600&mtu=128")
     assert (o.faults.drop, o.faults.stall, o.seed, o.baud, o.mtu) == (0.1, 5.0, 9, 9600.0, 128)
+    assert o.core == "jit" and EmulatorOptions.from_url("spikeemu://?core=numpy").core == "numpy"
+    assert type(o.device().core_factory(random_core_params(n_tokens=2))).__name__ == "JitCore"
     with pytest.raises(ValueError, match="unknown option"):
         EmulatorOptions.from_url("spikeemu://?speed=3")
+    with pytest.raises(LinkClosed, match="core 'gpu'"):
+        Link("spikeemu://?core=gpu")
     with pytest.raises(LinkClosed, match="fault"):
         Link("spikeemu://?faults=nonsense=1")

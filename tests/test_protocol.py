@@ -40,6 +40,7 @@ from spikestream.firmware_bridge.protocol import (
     unpack_spikes,
     wire_size,
 )
+from spikestream.firmware_bridge.wire import cobs_encode
 
 # ---- framing -------------------------------------------------------------------------------
 
@@ -84,10 +85,8 @@ def test_decode_errors_say_what_is_wrong() -> None:
     with pytest.raises(FrameError, match="shorter"):
         decode_frame(b"\x03ab")
     body = HEADER.pack(1, 0, 1, 0, MsgType.PING, 5) + b"ab"  # length field lies
-    from cobs import cobs
-
     with pytest.raises(FrameError, match="length"):
-        decode_frame(cobs.encode(body + struct.pack("<I", zlib.crc32(body))))
+        decode_frame(cobs_encode(body + struct.pack("<I", zlib.crc32(body))))
 
 
 def test_deframer_reassembles_any_chunking_and_skips_noise() -> None:

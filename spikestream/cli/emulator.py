@@ -12,7 +12,7 @@ import sys
 import threading
 
 from spikestream.firmware_bridge.faults import FaultConfig
-from spikestream.firmware_bridge.transports import EmulatorOptions, PtyEmulator, TcpEmulator
+from spikestream.firmware_bridge.ports import CORES, EmulatorOptions, PtyEmulator, TcpEmulator
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=int, default=16, help="frames in flight the device accepts")
     p.add_argument("--max-tokens", type=int, default=4096)
     p.add_argument("--max-dim", type=int, default=4096)
+    p.add_argument("--core", choices=CORES, default="jit",
+                   help="jit: the compiled core (default); numpy: the reference IntCore")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.set_defaults(func=run)
 
@@ -41,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     options = EmulatorOptions(
         faults=FaultConfig.parse(args.faults), seed=args.seed, baud=args.baud, mtu=args.mtu,
-        window=args.window, max_tokens=args.max_tokens, max_dim=args.max_dim,
+        window=args.window, max_tokens=args.max_tokens, max_dim=args.max_dim, core=args.core,
     )
     if args.pty:
         server: PtyEmulator | TcpEmulator = PtyEmulator(options)

@@ -11,9 +11,11 @@ a seeded `lrf_dyn` attention layer (--params lrf_dyn).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=0.5, help="retransmission timeout (s)")
     p.add_argument("--window", type=int, default=8, help="frames in flight")
     p.add_argument("--baud", type=int, default=115200, help="baud rate for a real port")
+    p.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
+                   help="progress on stderr: a bar, a line per batch, or none; auto: a bar "
+                   "when stderr is a terminal")
     p.set_defaults(func=run)
 
 
@@ -96,6 +101,42 @@ def lrf_dyn_params(heads: int, head_dim: int, k: int, n_tokens: int, seed: int) 
     return quantize_lrf_dyn(LRFDyn(heads * head_dim, heads, (n_tokens, 1), k=k))
 
 
+def _repairs(link: Link) -> str:
+    s = link.stats
+    return (f"retransmits {s.retransmits}, reboots recovered {s.resets_recovered}, "
+            f"replayed {s.replayed}")
+
+
+@contextlib.contextmanager
+def progress_reporter(mode: str) -> Iterator[Callable[[int, int, Link], None] | None]:
+    """Progress on stderr (`bar`: rich, `lines`: one line per batch, `none`): steps done and
+    what the link has had to repair so far."""
+    if mode == "none":
+        yield None
+        return
+    if mode == "lines":
+
+        def line(done: int, total: int, link: Link) -> None:
+            print(f"hil: {done}/{total} steps, {_repairs(link)}", file=sys.stderr, flush=True)
+
+        yield line
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("hil"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[link]}"),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("steps", total=None, link="")
+
+        def update(done: int, total: int, link: Link) -> None:
+            bar.update(task, completed=done, total=total, link=_repairs(link))
+
+        yield update
+
+
 def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise ValueError("--steps must be >= 1")
@@ -114,9 +155,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         inputs = bernoulli_kv(args.steps, args.tokens, dim, seed=args.seed)
         source = f"Bernoulli k AND v, rate 0.3, seed {args.seed}"
+    mode = args.progress
+    if mode == "auto":
+        mode = "bar" if sys.stderr.isatty() else "none"
     try:
-        with Link(args.port, timeout=args.timeout, window=args.window, baudrate=args.baud) as link:
-            result = run_conformance(link, params, inputs)
+        with (
+            Link(args.port, timeout=args.timeout, window=args.window, baudrate=args.baud) as link,
+            progress_reporter(mode) as progress,
+        ):
+            result = run_conformance(link, params, inputs, progress=progress)
     except (LinkError, SerialException) as e:
         from spikestream.cli import EXIT_DEVICE, error_line
 
