@@ -2,28 +2,32 @@
  * Compile-time limits of the LRF-Dyn firmware and the memory they cost.
  *
  * Every buffer of the firmware is a static array sized from these limits: there is no heap.
- * Override any of them on the compiler command line (-DFW_MTU=1024 ...); the defaults fit a
- * Cortex-M with 64 KiB of RAM and run the conformance shapes (N = 64 tokens, D = 256 channels).
+ * Override any of them on the compiler command line (make LIMITS="-DFW_MTU=1024 ..."); the
+ * defaults run the conformance shapes (N = 64 tokens, D = 256 channels: 2048 bytes a timestep).
  *
- *   FW_MAX_TOKENS  tokens N per timestep (advertised in CAPS; N only bounds a loop counter)
+ *   FW_MAX_TOKENS  tokens N per timestep (advertised in CAPS)
  *   FW_MAX_DIM     channels D = heads * head_dim
  *   FW_MAX_HEADS   heads H
  *   FW_MAX_K       compartments k per channel
- *   FW_MTU         largest payload of a frame, both directions (also bounds ceil(N*D/8) + 6)
+ *   FW_MTU         largest payload of a frame, both directions; one timestep, ceil(N*D/8)
+ *                  bytes, must fit in FW_MTU - 6
  *   FW_WINDOW      frames in flight the host may keep; the answer cache holds 2 * FW_WINDOW
  *
- * RAM (bytes), with F = FW_FRAME_MAX (an encoded frame of FW_MTU + 4 payload bytes):
+ * RAM in bytes, F = FW_FRAME_MAX (an encoded frame of FW_MTU + 4 payload bytes, 2140 here):
  *
- *   answer cache          2 * FW_WINDOW * (F + 4)       16 * 2136 = 34176 at the defaults
- *   receive buffer        F                                            2132
- *   NAK / CAPS buffer     FW_SMALL_FRAME                                 96
- *   state                 2 * FW_MAX_K * FW_MAX_DIM                    4096
- *   state upload          2 * FW_MAX_K * FW_MAX_DIM                    4096
- *   parameter upload      FW_MAX_BLOB                                   816
- *   parameters            H * k * 10 + H * 4                           1344
- *   total                                                       ~ 46.8 KiB
+ *   answer cache       2 * FW_WINDOW * (F + 4)                   16 x 2144 = 34304
+ *   receive buffer     F                                                     2140
+ *   answer body        F - COBS overhead                                     2129
+ *   NAK buffer         FW_SMALL_FRAME                                          96
+ *   core: state        2 * FW_MAX_K * FW_MAX_DIM                             4096
+ *   core: parameters   FW_MAX_HEADS * FW_MAX_K * 8 + FW_MAX_HEADS * 6        1136
+ *   state upload       2 * FW_MAX_K * FW_MAX_DIM                             4096
+ *   parameter upload   FW_MAX_BLOB                                            816
+ *   firmware total, measured (the rows and a few counters)          48956 (47.8 KiB)
+ *   mps2 HAL: receive ring (HAL_RX_RING)                                     8192
  *
- * Flash: the code and a 1 KiB CRC table (`arm-none-eabi-size` of the ELF: see README).
+ * Flash: 8.1 KiB (8140 B) of code and tables for Cortex-M3 (-O2, newlib-nano's memcpy and friends);
+ * `make firmware` prints `arm-none-eabi-size` of the ELF. The stack needs < 1 KiB.
  */
 #ifndef FW_CONFIG_H
 #define FW_CONFIG_H

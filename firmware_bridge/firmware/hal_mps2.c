@@ -78,8 +78,11 @@ size_t hal_uart_read(uint8_t *buf, size_t max) {
         buf[n++] = rx_ring[rx_get % HAL_RX_RING];
         rx_get++;
     }
-    if (n && !(UART_CTRL & UART_CTRL_RX_INT)) {
-        UART_CTRL = UART_CTRL_TX_RX | UART_CTRL_RX_INT; /* room again */
+    if (n && !(UART_CTRL & UART_CTRL_RX_INT)) { /* room again */
+        __asm__ volatile("cpsid i" ::: "memory");
+        UART_CTRL = UART_CTRL_TX_RX | UART_CTRL_RX_INT;
+        UART0_RX_Handler(); /* the byte that waited in the data register raises no new IRQ */
+        __asm__ volatile("cpsie i" ::: "memory");
     }
     return n;
 }
