@@ -128,42 +128,75 @@ void fw_core_reset(struct fw_core *core) {
     memset(core->state, 0, sizeof core->state);
 }
 
+/* Scratch rows of one head: the old values of the previous compartments, the charge masks of
+ * the input bits, and the soma sums. */
+static int16_t old_rows[2][FW_MAX_DIM];
+static int32_t charge_on[FW_MAX_DIM];
+static int32_t soma[FW_MAX_DIM];
+
+/* One compartment row of a head: new[i] from old row[i], the previous row's old values
+ * `below` and the next row `above` (not yet updated); the soma sums gain readout * new.
+ * Inlined three times, so that the end rows skip their missing coupling. */
+static inline void update_row(int16_t *row, const int16_t *below, const int16_t *above,
+                              int16_t *save, uint32_t d, unsigned shift, int32_t lower,
+                              int32_t upper, int32_t charge, int32_t readout) {
+    uint32_t i;
+    for (i = 0; i < d; i++) {
+        const int32_t o = row[i];
+        int32_t acc = o - asr(o, shift);
+        if (below) {
+            acc += asr(lower * below[i], FW_COUPLING_SHIFT);
+        }
+        if (above) {
+            acc += asr(upper * above[i], FW_COUPLING_SHIFT);
+        }
+        acc = sat16(acc + (charge & charge_on[i]));
+        save[i] = (int16_t)o;
+        row[i] = (int16_t)acc;
+        soma[i] += readout * acc;
+    }
+}
+
+/* Row by row: for a head, compartment j of all its channels at once, so that the compartment's
+ * weights stay in registers; channels are independent, so the order is free (fw_core.h). */
 void fw_core_step(struct fw_core *core, const uint8_t *u, uint8_t *s) {
     const uint32_t k = core->k, d = core->head_dim, dim = core->dim;
     const uint32_t nbytes = (core->n_tokens * dim + 7) / 8;
-    int32_t old[FW_MAX_K + 2]; /* old[j + 1] = X[j]; old[0] = old[k + 1] = 0 */
     uint32_t n, h, i, j;
     memset(s, 0, nbytes);
-    old[0] = 0;
-    old[k + 1] = 0;
     for (n = 0; n < core->n_tokens; n++) {
-        uint32_t bit = n * dim;
         for (h = 0; h < core->heads; h++) {
-            const uint32_t p0 = h * k;
-            int16_t *x = core->state + p0 * d;
-            for (i = 0; i < d; i++, bit++) {
-                const int on = (u[bit >> 3] >> (bit & 7)) & 1;
-                int32_t y = 0;
-                for (j = 0; j < k; j++) {
-                    old[j + 1] = x[j * d + i];
+            const uint32_t bit0 = n * dim + h * d;
+            int16_t *x = core->state + h * k * d;
+            const int16_t *below = 0;
+            for (i = 0; i < d; i++) {
+                const uint32_t b = bit0 + i;
+                charge_on[i] = -(int32_t)((u[b >> 3] >> (b & 7)) & 1); /* all ones or 0 */
+                soma[i] = 0;
+            }
+            for (j = 0; j < k; j++) {
+                const uint32_t p = h * k + j;
+                int16_t *row = x + j * d;
+                int16_t *save = old_rows[j & 1];
+                const unsigned sh = core->shift[p];
+                const int32_t lo = core->lower[p], up = core->upper[p];
+                const int32_t ch = core->charge[p], rd = core->readout[p];
+                if (j == 0 && k == 1) {
+                    update_row(row, 0, 0, save, d, sh, 0, 0, ch, rd);
+                } else if (j == 0) {
+                    update_row(row, 0, row + d, save, d, sh, 0, up, ch, rd);
+                } else if (j + 1 == k) {
+                    update_row(row, below, 0, save, d, sh, lo, 0, ch, rd);
+                } else {
+                    update_row(row, below, row + d, save, d, sh, lo, up, ch, rd);
                 }
-                for (j = 0; j < k; j++) {
-                    const uint32_t p = p0 + j;
-                    int32_t acc = old[j + 1] - asr(old[j + 1], core->shift[p]);
-                    int32_t nv;
-                    /* lower[p0] and upper[p0 + k - 1] are 0, and so are old[0], old[k + 1] */
-                    acc += asr(core->lower[p] * old[j], FW_COUPLING_SHIFT);
-                    acc += asr(core->upper[p] * old[j + 2], FW_COUPLING_SHIFT);
-                    if (on) {
-                        acc += core->charge[p];
-                    }
-                    nv = sat16(acc);
-                    x[j * d + i] = (int16_t)nv;
-                    y += core->readout[p] * nv;
-                }
-                if (y >= core->fire_at[h]) {
+                below = save;
+            }
+            for (i = 0; i < d; i++) {
+                if (soma[i] >= core->fire_at[h]) {
+                    const uint32_t b = bit0 + i;
                     x[i] = (int16_t)sat16(x[i] - core->theta[h]);
-                    s[bit >> 3] |= (uint8_t)(1u << (bit & 7));
+                    s[b >> 3] |= (uint8_t)(1u << (b & 7));
                 }
             }
         }
