@@ -129,6 +129,22 @@ def test_host_build_baud_limit_is_honest(host: str) -> None:
     assert line <= rtt < 2 * line + 0.3, (rtt, line)
 
 
+def test_host_build_at_small_limits(host: str, tmp_path) -> None:
+    """The same source built for a small device (MTU 64, window 2, D <= 16): CAPS says so, a
+    model over the limits is refused, one that fits runs bit-exact, one timestep a frame."""
+    from spikestream.firmware_bridge.link import DeviceLimitError
+
+    launch.build(("host",), "-DFW_MTU=64 -DFW_WINDOW=2 -DFW_MAX_DIM=16 -DFW_MAX_K=4",
+                 tmp_path)  # fmt: skip
+    with launch.serve_host(binary=tmp_path / "fw-host") as (port, _):
+        with Link(port, timeout=0.05) as link:
+            caps = link.hello()
+            with pytest.raises(DeviceLimitError):
+                link.load(random_core_params(2, 16, 3, 16, seed=1))  # D = 32
+        assert (caps.mtu, caps.window, caps.max_dim) == (64, 2, 16)
+        check_conformance(port, "host", SMALL, steps=500)  # 32 bytes a step: 1 per frame
+
+
 def test_qemu_build(qemu: str) -> None:
     with serve_target("qemu") as port:
         check_protocol_script(port, "qemu")

@@ -21,13 +21,14 @@
  *   NAK buffer         FW_SMALL_FRAME                                          96
  *   core: state        2 * FW_MAX_K * FW_MAX_DIM                             4096
  *   core: parameters   FW_MAX_HEADS * FW_MAX_K * 8 + FW_MAX_HEADS * 6        1136
+ *   core: scratch rows 2 * 2 * FW_MAX_DIM + 2 * 4 * FW_MAX_DIM               3072
  *   state upload       2 * FW_MAX_K * FW_MAX_DIM                             4096
  *   parameter upload   FW_MAX_BLOB                                            816
- *   firmware total, measured (the rows and a few counters)          48956 (47.8 KiB)
+ *   firmware total, measured (the rows and a few counters)          52044 (50.8 KiB)
  *   mps2 HAL: receive ring (HAL_RX_RING)                                     8192
  *
- * Flash: 8.1 KiB (8140 B) of code and tables for Cortex-M3 (-O2, newlib-nano's memcpy and friends);
- * `make firmware` prints `arm-none-eabi-size` of the ELF. The stack needs < 1 KiB.
+ * Flash: 8.4 KiB (8608 B) of code and tables for Cortex-M3 (-O2, newlib-nano's memcpy and
+ * friends); `make firmware` prints `arm-none-eabi-size` of the ELF. The stack needs < 1 KiB.
  */
 #ifndef FW_CONFIG_H
 #define FW_CONFIG_H

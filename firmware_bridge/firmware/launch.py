@@ -63,15 +63,19 @@ def missing_tools(target: str) -> str | None:
     return f"{', '.join(missing)} not found on PATH" if missing else None
 
 
-def build(targets: tuple[str, ...] = ("host", "mps2")) -> None:
-    """`make` the given targets of the firmware Makefile (incremental); raises
-    FirmwareUnavailable with the compiler's output on failure or when tools are missing."""
+def build(
+    targets: tuple[str, ...] = ("host", "mps2"), limits: str = "", build_dir: Path = BUILD_DIR
+) -> None:
+    """`make` the given targets of the firmware Makefile (incremental) into `build_dir`, with
+    `limits` (e.g. "-DFW_MTU=64 -DFW_WINDOW=2", see fw_config.h); raises FirmwareUnavailable
+    with the compiler's output on failure or when tools are missing."""
     for target in targets:
         why = missing_tools(target)
         if why:
             raise FirmwareUnavailable(f"firmware target {target}: {why}")
     proc = subprocess.run(
-        ["make", "-s", "-C", str(FIRMWARE_DIR), *targets],
+        ["make", "-s", "-C", str(FIRMWARE_DIR), f"BUILD={build_dir}", f"LIMITS={limits}",
+         *targets],
         capture_output=True,
         text=True,
         timeout=300,
@@ -105,10 +109,10 @@ def _first_line(proc: subprocess.Popen, what: str, timeout: float = 30.0) -> str
 
 @contextlib.contextmanager
 def serve_host(
-    where: str = "pty", baud: float | None = None, reset_after: int = 0
+    where: str = "pty", baud: float | None = None, reset_after: int = 0, binary: Path = HOST_BIN
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """`fw-host --pty` or `--tcp 127.0.0.1:0` in a child process; yields (port, process)."""
-    args = [str(HOST_BIN), "--pty" if where == "pty" else "--tcp"]
+    args = [str(binary), "--pty" if where == "pty" else "--tcp"]
     if where != "pty":
         args.append("127.0.0.1:0")
     if baud:
