@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench lint clean firmware firmware-tools
 
 install: $(STAMP)
 
@@ -30,5 +30,23 @@ BENCH_ARGS ?=
 bench: $(STAMP)
 	for b in benchmarks/*.py; do echo "== $$b"; OMP_NUM_THREADS=1 $(PY) $$b $(BENCH_ARGS) || exit 1; done
 
+# The C99 firmware of the LRF-Dyn device: fw-host (native) and the Cortex-M3 image for QEMU's
+# mps2-an385 (firmware_bridge/firmware/Makefile), with their sizes. The cross tools and QEMU are
+# installed with apt-get where they are missing and apt-get can be used; else that build is skipped.
+ARM_TOOLS := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
+firmware: firmware-tools
+	$(MAKE) -C firmware_bridge/firmware
+
+firmware-tools:
+	@if command -v arm-none-eabi-gcc >/dev/null 2>&1 && command -v qemu-system-arm >/dev/null 2>&1; \
+	then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update && apt-get install -y --no-install-recommends $(ARM_TOOLS); \
+	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		sudo apt-get update && sudo apt-get install -y --no-install-recommends $(ARM_TOOLS); \
+	else \
+		echo "firmware: arm-none-eabi-gcc or qemu-system-arm missing and apt-get unusable: the QEMU target is skipped"; \
+	fi
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache firmware_bridge/firmware/build

@@ -37,3 +37,34 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="serial port of a real LRF-Dyn device for the hardware-in-the-loop tests",
     )
+    parser.addoption(
+        "--target",
+        default="python",
+        choices=("python", "host", "qemu"),
+        help="device the HIL suite (tests/test_hil.py) runs against: the Python emulator, the C "
+        "firmware's host build, or its Cortex-M3 build under QEMU (default: python)",
+    )
+
+
+def firmware_or_skip(target: str) -> None:
+    """Build the C firmware for `target` ('host' or 'qemu'); skip the test with the reason when
+    the tools are missing."""
+    from spikestream.firmware_bridge.firmware import launch
+
+    why = launch.missing_tools(target)
+    if why:
+        pytest.skip(f"firmware target {target}: {why}")
+    key = "host" if target == "host" else "mps2"
+    if key not in _BUILT:
+        launch.build(("host", "mps2") if key == "mps2" else ("host",))
+        _BUILT.update({"host", key})
+
+
+_BUILT: set[str] = set()
+
+
+@pytest.fixture(scope="session")
+def firmware():
+    """`firmware(target)` builds the C firmware for 'host' or 'qemu' (once per session) or skips
+    the test, naming the missing tools."""
+    return firmware_or_skip

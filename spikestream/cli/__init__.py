@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "info",
     "convert",
     "emulator",
+    "fault_relay",
     "hil",
     "train",
     "eval",
