@@ -56,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{out}: output must end in .png, .gif or .mp4")
     rec = read_events(args.input, format=args.format)
     events = rec.events
+    if args.filter:
+        from spikestream.devices.filters import filter_from_spec
+
+        events = filter_from_spec(args.filter, rec.sensor_size)(events)
     t = rec.events["t"]
     t0 = args.start * 1000 + (int(t[0]) if len(t) else 0) if args.start is not None else None
     t1 = None if args.end is None else args.end * 1000 + (int(t[0]) if len(t) else 0)
@@ -103,5 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", type=int, default=20_000, help="refuse longer videos")
     p.add_argument("--overlay", metavar="CHECKPOINT",
                    help="write this checkpoint's running decision on the frames")
+    p.add_argument("--filter", metavar="SPEC",
+                   help="denoise first: comma-separated ba:FILTER_TIME_US[:4|8], "
+                   "refractory:DELTA_US, hot:MAX_RATE_HZ[:LEARN_US]")
     p.add_argument("--format", default=None, help="force the input format")
     p.set_defaults(func=run)
