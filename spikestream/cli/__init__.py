@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "stream",
     "demo",
     "render",
+    "export",
 )
 
 
