@@ -13,8 +13,10 @@ A video frame `k` covers event times `[t_start + k * frame_us, t_start + (k + 1)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -63,45 +65,53 @@ def frame_us_for(fps: float, speed: float = 1.0) -> float:
     return 1e6 * speed / fps
 
 
-def _frame_index(events: np.ndarray, timing: FrameTiming) -> tuple[np.ndarray, np.ndarray]:
+def _in_frames(events: np.ndarray, timing: FrameTiming,
+               frames: range | None) -> tuple[np.ndarray, np.ndarray, range]:
+    """The events of video frames `frames` (default: all) and their frame index within it."""
+    frames = range(timing.n) if frames is None else frames
     k = np.floor((events["t"] - timing.t_start) / timing.frame_us).astype(np.int64)
-    keep = (k >= 0) & (k < timing.n)
-    return k, keep
+    keep = (k >= frames.start) & (k < frames.stop)
+    return events[keep], k[keep] - frames.start, frames
 
 
-def accumulate_frames(events: np.ndarray, sensor_size: SensorSize,
-                      timing: FrameTiming) -> np.ndarray:
-    """Event counts `[F, 2, H, W]` (int32; channel 0 OFF, 1 ON) of each video frame."""
-    ev = as_events(np.asarray(events))
+def accumulate_frames(events: np.ndarray, sensor_size: SensorSize, timing: FrameTiming,
+                      frames: range | None = None) -> np.ndarray:
+    """Event counts `[F, 2, H, W]` (int32; channel 0 OFF, 1 ON) of each video frame
+    (of `frames` only, if given)."""
     w, h = int(sensor_size[0]), int(sensor_size[1])
-    k, keep = _frame_index(ev, timing)
-    ev, k = ev[keep], k[keep]
+    ev, k, frames = _in_frames(as_events(np.asarray(events)), timing, frames)
+    n = len(frames)
     flat = ((k * 2 + ev["p"].astype(np.int64)) * h + ev["y"]) * w + ev["x"]
-    counts = np.bincount(flat, minlength=timing.n * 2 * h * w)
-    return counts.astype(np.int32).reshape(timing.n, 2, h, w)
+    counts = np.bincount(flat, minlength=n * 2 * h * w)
+    return counts.astype(np.int32).reshape(n, 2, h, w)
 
 
 def decay_frames(events: np.ndarray, sensor_size: SensorSize, timing: FrameTiming,
-                 tau_us: float) -> np.ndarray:
+                 tau_us: float, frames: range | None = None) -> np.ndarray:
     """Exponentially decaying event trace `[F, 2, H, W]` (float32) at each frame's end."""
+    return _decay(events, sensor_size, timing, tau_us, frames, None)[0]
+
+
+def _decay(events: np.ndarray, sensor_size: SensorSize, timing: FrameTiming, tau_us: float,
+           frames: range | None, initial: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """`decay_frames` of a run of frames that starts from the trace `initial` (float64, at the
+    end of the frame before the run); also returns the trace after the run."""
     if tau_us <= 0:
         raise ValueError(f"decay time constant must be positive, got {tau_us} µs")
-    ev = as_events(np.asarray(events))
     w, h = int(sensor_size[0]), int(sensor_size[1])
-    k, keep = _frame_index(ev, timing)
-    ev, k = ev[keep], k[keep]
-    ends = timing.ends()
+    ev, k, frames = _in_frames(as_events(np.asarray(events)), timing, frames)
+    n = len(frames)
+    ends = timing.t_start + (np.arange(frames.start, frames.stop) + 1) * timing.frame_us
     weight = np.exp(-(ends[k] - ev["t"]) / tau_us)
     flat = ((k * 2 + ev["p"].astype(np.int64)) * h + ev["y"]) * w + ev["x"]
-    fresh = np.bincount(flat, weights=weight, minlength=timing.n * 2 * h * w)
-    fresh = fresh.reshape(timing.n, 2, h, w)
+    fresh = np.bincount(flat, weights=weight, minlength=n * 2 * h * w).reshape(n, 2, h, w)
     carry = np.exp(-timing.frame_us / tau_us)
-    out = np.empty((timing.n, 2, h, w), np.float32)
-    state = np.zeros((2, h, w))
-    for i in range(timing.n):
+    out = np.empty((n, 2, h, w), np.float32)
+    state = np.zeros((2, h, w)) if initial is None else np.asarray(initial, np.float64)
+    for i in range(n):
         state = state * carry + fresh[i]
         out[i] = state
-    return out
+    return out, state
 
 
 def colorize(values: np.ndarray, *, saturation: float = 1.0, on_color: RGB = ON_COLOR,
@@ -146,22 +156,40 @@ def pad_even(frames: np.ndarray) -> np.ndarray:
     return np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
 
 
-def render_frames(events: np.ndarray, sensor_size: SensorSize, timing: FrameTiming, *,
+def iter_rendered(events: np.ndarray, sensor_size: SensorSize, timing: FrameTiming, *,
                   mode: str = "accumulate", tau_us: float | None = None,
                   saturation: float | None = None, colors: Sequence[RGB] | None = None,
-                  ) -> np.ndarray:
-    """Events to RGB frames `[F, H, W, 3]`: `mode` is `accumulate` (counts per frame,
-    saturating at `saturation` events, default 1) or `decay` (`tau_us`, default one frame;
-    saturation default 1)."""
-    on, off, bg = colors if colors is not None else (ON_COLOR, OFF_COLOR, BACKGROUND)
-    if mode == "accumulate":
-        values = accumulate_frames(events, sensor_size, timing)
-    elif mode == "decay":
-        values = decay_frames(events, sensor_size, timing, tau_us or timing.frame_us)
-    else:
+                  chunk_frames: int | None = None) -> Iterator[np.ndarray]:
+    """Events to RGB frames, `[<= chunk_frames, H, W, 3]` at a time, so memory follows the
+    chunk, not the video's length. `mode` is `accumulate` (counts per frame, saturating at
+    `saturation` events, default 1) or `decay` (`tau_us`, default one frame; saturation
+    default 1). Time-ordered events. `chunk_frames` defaults to about 4 M pixels a chunk."""
+    if mode not in ("accumulate", "decay"):
         raise ValueError(f"unknown render mode {mode!r}; use accumulate or decay")
-    return colorize(values, saturation=saturation or 1.0, on_color=on, off_color=off,
-                    background=bg)
+    on, off, bg = colors if colors is not None else (ON_COLOR, OFF_COLOR, BACKGROUND)
+    ev = as_events(np.asarray(events))
+    t = ev["t"]
+    trace = None
+    if chunk_frames is None:
+        chunk_frames = max(1, (1 << 22) // (int(sensor_size[0]) * int(sensor_size[1])))
+    for k0 in range(0, timing.n, chunk_frames):
+        frames = range(k0, min(k0 + chunk_frames, timing.n))
+        lo = np.searchsorted(t, timing.t_start + k0 * timing.frame_us - 1, side="left")
+        hi = np.searchsorted(t, timing.t_start + frames.stop * timing.frame_us + 1, side="right")
+        part = ev[lo:hi]  # a little margin each side; the frame index decides exactly
+        if mode == "accumulate":
+            values = accumulate_frames(part, sensor_size, timing, frames)
+        else:
+            values, trace = _decay(part, sensor_size, timing, tau_us or timing.frame_us, frames,
+                                   trace)
+        yield colorize(values, saturation=saturation or 1.0, on_color=on, off_color=off,
+                       background=bg)
+
+
+def render_frames(events: np.ndarray, sensor_size: SensorSize, timing: FrameTiming,
+                  **options: Any) -> np.ndarray:
+    """All frames of `iter_rendered` at once, `[F, H, W, 3]`."""
+    return np.concatenate(list(iter_rendered(events, sensor_size, timing, **options)))
 
 
 def draw_text(frames: np.ndarray, texts: Sequence[str | None], *,
@@ -185,13 +213,15 @@ def draw_text(frames: np.ndarray, texts: Sequence[str | None], *,
     return out
 
 
-def write_video(path: str, frames: np.ndarray, fps: float) -> None:
-    """Encode `[F, H, W, 3]` uint8 frames as PNG (one frame), GIF or MP4 by extension.
+def write_video(path: str, frames: np.ndarray | Iterable[np.ndarray], fps: float) -> int:
+    """Encode uint8 RGB frames (`[F, H, W, 3]`, or an iterable of such chunks) as PNG (one
+    frame), GIF or MP4 by extension; returns the number of frames written.
 
     imageio encodes (Pillow for PNG/GIF, imageio-ffmpeg's bundled ffmpeg for H.264 MP4): the
     317 frames (240x180) of the real rotating-disk recording at 10 ms per frame took 1.6 s as
     MP4 and 0.9 s as GIF on our shared 2-core machine, under rendering's own cost; an
-    encoder of our own would buy nothing. Written to a temporary file beside `path`
+    encoder of our own would buy nothing. MP4 frames stream to ffmpeg chunk by chunk (Pillow
+    holds a GIF's frames until it writes the file). Written to a temporary file beside `path`
     and renamed, so a failure leaves no partial file. A GIF merges identical consecutive
     frames into one (durations add up, so playback time is kept).
     """
@@ -199,27 +229,43 @@ def write_video(path: str, frames: np.ndarray, fps: float) -> None:
     import tempfile
     from pathlib import Path
 
+    import imageio.v2 as iio2
     import imageio.v3 as iio
 
     dst = Path(path)
     ext = dst.suffix.lower()
     if ext not in (".png", ".gif", ".mp4"):
         raise ValueError(f"{path}: output must end in .png, .gif or .mp4")
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"expected uint8 frames [F, H, W, 3], got {frames.dtype} {frames.shape}")
-    if ext == ".png" and len(frames) != 1:
-        raise ValueError(f"{path}: a PNG holds one frame, got {len(frames)}")
+    chunks = [frames] if isinstance(frames, np.ndarray) else frames
     fd, tmp = tempfile.mkstemp(suffix=ext, prefix=f".{dst.name}.", dir=dst.parent or ".")
     os.close(fd)
+    n = 0
     try:
-        if ext == ".png":
-            iio.imwrite(tmp, frames[0])
+        if ext == ".mp4":
+            writer = iio2.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                     macro_block_size=2, pixelformat="yuv420p")
         elif ext == ".gif":
-            iio.imwrite(tmp, frames, extension=".gif", duration=1000.0 / fps, loop=0)
-        else:
-            iio.imwrite(tmp, pad_even(frames), extension=".mp4", fps=fps, codec="libx264",
-                        macro_block_size=2, pixelformat="yuv420p")
+            writer = iio2.get_writer(tmp, mode="I", extension=".gif", duration=1000.0 / fps,
+                                     loop=0)
+        with contextlib.ExitStack() as stack:
+            if ext != ".png":
+                stack.enter_context(writer)
+            for chunk in chunks:
+                if chunk.ndim != 4 or chunk.shape[-1] != 3 or chunk.dtype != np.uint8:
+                    raise ValueError(f"expected uint8 frames [F, H, W, 3], got {chunk.dtype} "
+                                     f"{chunk.shape}")
+                if ext == ".png":
+                    if n + len(chunk) != 1:
+                        raise ValueError(f"{path}: a PNG holds one frame, got more")
+                    iio.imwrite(tmp, chunk[0])
+                else:
+                    for frame in pad_even(chunk) if ext == ".mp4" else chunk:
+                        writer.append_data(frame)
+                n += len(chunk)
+        if n == 0:
+            raise ValueError(f"{path}: no frames to write")
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return n

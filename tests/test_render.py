@@ -143,3 +143,19 @@ def test_overlay_is_the_models_running_decision(real_data: Path, tmp_path: Path)
     assert a.shape == b.shape
     assert np.array_equal(a[0], b[0])  # no decision before the first bin ends
     assert not np.array_equal(a[-1, :12], b[-1, :12])  # the text band on the last frame
+
+
+@pytest.mark.parametrize("mode", ["accumulate", "decay"])
+def test_chunked_rendering_equals_one_pass(mode: str) -> None:
+    from spikestream.devices.render import iter_rendered
+
+    ev = random_events(4_000, 4)
+    timing = FrameTiming.cover(ev, 1_333.3)
+    whole = np.concatenate(list(iter_rendered(ev, (W, H, 2), timing, mode=mode, saturation=3,
+                                              chunk_frames=10_000)))
+    parts = list(iter_rendered(ev, (W, H, 2), timing, mode=mode, saturation=3, chunk_frames=7))
+    assert max(len(p) for p in parts) == 7 and len(whole) == timing.n
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    if mode == "accumulate":
+        counts = accumulate_frames(ev, (W, H, 2), timing)
+        assert counts.sum() == len(ev)

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         FrameTiming,
         draw_text,
         frame_us_for,
-        render_frames,
+        iter_rendered,
         upscale,
         write_video,
     )
@@ -72,18 +72,25 @@ def run(args: argparse.Namespace) -> int:
     if timing.n > args.max_frames:
         raise ValueError(f"{timing.n} frames exceed --max-frames {args.max_frames}; "
                          "raise it, or use --start/--end or a higher --speed")
-    frames = render_frames(events, rec.sensor_size, timing, mode=args.mode,
+    chunks = iter_rendered(events, rec.sensor_size, timing, mode=args.mode,
                            tau_us=None if args.tau_ms is None else args.tau_ms * 1000,
                            saturation=args.saturation)
-    w = rec.sensor_size[0]
-    scale = args.scale or max(1, 256 // max(1, w))
-    frames = upscale(frames, scale)
-    if args.overlay:
-        texts = overlay_texts(args.overlay, rec.events, rec.sensor_size,
-                              np.asarray(timing.ends()))
-        frames = draw_text(frames, texts)
-    write_video(str(out), frames, args.fps)
-    print(f"wrote {len(frames)} frame(s) of {frames.shape[2]}x{frames.shape[1]} to {out}")
+    scale = args.scale or max(1, 256 // max(1, rec.sensor_size[0]))
+    texts = (overlay_texts(args.overlay, rec.events, rec.sensor_size,
+                           np.asarray(timing.ends())) if args.overlay else None)
+
+    def frames():
+        done = 0
+        for chunk in chunks:
+            chunk = upscale(chunk, scale)
+            if texts is not None:
+                chunk = draw_text(chunk, texts[done:done + len(chunk)])
+            done += len(chunk)
+            yield chunk
+
+    n = write_video(str(out), frames(), args.fps)
+    w, h = rec.sensor_size[0] * scale, rec.sensor_size[1] * scale
+    print(f"wrote {n} frame(s) of {w}x{h} to {out}")
     return 0
 
 
