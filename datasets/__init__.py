@@ -1,7 +1,8 @@
 """Event files (read, stream, write) and datasets, under the import name `spikestream.datasets`.
 
-`FrameCache` and `FrameDataset` (torch datasets of binned frames) load on first use, so the
-readers and `spikestream info`/`convert` do not import torch.
+`FrameCache` and `FrameDataset` (torch datasets of binned frames) and `SyntheticGestures` (which
+renders through the compiled simulated camera) load on first use, so the readers and
+`spikestream info`/`convert` import neither torch nor numba.
 """
 
 from typing import Any
@@ -20,7 +21,6 @@ from spikestream.datasets.io import (
 )
 from spikestream.datasets.ncaltech101 import NCaltech101
 from spikestream.datasets.nmnist import NMNIST
-from spikestream.datasets.synthetic import SyntheticGestures
 
 __all__ = [
     "DVSGesture",
@@ -47,4 +47,8 @@ def __getattr__(name: str) -> Any:
         from spikestream.datasets import cache
 
         return getattr(cache, name)
+    if name == "SyntheticGestures":  # it renders through spikestream.devices (numba)
+        from spikestream.datasets.synthetic import SyntheticGestures
+
+        return SyntheticGestures
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

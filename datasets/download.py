@@ -13,18 +13,8 @@ import hashlib
 import json
 import os
 import tarfile
-import urllib.request
 import zipfile
 from pathlib import Path
-
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 CHUNK = 1 << 20
 
@@ -94,6 +84,17 @@ def download_file(
     `timeout` bounds every blocking network operation (connect and each read). A file whose
     checksum does not match is deleted, never left where a later run would trust it.
     """
+    import urllib.request  # here, not at import: the readers and `info` start faster
+
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     dest = Path(dest)
     if offline():
         raise DownloadError(f"offline (SPIKESTREAM_OFFLINE is set): will not fetch {url}")

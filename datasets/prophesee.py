@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from expelliarmus import Wizard
 
 from spikestream.datasets.textheader import read_text_header
 from spikestream.events import EVENT_DTYPE, EventFormatError, SensorSize
@@ -123,6 +122,8 @@ def open_source(
                     os.link(path.resolve(), src)
                 except OSError:
                     shutil.copyfile(path, src)
+            from expelliarmus import Wizard  # 0.5 s to import: only when a file needs it
+
             wizard = Wizard(encoding=enc, fpath=src, chunk_size=max(chunk_events, 16))
             for arr in wizard.read_chunk():
                 ev = np.empty(len(arr), dtype=EVENT_DTYPE)

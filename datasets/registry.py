@@ -75,14 +75,34 @@ def dataset_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+TONIC_PREFIX = "tonic:"
+
+
+def _tonic_entry(name: str) -> DatasetEntry:
+    """`tonic:NAME`: any `tonic.datasets` class through `datasets.tonic_adapter`; frames of
+    64x64 in 8 equal bins unless the command line says otherwise."""
+    from spikestream.datasets.tonic_adapter import create_tonic_dataset
+
+    cls = name[len(TONIC_PREFIX):]
+
+    def factory(root: Path | None, part: str, *, download: bool = False) -> Any:
+        return split_parts(lambda train: create_tonic_dataset(cls, root, train=train,
+                                                              download=download), part)
+
+    return DatasetEntry(name, factory, (64, 64), {"n_time_bins": 8})
+
+
 def get_dataset_entry(name: str) -> DatasetEntry:
-    """The registry entry of `name` (a clear error naming the known ones otherwise)."""
+    """The registry entry of `name` (a clear error naming the known ones otherwise);
+    `tonic:NAME` adapts Tonic's dataset class NAME."""
+    if name.startswith(TONIC_PREFIX) and len(name) > len(TONIC_PREFIX):
+        return _tonic_entry(name)
     _load_all()
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(_REGISTRY))}") \
-            from None
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(_REGISTRY))}, "
+                         f"or tonic:NAME for a tonic.datasets class") from None
 
 
 def create_dataset(name: str, root: str | Path | None = None, *, part: str = "train",

@@ -12,6 +12,17 @@ from pathlib import Path
 from spikestream import Recording, SensorSize
 
 from .base import EventSource, Pacer, SourceCounters, split_packets
+from .filters import (
+    BackgroundActivityFilter,
+    EventFilter,
+    FilterChain,
+    HotPixelFilter,
+    RefractoryFilter,
+    background_activity,
+    filter_from_spec,
+    hot_pixel,
+    refractory,
+)
 from .gestures import GESTURE_CLASSES, GestureScene, gesture_clip, gesture_frames, gesture_label
 from .inivation import InivationCamera, dv_available
 from .replay import ReplayCamera
@@ -20,6 +31,15 @@ from .udp import UDPSink, UDPSource
 from .video import SENSORS, DVSEmulator, DVSParams, image_sequence, lin_log, sensor_size_of
 
 __all__ = [
+    "BackgroundActivityFilter",
+    "EventFilter",
+    "FilterChain",
+    "HotPixelFilter",
+    "RefractoryFilter",
+    "background_activity",
+    "filter_from_spec",
+    "hot_pixel",
+    "refractory",
     "GESTURE_CLASSES",
     "SENSORS",
     "DVSEmulator",

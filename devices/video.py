@@ -322,11 +322,17 @@ def image_sequence(
     """Yield `(t_us, grey image)` from a folder of frames.
 
     With an `images.txt` of `timestamp_seconds relative_path` lines (the UZH event-camera
-    dataset layout; `#` comments allowed) its timestamps are used; otherwise the folder's
-    images in name order at `fps` frames per second.
+    dataset layout; `#` comments allowed) its timestamps are used; with a `timestamps.txt` of
+    one time in seconds per line (the ESIM / rpg_vid2e / v2e layout) those times go with the
+    images in name order (in the folder, or its `imgs/` or `images/` subfolder); otherwise the
+    folder's images in name order at `fps` frames per second.
     """
     folder = Path(folder)
     index = folder / "images.txt"
+    stamps = folder / "timestamps.txt"
+    if not index.is_file() and stamps.is_file():
+        yield from _timestamped_images(folder, stamps)
+        return
     if index.is_file():
         for lineno, line in enumerate(index.read_text().splitlines(), 1):
             line = line.strip()
@@ -350,3 +356,30 @@ def image_sequence(
         raise ValueError(f"{folder}: no images (png, jpg, bmp) and no images.txt")
     for i, f in enumerate(files):
         yield int(round(i * 1e6 / fps)), read_image(f)
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+
+
+def _timestamped_images(folder: Path, stamps: Path) -> Iterator[tuple[int, np.ndarray]]:
+    """`timestamps.txt` (seconds, one per line) beside images in name order."""
+    times = []
+    for lineno, line in enumerate(stamps.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            times.append(int(round(float(line.split()[0]) * 1e6)))
+        except ValueError as e:
+            raise ValueError(f"{stamps} line {lineno}: bad timestamp {line!r}") from e
+    for sub in (folder, folder / "imgs", folder / "images"):
+        files = sorted(f for f in sub.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) \
+            if sub.is_dir() else []
+        if files:
+            break
+    if len(files) != len(times):
+        raise ValueError(f"{stamps}: {len(times)} timestamps for {len(files)} images")
+    if any(b < a for a, b in zip(times, times[1:], strict=False)):
+        raise ValueError(f"{stamps}: timestamps go back in time")
+    for t, f in zip(times, files, strict=True):
+        yield t, read_image(f)

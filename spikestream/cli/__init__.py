@@ -1,8 +1,9 @@
 """The `spikestream` command line: one module per subcommand, each with `register(subparsers)`.
 
 A subcommand module defines `register(sub: argparse._SubParsersAction) -> None`, which adds its
-parser and sets `func=run` where `run(args) -> int` returns the exit code. Add its name to
-`COMMAND_MODULES` below.
+parser and sets `func=run` where `run(args) -> int` returns the exit code. Add its name, module
+and one-line help to `COMMANDS` below. Only the module of the command being run is imported
+(`--help` and `--version` import none), so a command that needs torch does not slow the others.
 
 Every command ends an error a user can cause with one line on stderr,
 `spikestream COMMAND: error: WHAT (WHERE)`, no traceback, and an exit code by kind
@@ -16,29 +17,45 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Iterable
 
-COMMAND_MODULES: tuple[str, ...] = (
-    "model_info",
-    "info",
-    "convert",
-    "emulator",
-    "fault_relay",
-    "hil",
-    "train",
-    "eval",
-    "stream",
-    "demo",
-)
+from spikestream import __version__
+
+#: command -> (module in spikestream.cli, the help line its `register` gives)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "model-info": ("model_info",
+                   "parameters, synaptic operations (AC/MAC) and energy per timestep of a model"),
+    "info": ("info", "describe an event file (format, events, size, time span)"),
+    "convert": ("convert", "convert an event file to HDF5 (.h5) or numpy (.npy)"),
+    "render": ("render", "render events to a PNG, GIF or MP4 (optionally with decisions)"),
+    "simulate": ("simulate", "video or image folder to simulated DVS events (HDF5)"),
+    "emulator": ("emulator", "serve an emulated LRF-Dyn device on a pty or a TCP port"),
+    "fault-relay": ("fault_relay", "relay a device port through a pty, injecting seeded faults"),
+    "hil": ("hil", "hardware-in-the-loop conformance run against a device or the emulator"),
+    "train": ("train", "train the spiking transformer (BPTT, AdamW + cosine)"),
+    "eval": ("eval", "evaluate a checkpoint: accuracy, confusion, accuracy over time"),
+    "stream": ("stream", "classify a live or replayed event stream step by step"),
+    "demo": ("demo", "live gesture recognition on the simulated camera"),
+    "export": ("export", "export a checkpoint to NIR (the stem) or ONNX (the stepwise model)"),
+}
+COMMAND_MODULES: tuple[str, ...] = tuple(module for module, _ in COMMANDS.values())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(full: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; commands in `full` (default: all) get their module's arguments, the others
+    only their name and help line (enough for the command list)."""
+    wanted = set(COMMANDS) if full is None else set(full)
     parser = argparse.ArgumentParser(
         prog="spikestream",
         description="Event-camera streams into an incremental spiking vision transformer.",
     )
+    parser.add_argument("--version", action="version", version=f"spikestream {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"spikestream.cli.{name}").register(sub)
+    for name, (module, help_line) in COMMANDS.items():
+        if name in wanted:
+            importlib.import_module(f"spikestream.cli.{module}").register(sub)
+        else:
+            sub.add_parser(name, help=help_line)
     return parser
 
 
@@ -91,8 +108,16 @@ def error_line(e: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _command_in(argv: list[str]) -> str | None:
+    """The command named in `argv`: the first word that is not an option."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command_in(argv)
+    args = build_parser([command] if command else []).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

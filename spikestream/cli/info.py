@@ -1,4 +1,5 @@
-"""`spikestream info PATH [--json]`: format, event count, sensor size and time span of a file."""
+"""`spikestream info PATH... [--json] [--plot OUT.png]`: format, event count, sensor size and
+time span of each file; `--plot` draws rate, spatial histogram and time surface."""
 
 from __future__ import annotations
 
@@ -36,13 +37,26 @@ def summarize(path: str, format: str | None = None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    print_fields(summarize(args.path, args.format), as_json=args.json)
+    for i, path in enumerate(args.path):
+        fields = summarize(path, args.format)
+        if len(args.path) > 1:
+            fields = {"path": path, **fields}
+            if i and not args.json:
+                print()
+        print_fields(fields, as_json=args.json)
+    if args.plot:
+        from spikestream.cli.info_plot import plot_files
+
+        plot_files(args.path, args.plot, format=args.format)
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="describe an event file (format, events, size, time span)")
-    p.add_argument("path", help="event file (AEDAT 2/3.1/4, EVT2/3, DAT, .bin/.bs2, HDF5, npy/npz)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("path", nargs="+",
+                   help="event files (AEDAT 2/3.1/4, EVT2/3, DAT, .bin/.bs2, HDF5, npy/npz)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per file")
+    p.add_argument("--plot", metavar="OUT.png",
+                   help="draw event rate (ON/OFF), events per pixel and the last 50 ms")
     p.add_argument("--format", default=None, help="force a format instead of detecting it")
     p.set_defaults(func=run)

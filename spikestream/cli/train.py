@@ -21,8 +21,15 @@ def add_data_arguments(p: argparse.ArgumentParser, *, train: bool) -> None:
     """Options that choose and shape a dataset (shared by `train` and `eval`)."""
     from spikestream.datasets.registry import dataset_names
 
-    p.add_argument("--dataset", required=train, choices=dataset_names(),
-                   help="dataset (eval: default from the checkpoint)")
+    def dataset(name: str) -> str:
+        if name in dataset_names() or name.startswith("tonic:") and len(name) > 6:
+            return name
+        raise argparse.ArgumentTypeError(
+            f"unknown dataset {name!r}: one of {', '.join(dataset_names())} or tonic:NAME")
+
+    p.add_argument("--dataset", required=train, type=dataset,
+                   help=f"{', '.join(dataset_names())}, or tonic:NAME for any tonic.datasets "
+                        "class (eval: default from the checkpoint)")
     p.add_argument("--root", type=Path, help="dataset folder (not needed for synthetic)")
     p.add_argument("--num-classes", type=int, choices=(10, 11),
                    help="DVS-Gesture / synthetic: 11, or 10 without 'other'")
