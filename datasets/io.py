@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 
 from spikestream.datasets import aedat2, aedat3, aedat4, hdf5, nbin, npy, prophesee
-from spikestream.events import EVENT_DTYPE, EventFormatError, Recording, SensorSize
+from spikestream.events import (
+    EVENT_DTYPE,
+    EventFormatError,
+    Recording,
+    SensorSize,
+    validate_events,
+)
 
 DEFAULT_CHUNK = 1 << 16
 
@@ -179,7 +185,8 @@ class EventStream:
         for ev, offs in _guard(self.path, self._source):
             if not len(ev):
                 continue
-            _check(self.path, ev, offs, self.n_events + n_pending, last_t, w, h)
+            validate_events(ev, (w, h), source=self.path, first=self.n_events + n_pending,
+                            offsets=offs, last_t=last_t)
             last_t = int(ev["t"][-1])
             pending.append(ev)
             n_pending += len(ev)
@@ -236,31 +243,6 @@ def _guard(path: Path, source: Iterator[Any]) -> Iterator[Any]:
                 raise
             raise EventFormatError(path, f"{type(e).__name__}: {e}") from e
         yield item
-
-
-def _check(path: Path, ev: np.ndarray, offs: np.ndarray | None, first: int,
-           last_t: int | None, w: int, h: int) -> None:
-    """Time order (also against the previous packet) and coordinates inside the sensor."""
-    if ev.dtype != EVENT_DTYPE:
-        raise EventFormatError(path, f"decoder gave dtype {ev.dtype}", expected=str(EVENT_DTYPE))
-    t = ev["t"]
-    prev = np.empty_like(t)
-    prev[0] = t[0] if last_t is None else last_t
-    prev[1:] = t[:-1]
-    back = np.flatnonzero(t < prev)
-    if back.size:
-        i = int(back[0])
-        raise EventFormatError(
-            path, f"timestamp {int(t[i])} µs goes back from {int(prev[i])} µs",
-            offset=None if offs is None else int(offs[i]), record=first + i,
-            expected="non-decreasing timestamps")
-    bad = np.flatnonzero((ev["x"] >= w) | (ev["y"] >= h) | (ev["p"] > 1))
-    if bad.size:
-        i = int(bad[0])
-        raise EventFormatError(
-            path, f"event (x={int(ev['x'][i])}, y={int(ev['y'][i])}, p={int(ev['p'][i])}) "
-            "outside the sensor", offset=None if offs is None else int(offs[i]),
-            record=first + i, expected=f"x < {w}, y < {h}, p in {{0, 1}}")
 
 
 def iter_events(path: str | Path, chunk_events: int = DEFAULT_CHUNK, *, format: str | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 
 #: The one event dtype used everywhere (field names as Tonic uses them; t in microseconds).
@@ -73,35 +74,87 @@ def as_events(events: np.ndarray) -> np.ndarray:
     return make_events(events["x"], events["y"], events["t"], events["p"])
 
 
+#: Largest sensor width or height: the range of the u2 coordinate fields.
+MAX_SENSOR_SIDE = 65535
+
+_OK, _BACK, _OUTSIDE = 0, 1, 2
+
+
+@numba.njit(cache=True, nogil=True)
+def _first_bad(t, x, y, p, w, h, last_t, has_last):  # pragma: no cover - compiled
+    """(index, kind) of the first event that goes back in time or lies outside the sensor, in one
+    pass over the (possibly strided) fields; (-1, _OK) when all are good."""
+    for i in range(t.shape[0]):
+        if i > 0:
+            if t[i] < t[i - 1]:
+                return i, 1
+        elif has_last and t[0] < last_t:
+            return 0, 1
+        if x[i] >= w or y[i] >= h or p[i] > 1:
+            return i, 2
+    return -1, 0
+
+
 def validate_events(
-    events: np.ndarray, sensor_size: SensorSize, *, source: Any = "<events>"
+    events: np.ndarray,
+    sensor_size: SensorSize | tuple[int, int],
+    *,
+    source: Any = "<events>",
+    first: int = 0,
+    offsets: np.ndarray | None = None,
+    last_t: int | None = None,
 ) -> None:
-    """Raise `EventFormatError` unless events are time-ordered and inside the sensor."""
-    if events.dtype != EVENT_DTYPE:
-        raise EventFormatError(source, f"dtype {events.dtype}", expected=str(EVENT_DTYPE))
+    """Raise `EventFormatError` unless events are time-ordered and inside the sensor.
+
+    The one check of the event contract, for readers, sources and the binner. `first` is the
+    index of `events[0]` in its stream (errors name `record first + i`), `offsets` the byte
+    offset of each event in its file (errors name it), `last_t` the time of the stream's
+    previous event (the first event must not go back from it).
+    """
+    if not isinstance(events, np.ndarray) or events.dtype != EVENT_DTYPE:
+        dtype = getattr(events, "dtype", type(events).__name__)
+        raise EventFormatError(source, f"packet of {dtype}", expected=str(EVENT_DTYPE))
     if len(events) == 0:
         return
     w, h = int(sensor_size[0]), int(sensor_size[1])
     t = events["t"]
-    back = np.flatnonzero(np.diff(t) < 0)
-    if back.size:
-        i = int(back[0]) + 1
-        raise EventFormatError(
-            source,
-            f"timestamp {int(t[i])} µs goes back from {int(t[i - 1])} µs",
-            record=i,
-            expected="non-decreasing timestamps",
-        )
-    bad = np.flatnonzero((events["x"] >= w) | (events["y"] >= h) | (events["p"] > 1))
-    if bad.size:
-        i = int(bad[0])
-        e = events[i]
-        raise EventFormatError(
-            source,
-            f"event (x={e['x']}, y={e['y']}, p={e['p']}) outside the sensor",
-            record=i,
-            expected=f"x < {w}, y < {h}, p in {{0, 1}}",
-        )
+    i, kind = _first_bad(t, events["x"], events["y"], events["p"], w, h,
+                         0 if last_t is None else int(last_t), last_t is not None)
+    if kind == _OK:
+        return
+    where = {"record": first + int(i),
+             "offset": None if offsets is None else int(offsets[i])}
+    if kind == _BACK:
+        prev = int(t[i - 1]) if i > 0 else int(last_t)  # type: ignore[arg-type]
+        text = f"timestamp {int(t[i])} µs goes back from {prev} µs"
+        if i == 0:
+            text += ", before the previous packet's last event"
+        raise EventFormatError(source, text, expected="non-decreasing timestamps", **where)
+    e = events[i]
+    raise EventFormatError(
+        source,
+        f"event (x={e['x']}, y={e['y']}, p={e['p']}) outside the sensor",
+        expected=f"x < {w}, y < {h}, p in {{0, 1}}",
+        **where,
+    )
+
+
+def check_sensor_size(sensor_size: Any, *, source: Any = "<sensor>") -> SensorSize:
+    """`(W, H, P)` as ints, or `EventFormatError` unless 1 <= W, H <= `MAX_SENSOR_SIDE` and P in
+    (1, 2); a `(W, H)` pair gets P = 2. Every reader checks a declared size with this, so a
+    header cannot claim a sensor larger than the event fields can address."""
+    try:
+        size = tuple(int(s) for s in sensor_size)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise EventFormatError(source, f"sensor size {sensor_size!r}",
+                               expected="(W, H[, P]) integers") from e
+    if len(size) == 2:
+        size = (*size, 2)
+    if (len(size) != 3 or not all(1 <= s <= MAX_SENSOR_SIDE for s in size[:2])
+            or size[2] not in (1, 2)):
+        raise EventFormatError(source, f"sensor size {size}",
+                               expected=f"1 <= W, H <= {MAX_SENSOR_SIDE} and P in (1, 2)")
+    return size  # type: ignore[return-value]
 
 
 @dataclass
