@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from spikestream.datasets.textheader import read_text_header
+from spikestream.datasets.formats import Format, register_format
+from spikestream.datasets.textheader import aedat_version, read_text_header
 from spikestream.events import EVENT_DTYPE, EventFormatError, SensorSize
 
 #: jAER AEChip class-name fragments -> (width, height), for chips with the DAVIS address layout.
@@ -121,3 +122,8 @@ def open_source(
 
     meta = {"chip": chip, "header_bytes": start}
     return (w, h, 2), packets(), meta
+
+
+register_format(Format(
+    "aedat2", (".aedat", ".aedat2"), "#!AER-DAT2", "own (jAER DAVIS layout)", "chunked reads",
+    open=open_source, sniff=lambda path, head: aedat_version(path, head) == "2"))

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from spikestream.datasets.textheader import read_text_header
+from spikestream.datasets.formats import Format, register_format
+from spikestream.datasets.textheader import aedat_version, read_text_header
 from spikestream.events import EVENT_DTYPE, EventFormatError, SensorSize
 
 HEADER = np.dtype(
@@ -128,3 +129,8 @@ def open_source(
 
     meta: dict[str, Any] = {"source": name, "header_bytes": start}
     return ((wh[0], wh[1], 2) if wh else None), packets(), meta
+
+
+register_format(Format(
+    "aedat3", (".aedat", ".aedat3"), "#!AER-DAT3.1", "own (cAER spec)", "packet by packet",
+    open=open_source, sniff=lambda path, head: aedat_version(path, head) == "3.1"))

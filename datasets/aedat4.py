@@ -16,6 +16,8 @@ from typing import Any
 import aedat
 import numpy as np
 
+from spikestream.datasets.formats import Format, register_format
+from spikestream.datasets.textheader import aedat_version
 from spikestream.events import EVENT_DTYPE, EventFormatError, SensorSize
 
 MAGIC = b"#!AER-DAT4.0\r\n"
@@ -113,3 +115,8 @@ def open_source(
 
     meta: dict[str, Any] = {"stream_id": sid, "streams": {k: v["type"] for k, v in streams.items()}}
     return (w, h, 2), packets(), meta
+
+
+register_format(Format(
+    "aedat4", (".aedat4",), "#!AER-DAT4", "aedat", "packet by packet",
+    open=open_source, sniff=lambda path, head: aedat_version(path, head) == "4"))

@@ -27,6 +27,7 @@ try:  # registers the Blosc filter of DSEC's files, when installed
 except ImportError:
     hdf5plugin = None
 
+from spikestream.datasets.formats import Format, register_format
 from spikestream.events import EVENT_DTYPE, EventFormatError, Recording, SensorSize, as_events
 
 LAYOUT = "spikestream-events"
@@ -253,3 +254,28 @@ def write_events(path: str | Path, recording: Recording, *, compression: str | N
         ev = recording.events
         for i in range(0, len(ev), 1 << 20):
             rec.append(ev[i:i + (1 << 20)])
+
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def sniff_layout(path: Path, head: bytes) -> str | None:
+    """'hdf5' (ours) or 'dsec' for an HDF5 file with an events layout; None for other files."""
+    if not head.startswith(_HDF5_MAGIC):
+        return None
+    f5, _ = _open(path)
+    with f5:
+        kind = layout_of(f5)
+    if kind is None:
+        raise EventFormatError(path, "HDF5 file without an events layout",
+                               expected="our /events layout or DSEC's events/{x,y,t,p}")
+    return kind
+
+
+register_format(Format(
+    "hdf5", (".h5", ".hdf5"), "\\x89HDF + format attribute", "h5py", "chunked reads",
+    open=open_source, sniff=lambda path, head: sniff_layout(path, head) == "hdf5",
+    write=write_events))
+register_format(Format(
+    "dsec", (".h5", ".hdf5"), "\\x89HDF + events/{x,y,t,p}", "h5py", "chunked reads",
+    open=open_source, sniff=lambda path, head: sniff_layout(path, head) == "dsec"))

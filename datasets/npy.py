@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from spikestream.events import EVENT_DTYPE, EventFormatError, SensorSize
+from spikestream.datasets.formats import Format, register_format
+from spikestream.events import EVENT_DTYPE, EventFormatError, Recording, SensorSize
 
 _T_NAMES = ("t", "ts")
 
@@ -119,3 +120,20 @@ def open_source(
             yield to_events(arr[i:i + chunk_events], names, path, i), None
 
     return sensor, packets(), {}
+
+
+def write_npz(path: Path, recording: Recording) -> None:
+    """`events` (EVENT_DTYPE) and `sensor_size` (W, H, P) in a compressed `.npz`."""
+    with open(path, "wb") as f:
+        np.savez_compressed(f, events=recording.events,
+                            sensor_size=np.asarray(recording.sensor_size, dtype=np.int64))
+
+
+register_format(Format(
+    "npy", (".npy",), "\\x93NUMPY", "numpy", "memory-mapped",
+    open=open_source, sniff=lambda path, head: head.startswith(b"\x93NUMPY")))
+register_format(Format(
+    "npz", (".npz",), "PK\\x03\\x04", "numpy/zipfile", "loaded whole",
+    open=open_source, write=write_npz,
+    sniff=lambda path, head: head.startswith(b"PK\x03\x04")
+    or (head == b"" and path.suffix.lower() == ".npz")))

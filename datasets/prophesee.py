@@ -11,6 +11,7 @@ events (metadata `sensor_size_inferred`).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 from expelliarmus import Wizard
 
+from spikestream.datasets.formats import Format, register_format
 from spikestream.datasets.textheader import read_text_header
 from spikestream.events import EVENT_DTYPE, EventFormatError, SensorSize
 
@@ -142,3 +144,24 @@ def open_source(
 
     meta: dict[str, Any] = {"encoding": enc, "header": lines}
     return ((wh[0], wh[1], 2) if wh else None), packets(), meta
+
+
+def sniff_encoding(path: Path, head: bytes) -> str | None:
+    """The encoding a `%` header names ('evt2', 'evt3', 'dat'); None for a file without one."""
+    if not head.startswith(b"%"):
+        return None
+    _, lines = parse_header(path)
+    enc = encoding_of(lines, path.suffix.lower())
+    if enc is None:
+        raise EventFormatError(path, "Prophesee '%' header names no encoding",
+                               expected="'% evt 2.0' / '% evt 3.0', or pass format=")
+    return enc
+
+
+for _enc, _ext, _magic in (("evt2", ".raw", "% header naming evt 2.0"),
+                           ("evt3", ".raw", "% header naming evt 3.0"),
+                           ("dat", ".dat", "% header, then type/size bytes")):
+    register_format(Format(
+        _enc, (_ext,), _magic, "expelliarmus", "chunked",
+        open=functools.partial(open_source, encoding=_enc),
+        sniff=lambda path, head, enc=_enc: sniff_encoding(path, head) == enc))
