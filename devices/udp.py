@@ -23,7 +23,7 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -432,10 +432,6 @@ class UDPSink:
             sent += 1
             self.events += len(chunk)
         return sent
-
-    def send_all(self, packets: Iterable[np.ndarray]) -> int:
-        """Send every packet of a source (or any iterable of packets); returns datagrams sent."""
-        return sum(self.send(p) for p in packets if len(p))
 
     def send_raw(self, data: bytes) -> None:
         """Send bytes as one datagram as they are (also used to test receivers with garbage)."""
