@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from spikestream.datasets.formats import Format, register_format
-from spikestream.events import EVENT_DTYPE, EventFormatError, Recording, SensorSize
+from spikestream.events import EventFormatError, Recording, SensorSize, checked_events
 
 _T_NAMES = ("t", "ts")
 
@@ -40,20 +40,10 @@ def _fields(arr: np.ndarray, path: Path) -> tuple[str, str, str, str]:
 
 def to_events(arr: np.ndarray, names: tuple[str, str, str, str], path: Path,
               first: int) -> np.ndarray:
-    """Convert a slice of a structured array to `EVENT_DTYPE`, refusing out-of-range values."""
+    """Convert a slice of a structured array to `EVENT_DTYPE`, refusing out-of-range values
+    (a polarity > 0 is ON, anything else OFF, as Tonic's -1/1 and 0/1 conventions say)."""
     x, y, t, p = (np.asarray(arr[n]) for n in names)
-    for col, name, hi in ((x, "x", 0xFFFF), (y, "y", 0xFFFF)):
-        bad = np.flatnonzero((col < 0) | (col > hi)) if len(col) else []
-        if len(bad):
-            raise EventFormatError(path, f"{name}={int(col[bad[0]])}", record=first + int(bad[0]),
-                                   expected=f"0 <= {name} <= {hi}")
-    bad = np.flatnonzero(t < 0) if len(t) else []
-    if len(bad):
-        raise EventFormatError(path, f"t={int(t[bad[0]])}", record=first + int(bad[0]),
-                               expected="t >= 0 µs")
-    ev = np.empty(len(t), dtype=EVENT_DTYPE)
-    ev["x"], ev["y"], ev["t"], ev["p"] = x, y, t, p > 0
-    return ev
+    return checked_events(x, y, t, p > 0, source=path, first=first)
 
 
 def _load_npz_member(zf: zipfile.ZipFile, name: str, path: Path) -> np.ndarray:

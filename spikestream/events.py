@@ -63,6 +63,55 @@ def make_events(x: Any, y: Any, t: Any, p: Any) -> np.ndarray:
     return ev
 
 
+#: The largest timestamp (µs) an event may carry.
+MAX_TIME_US = (1 << 63) - 1
+
+
+def checked_events(
+    x: Any, y: Any, t: Any, p: Any, *, source: Any = "<events>", first: int = 0,
+    t_offset: int = 0,
+) -> np.ndarray:
+    """Columns of any integer (or bool polarity) types as an `EVENT_DTYPE` array, with
+    `t_offset` added to `t`; a value outside its field's range (x, y in 0..65535, p in
+    {0, 1}, t + t_offset in 0..2^63-1) is an `EventFormatError` naming `source` and the
+    record `first + i`, never wrapped or clipped."""
+    cols = {"x": np.asarray(x), "y": np.asarray(y), "t": np.asarray(t), "p": np.asarray(p)}
+    for name, col in cols.items():
+        if len(col) and col.dtype.kind not in ("iub" if name == "p" else "iu"):
+            raise EventFormatError(source, f"field {name!r} has dtype {col.dtype}",
+                                   expected="integer x, y, t (µs) and integer or bool p")
+    n = len(cols["t"])
+    if any(len(c) != n for c in cols.values()):
+        raise EventFormatError(source, "columns differ in length", record=first,
+                               expected="x, y, t, p of equal length")
+    t_offset = int(t_offset)
+    if not 0 <= t_offset <= MAX_TIME_US:
+        raise EventFormatError(source, f"time offset {t_offset} µs",
+                               expected=f"0 <= offset <= {MAX_TIME_US}")
+    limits = {"x": (0, 0xFFFF), "y": (0, 0xFFFF), "p": (0, 1), "t": (0, MAX_TIME_US - t_offset)}
+    for name, (lo, hi) in limits.items():
+        col = cols[name]
+        if not n or col.dtype.kind == "b":
+            continue
+        # compare in the column's own type where the bound fits it, so nothing wraps
+        info = np.iinfo(col.dtype)
+        below = col < lo if info.min < lo else np.zeros(n, bool)
+        above = col > hi if info.max > hi else np.zeros(n, bool)
+        bad = np.flatnonzero(below | above)
+        if bad.size:
+            i = int(bad[0])
+            raise EventFormatError(
+                source, f"{name}={int(col[i])}" + (f" (+ offset {t_offset})" if name == "t"
+                                                    and t_offset else ""),
+                record=first + i, expected=f"{lo} <= {name} <= {hi}")
+    ev = np.empty(n, dtype=EVENT_DTYPE)
+    ev["x"], ev["y"], ev["p"] = cols["x"], cols["y"], cols["p"]
+    ev["t"] = cols["t"]
+    if t_offset:
+        ev["t"] += t_offset
+    return ev
+
+
 def as_events(events: np.ndarray) -> np.ndarray:
     """Return `events` as an `EVENT_DTYPE` array, converting field types (not names) if needed."""
     if events.dtype == EVENT_DTYPE:
