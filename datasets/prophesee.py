@@ -24,8 +24,9 @@ import numpy as np
 from expelliarmus import Wizard
 
 from spikestream.datasets.formats import Format, register_format
+from spikestream.datasets.native_output import quiet_next
 from spikestream.datasets.textheader import read_text_header
-from spikestream.events import EVENT_DTYPE, EventFormatError, SensorSize
+from spikestream.events import EventFormatError, SensorSize, checked_events
 
 #: Prophesee HAL plugin-name fragments -> (width, height).
 PLUGINS: dict[str, tuple[int, int]] = {
@@ -89,6 +90,25 @@ def _first_bad_word(path: Path, start: int, encoding: str) -> int | None:
     return start + int(bad[0]) * size if bad.size else None
 
 
+#: Largest step between consecutive events that a timestamp-overflow repair may produce: half
+#: the 32-bit µs range (36 min). A larger step comes from a repair applied where the counter did
+#: not wrap (a zeroed or corrupt run), and is an error rather than hours added to every event.
+MAX_STEP_US = 1 << 31
+
+
+def _check_steps(path: Path, t: np.ndarray, last_t: int | None, first: int) -> None:
+    if not len(t):
+        return
+    prev = np.concatenate(([t[0] if last_t is None else last_t], t[:-1]))
+    jump = np.flatnonzero(t - prev > MAX_STEP_US)
+    if jump.size:
+        i = int(jump[0])
+        raise EventFormatError(
+            path, f"timestamp jumps from {int(prev[i])} to {int(t[i])} µs: an implausible "
+            "timestamp-overflow repair (a zeroed or corrupt run?)", record=first + i,
+            expected=f"steps of at most {MAX_STEP_US} µs between events")
+
+
 def open_source(
     path: Path, chunk_events: int, encoding: str | None = None
 ) -> tuple[SensorSize | None, Iterator[tuple[np.ndarray, np.ndarray | None]], dict[str, Any]]:
@@ -126,16 +146,15 @@ def open_source(
                 except OSError:
                     shutil.copyfile(path, src)
             wizard = Wizard(encoding=enc, fpath=src, chunk_size=max(chunk_events, 16))
-            for arr in wizard.read_chunk():
-                ev = np.empty(len(arr), dtype=EVENT_DTYPE)
-                neg = np.flatnonzero((arr["x"] < 0) | (arr["y"] < 0) | (arr["t"] < 0))
-                if neg.size:
-                    raise EventFormatError(path, "negative coordinate or timestamp decoded",
-                                           expected="x, y, t >= 0")
-                ev["x"] = arr["x"]
-                ev["y"] = arr["y"]
-                ev["t"] = arr["t"]
-                ev["p"] = arr["p"] > 0
+            first, last_t = 0, None
+            chunks = wizard.read_chunk()
+            while (arr := quiet_next(chunks)) is not None:  # it prints warnings on stdout
+                ev = checked_events(arr["x"], arr["y"], arr["t"], arr["p"] > 0, source=path,
+                                    first=first)
+                _check_steps(path, ev["t"], last_t, first)
+                if len(ev):
+                    last_t = int(ev["t"][-1])
+                first += len(ev)
                 yield ev, None
             if not wizard.cargo.events_info.finished and size > body:
                 at = _first_bad_word(path, body, enc) if enc != "dat" else None
