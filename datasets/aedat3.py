@@ -96,11 +96,11 @@ def open_source(
                 h = np.frombuffer(hb, dtype=HEADER)[0]
                 size, cap, num = int(h["size"]), int(h["capacity"]), int(h["number"])
                 valid, ovf = int(h["valid"]), int(h["ts_overflow"])
-                if size < 0 or cap < 0 or not (0 <= valid <= num <= cap) or ovf < 0:
+                if size <= 0 or cap < 0 or not (0 <= valid <= num <= cap) or ovf < 0:
                     raise EventFormatError(
                         path, f"packet header size={size} capacity={cap} number={num} "
                         f"valid={valid} overflow={ovf}", offset=pos,
-                        expected="0 <= valid <= number <= capacity, sizes >= 0")
+                        expected="eventSize > 0, 0 <= valid <= number <= capacity")
                 nbytes = size * cap
                 body_at = pos + HEADER.itemsize
                 if nbytes > file_size - body_at:

@@ -78,16 +78,21 @@ def header_size(lines: list[str]) -> tuple[int, int] | None:
 
 
 def _first_bad_word(path: Path, start: int, encoding: str) -> int | None:
-    """Byte offset of the first word whose type expelliarmus does not decode."""
-    data = np.fromfile(path, dtype=np.uint8, offset=start)
+    """Byte offset of the first word whose type expelliarmus does not decode (read in chunks)."""
     if encoding == "evt3":
-        words = data[: len(data) // 2 * 2].view("<u2")
-        types, ok, size = words >> 12, _EVT3_TYPES, 2
+        dtype, shift, ok = np.dtype("<u2"), 12, _EVT3_TYPES
     else:
-        words = data[: len(data) // 4 * 4].view("<u4")
-        types, ok, size = words >> 28, _EVT2_TYPES, 4
-    bad = np.flatnonzero(~np.isin(types, ok))
-    return start + int(bad[0]) * size if bad.size else None
+        dtype, shift, ok = np.dtype("<u4"), 28, _EVT2_TYPES
+    pos = start
+    with open(path, "rb") as f:
+        f.seek(start)
+        while buf := f.read((1 << 20) * dtype.itemsize):
+            words = np.frombuffer(buf[: len(buf) // dtype.itemsize * dtype.itemsize], dtype)
+            bad = np.flatnonzero(~np.isin(words >> shift, ok))
+            if bad.size:
+                return pos + int(bad[0]) * dtype.itemsize
+            pos += len(buf)
+    return None
 
 
 #: Largest step between consecutive events that a timestamp-overflow repair may produce: half
