@@ -11,12 +11,10 @@ import numpy as np
 
 from spikestream import Recording, SensorSize, as_events
 
-from .base import EventSource, Pacer
+from .base import EventSource, Pacer, count_packets, time_windows
 
 #: Default longest gap between consecutive events that is replayed as it is (10 s).
 DEFAULT_MAX_GAP_US = 10_000_000
-#: Windows cut per search when a buffer closes many at once (bounds the work per step).
-_WINDOWS_PER_SEARCH = 4096
 
 Packets = Iterable[np.ndarray]
 
@@ -104,8 +102,10 @@ class ReplayCamera(EventSource):
         owner = closing(source) if hasattr(source, "close") else nullcontext()
         with owner:  # type: ignore[attr-defined]
             chunks = self._chunks(source)
-            by_count = self.packet_events is not None
-            cut = self._by_count(chunks) if by_count else self._by_time(chunks)
+            if self.packet_events is not None:
+                cut = count_packets(chunks, self.packet_events)
+            else:
+                cut = time_windows(chunks, self.packet_us)  # type: ignore[arg-type]
             for t_due, packet in cut:
                 self.pacer.wait(t_due)
                 yield packet
@@ -144,52 +144,3 @@ class ReplayCamera(EventSource):
             f"is longer than max_gap_us={self.max_gap_us}; later timestamps move back by "
             f"{after - before - self.max_gap_us} µs",  # type: ignore[operator]
             RuntimeWarning, stacklevel=4)
-
-    def _by_count(self, chunks: Iterator[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
-        n = int(self.packet_events)  # type: ignore[arg-type]
-        pending: list[np.ndarray] = []
-        held = 0
-        for chunk in chunks:
-            pending.append(chunk)
-            held += len(chunk)
-            if held < n:
-                continue
-            buf = np.concatenate(pending)
-            stop = (len(buf) // n) * n
-            for i in range(0, stop, n):
-                part = buf[i : i + n]
-                yield int(part["t"][-1]), part
-            pending, held = [buf[stop:]], len(buf) - stop
-        if held:
-            buf = np.concatenate(pending)
-            yield int(buf["t"][-1]), buf
-
-    def _by_time(self, chunks: Iterator[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
-        width = int(self.packet_us)  # type: ignore[arg-type]
-        pending: list[np.ndarray] = []
-        window_end: int | None = None
-        for chunk in chunks:
-            if window_end is None:
-                window_end = int(chunk["t"][0]) + width
-            pending.append(chunk)
-            last_t = int(chunk["t"][-1])
-            if last_t < window_end:
-                continue
-            buf = np.concatenate(pending)
-            t = np.ascontiguousarray(buf["t"])  # one copy of the strided field per buffer
-            start = 0
-            # every window that ends at or before the newest event is complete; cut them a
-            # bounded batch at a time (a gap is at most `max_gap_us` long, and never built whole)
-            while window_end <= last_t:
-                n = min((last_t - window_end) // width + 1, _WINDOWS_PER_SEARCH)
-                ends = window_end + width * np.arange(n, dtype=np.int64)
-                for end, stop in zip(ends.tolist(), np.searchsorted(t, ends).tolist(),
-                                     strict=True):
-                    yield end, buf[start:stop]
-                    start = stop
-                window_end = int(ends[-1]) + width
-            pending = [buf[start:]]
-        if window_end is not None and pending:
-            buf = np.concatenate(pending)
-            if len(buf):
-                yield window_end, buf
