@@ -12,13 +12,15 @@ per-chip readers that do not separate APS/IMU words), hence this decoder.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from spikestream.datasets.textheader import read_text_header
+from spikestream.datasets.formats import Format, register_format
+from spikestream.datasets.textheader import aedat_version, read_text_header
 from spikestream.events import EVENT_DTYPE, EventFormatError, SensorSize
 
 #: jAER AEChip class-name fragments -> (width, height), for chips with the DAVIS address layout.
@@ -37,14 +39,14 @@ def parse_header(path: Path) -> tuple[int, list[str]]:
     return read_text_header(path, b"#")
 
 
-def chip_size(lines: list[str], path: Path) -> tuple[str, tuple[int, int]]:
-    """The AEChip named in the header and its (width, height)."""
+def chip_size(lines: list[str], path: Path) -> tuple[str, str, tuple[int, int]]:
+    """The AEChip named in the header, the known chip it is taken for, and its (width, height)."""
     chip = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(" AEChip:")), None)
     if chip is None:
         raise EventFormatError(path, "no '# AEChip:' header line", expected="a DAVIS AEChip line")
     for key, size in DAVIS_CHIPS.items():
         if key.lower() in chip.lower():
-            return chip, size
+            return chip, key, size
     raise EventFormatError(
         path, f"AEChip {chip!r} has no known DAVIS address layout",
         expected=f"one of {sorted(DAVIS_CHIPS)}",
@@ -81,6 +83,24 @@ def decode_words(
     return ev, keep, ts_base, prev_ts
 
 
+#: Events from which a recording whose addresses all fit a smaller chip is suspicious.
+SUSPICIOUS_EVENTS = 10_000
+
+
+def _warn_if_smaller_chip(path: Path, key: str, size: tuple[int, int], max_x: int, max_y: int,
+                          n: int) -> None:
+    """Warn when every address of a long recording fits a smaller known chip than the one the
+    header names: y was flipped against the named chip's rows, which is then likely wrong."""
+    smaller = [k for k, (w, h) in DAVIS_CHIPS.items()
+               if w <= size[0] and h <= size[1] and max_x < w and max_y < h and k != key]
+    if smaller and n >= SUSPICIOUS_EVENTS:
+        warnings.warn(
+            f"{path}: AEChip names {key} ({size[0]}x{size[1]}), but all {n} addresses fit "
+            f"{smaller[0]} {DAVIS_CHIPS[smaller[0]]}; y was flipped against {size[1]} rows as "
+            f"the header says (pass a corrected header if the chip is {smaller[0]})",
+            RuntimeWarning, stacklevel=2)
+
+
 def open_source(
     path: Path, chunk_events: int
 ) -> tuple[SensorSize, Iterator[tuple[np.ndarray, np.ndarray | None]], dict[str, Any]]:
@@ -88,7 +108,7 @@ def open_source(
     start, lines = parse_header(path)
     if not lines or not lines[0].startswith("!AER-DAT2"):
         raise EventFormatError(path, "not an AEDAT 2.0 file", offset=0, expected="#!AER-DAT2.0")
-    chip, (w, h) = chip_size(lines, path)
+    chip, chip_key, (w, h) = chip_size(lines, path)
     size = path.stat().st_size
     if (size - start) % _WORD.itemsize:
         bad = start + ((size - start) // _WORD.itemsize) * _WORD.itemsize
@@ -97,15 +117,15 @@ def open_source(
             offset=bad, expected="8-byte address/timestamp words",
         )
 
+    assumed = f"{chip_key} ({w}x{h}, named by AEChip {chip!r})"
+
     def packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         base, prev = 0, None
         pos = start
+        mx = my = n = 0
         with open(path, "rb") as f:
             f.seek(start)
-            while True:
-                buf = f.read(chunk_events * _WORD.itemsize)
-                if not buf:
-                    return
+            while buf := f.read(chunk_events * _WORD.itemsize):
                 words = np.frombuffer(buf, dtype=_WORD)
                 ev, keep, base, prev = decode_words(words, h, base, prev)
                 offs = pos + keep.astype(np.int64) * _WORD.itemsize
@@ -115,9 +135,19 @@ def open_source(
                     a = int(words["addr"][keep[i]])
                     raise EventFormatError(
                         path, f"DVS address x={(a >> 12) & 0x3FF}, y={(a >> 22) & 0x1FF} "
-                        "outside the sensor", offset=int(offs[i]), expected=f"x < {w}, y < {h}")
+                        f"outside the sensor of the chip assumed, {assumed}",
+                        offset=int(offs[i]), expected=f"x < {w}, y < {h}")
+                if len(ev):
+                    mx, my = max(mx, int(ev["x"].max())), max(my, h - 1 - int(ev["y"].min()))
+                    n += len(ev)
                 pos += len(buf)
                 yield ev, offs
+        _warn_if_smaller_chip(path, chip_key, (w, h), mx, my, n)
 
-    meta = {"chip": chip, "header_bytes": start}
+    meta = {"chip": chip, "chip_assumed": chip_key, "header_bytes": start}
     return (w, h, 2), packets(), meta
+
+
+register_format(Format(
+    "aedat2", (".aedat", ".aedat2"), "#!AER-DAT2", "own (jAER DAVIS layout)", "chunked reads",
+    open=open_source, sniff=lambda path, head: aedat_version(path, head) == "2"))

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from spikestream.datasets.textheader import read_text_header
+from spikestream.datasets.formats import Format, register_format
+from spikestream.datasets.textheader import aedat_version, read_text_header
 from spikestream.events import EVENT_DTYPE, EventFormatError, SensorSize
 
 HEADER = np.dtype(
@@ -95,11 +96,11 @@ def open_source(
                 h = np.frombuffer(hb, dtype=HEADER)[0]
                 size, cap, num = int(h["size"]), int(h["capacity"]), int(h["number"])
                 valid, ovf = int(h["valid"]), int(h["ts_overflow"])
-                if size < 0 or cap < 0 or not (0 <= valid <= num <= cap) or ovf < 0:
+                if size <= 0 or cap < 0 or not (0 <= valid <= num <= cap) or ovf < 0:
                     raise EventFormatError(
                         path, f"packet header size={size} capacity={cap} number={num} "
                         f"valid={valid} overflow={ovf}", offset=pos,
-                        expected="0 <= valid <= number <= capacity, sizes >= 0")
+                        expected="eventSize > 0, 0 <= valid <= number <= capacity")
                 nbytes = size * cap
                 body_at = pos + HEADER.itemsize
                 if nbytes > file_size - body_at:
@@ -128,3 +129,8 @@ def open_source(
 
     meta: dict[str, Any] = {"source": name, "header_bytes": start}
     return ((wh[0], wh[1], 2) if wh else None), packets(), meta
+
+
+register_format(Format(
+    "aedat3", (".aedat", ".aedat3"), "#!AER-DAT3.1", "own (cAER spec)", "packet by packet",
+    open=open_source, sniff=lambda path, head: aedat_version(path, head) == "3.1"))

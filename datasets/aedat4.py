@@ -16,6 +16,9 @@ from typing import Any
 import aedat
 import numpy as np
 
+from spikestream.datasets.formats import Format, register_format
+from spikestream.datasets.native_output import captured_native_output, quiet_next
+from spikestream.datasets.textheader import aedat_version
 from spikestream.events import EVENT_DTYPE, EventFormatError, SensorSize
 
 MAGIC = b"#!AER-DAT4.0\r\n"
@@ -23,6 +26,11 @@ MAGIC = b"#!AER-DAT4.0\r\n"
 
 def check_header(path: Path) -> str:
     """Return the header's XML description after checking every offset and its UTF-8."""
+    return _io_header(path)[0]
+
+
+def _io_header(path: Path) -> tuple[str, int, int]:
+    """The IOHeader's description, its data table position (-1: none) and where it ends."""
     with open(path, "rb") as f:
         head = f.read(len(MAGIC) + 4)
         if len(head) < len(MAGIC) + 4 or not head.startswith(MAGIC):
@@ -47,12 +55,24 @@ def check_header(path: Path) -> str:
         raise EventFormatError(path, "IOHeader vtable out of range", offset=start + table,
                                expected="a flatbuffer table")
     vt_size = struct.unpack_from("<H", buf, vtable)[0]
-    field = 4 + 2 * 2  # the third field: the description string
-    if vt_size < field + 2 or vtable + field + 2 > len(buf):
-        return ""
-    off = struct.unpack_from("<H", buf, vtable + field)[0]
+    end = start + size
+
+    def field_offset(k: int) -> int:  # 0 when the k-th field is absent
+        at = 4 + 2 * k
+        if vt_size < at + 2 or vtable + at + 2 > len(buf):
+            return 0
+        return struct.unpack_from("<H", buf, vtable + at)[0]
+
+    table_pos = -1  # field 1: dataTablePosition (int64, default -1)
+    if field_offset(1):
+        at = table + field_offset(1)
+        if not 0 <= at <= len(buf) - 8:
+            raise EventFormatError(path, "IOHeader offset out of range", offset=start + at,
+                                   expected="offsets inside the header")
+        table_pos = struct.unpack_from("<q", buf, at)[0]
+    off = field_offset(2)  # the description string
     if off == 0:
-        return ""
+        return "", table_pos, end
     at = table + off
     string_at = at + u32(at)
     n = u32(string_at)
@@ -61,21 +81,57 @@ def check_header(path: Path) -> str:
         raise EventFormatError(path, "description string runs past the header",
                                offset=start + string_at, expected="a string inside the header")
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8"), table_pos, end
     except UnicodeDecodeError as e:
         raise EventFormatError(path, f"description is not UTF-8 ({e.reason})",
                                offset=start + string_at + 4 + e.start,
                                expected="UTF-8 XML text") from e
 
 
+#: Smallest packet body the decoder accepts (a flatbuffer's size prefix, root offset and file
+#: identifier); a smaller one makes the `aedat` package panic.
+MIN_PACKET = 12
+_PACKET_HEADER = struct.Struct("<iI")  # stream id, body size
+
+
+def check_packets(path: Path, start: int, stop: int, stream_ids: set[int]) -> None:
+    """Walk the packet headers (8 bytes each, seeking over the bodies): every stream id declared
+    in the header, every body at least `MIN_PACKET` bytes and inside the file. The `aedat`
+    package would otherwise allocate what a size claims, or panic; the walk reads 8 bytes a
+    packet. The packets run from `start` to `stop` (the data table, or the end of the file)."""
+    end = path.stat().st_size if stop < 0 else stop
+    if end > path.stat().st_size or end < start:
+        raise EventFormatError(path, f"data table position {stop}", offset=start,
+                               expected=f"between {start} and the file's end")
+    pos, index = start, 0
+    with open(path, "rb") as f:
+        while pos < end:
+            f.seek(pos)
+            head = f.read(_PACKET_HEADER.size)
+            if len(head) < _PACKET_HEADER.size:
+                raise EventFormatError(path, f"truncated packet header ({len(head)} bytes)",
+                                       offset=pos, record=index, expected="8 bytes")
+            sid, size = _PACKET_HEADER.unpack(head)
+            if sid not in stream_ids:
+                raise EventFormatError(path, f"packet of stream {sid}", offset=pos, record=index,
+                                       expected=f"a declared stream, {sorted(stream_ids)}")
+            if not MIN_PACKET <= size <= end - pos - _PACKET_HEADER.size:
+                raise EventFormatError(
+                    path, f"packet body of {size} bytes, {end - pos - 8} left", offset=pos + 4,
+                    record=index, expected=f"{MIN_PACKET} bytes or more, inside the file")
+            pos += _PACKET_HEADER.size + size
+            index += 1
+
+
 def open_source(
     path: Path, chunk_events: int
 ) -> tuple[SensorSize, Iterator[tuple[np.ndarray, np.ndarray | None]], dict[str, Any]]:
     """Sensor size of the first events stream, its packets (no byte offsets), metadata."""
-    check_header(path)
+    _, table_pos, header_end = _io_header(path)
     try:
-        decoder = aedat.Decoder(str(path))
-        streams = decoder.id_to_stream()
+        with captured_native_output():
+            decoder = aedat.Decoder(str(path))
+            streams = decoder.id_to_stream()
     except RuntimeError as e:
         raise EventFormatError(path, f"AEDAT 4 header: {e}", offset=0,
                                expected="an AEDAT 4.0 file header") from e
@@ -85,12 +141,13 @@ def open_source(
                                expected="a stream of type 'events'")
     sid = ids[0]
     w, h = int(streams[sid]["width"]), int(streams[sid]["height"])
+    check_packets(path, header_end, table_pos, set(streams))
 
     def packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         index = 0
         while True:
             try:
-                packet = next(decoder, None)
+                packet = quiet_next(decoder)
             except RuntimeError as e:
                 raise EventFormatError(path, f"AEDAT 4 packet: {e}", record=index,
                                        expected="a whole LZ4/flatbuffer packet") from e
@@ -113,3 +170,8 @@ def open_source(
 
     meta: dict[str, Any] = {"stream_id": sid, "streams": {k: v["type"] for k, v in streams.items()}}
     return (w, h, 2), packets(), meta
+
+
+register_format(Format(
+    "aedat4", (".aedat4",), "#!AER-DAT4", "aedat", "packet by packet",
+    open=open_source, sniff=lambda path, head: aedat_version(path, head) == "4"))

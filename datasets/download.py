@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tarfile
 import zipfile
 from pathlib import Path
@@ -130,32 +131,60 @@ def download_file(
     return dest
 
 
-def _safe_members_tar(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
+def _inside(dest: Path, name: str) -> bool:
+    """Whether archive member `name` lands inside `dest` (not beside it, nor absolute)."""
     root = dest.resolve()
+    return (root / name).resolve().is_relative_to(root)
+
+
+def _checked_tar_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
+    """Every member, after refusing any that escapes `dest`, is a link or is not a plain file or
+    folder; Python's `data` extraction filter then strips setuid/setgid and group/other write."""
     members = []
     for m in tar.getmembers():
-        target = (dest / m.name).resolve()
-        if not str(target).startswith(str(root)) or m.issym() or m.islnk():
+        if not _inside(dest, m.name):
             raise DownloadError(f"archive member {m.name!r} would land outside {dest}")
+        if not (m.isfile() or m.isdir()):
+            kind = "a link" if (m.issym() or m.islnk()) else "a device, FIFO or special file"
+            raise DownloadError(f"archive member {m.name!r} is {kind}; only files and folders "
+                                "are extracted")
+        try:
+            tarfile.data_filter(m, str(dest))
+        except tarfile.FilterError as e:
+            raise DownloadError(f"archive member {m.name!r} refused: {e}") from e
         members.append(m)
     return members
 
 
+def _checked_zip_members(z: zipfile.ZipFile, dest: Path) -> list[zipfile.ZipInfo]:
+    members = []
+    for info in z.infolist():
+        if not _inside(dest, info.filename):
+            raise DownloadError(f"archive member {info.filename!r} would land outside {dest}")
+        kind = stat.S_IFMT(info.external_attr >> 16)  # 0: no Unix type recorded, a file
+        if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+            raise DownloadError(f"archive member {info.filename!r} is a link or special file; "
+                                "only files and folders are extracted")
+        members.append(info)
+    return members
+
+
 def extract_archive(archive: str | Path, dest: str | Path) -> Path:
-    """Extract a `.zip`, `.tar`, `.tar.gz`/`.tgz` archive into `dest`, refusing path escapes."""
+    """Extract a `.zip`, `.tar`, `.tar.gz`/`.tgz` archive into `dest`.
+
+    Every member is checked before anything is written: one that would land outside `dest`, a
+    link, or a device, FIFO or other special file refuses the whole archive (`DownloadError`).
+    Tar members are extracted with Python's `data` filter (no setuid/setgid bits).
+    """
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     name = archive.name.lower()
     if name.endswith(".zip"):
         with zipfile.ZipFile(archive) as z:
-            root = dest.resolve()
-            for info in z.infolist():
-                if not str((dest / info.filename).resolve()).startswith(str(root)):
-                    raise DownloadError(f"archive member {info.filename!r} escapes {dest}")
-            z.extractall(dest)
+            z.extractall(dest, members=_checked_zip_members(z, dest))
     elif name.endswith((".tar", ".tar.gz", ".tgz")):
         with tarfile.open(archive) as t:
-            t.extractall(dest, members=_safe_members_tar(t, dest))
+            t.extractall(dest, members=_checked_tar_members(t, dest), filter="data")
     else:
         raise DownloadError(f"{archive}: unknown archive type (expected .zip, .tar, .tar.gz)")
     return dest

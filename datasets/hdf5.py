@@ -14,6 +14,7 @@ DSEC's own files are Blosc-compressed and need the `hdf5plugin` package to decom
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -27,7 +28,18 @@ try:  # registers the Blosc filter of DSEC's files, when installed
 except ImportError:
     hdf5plugin = None
 
-from spikestream.events import EVENT_DTYPE, EventFormatError, Recording, SensorSize, as_events
+from spikestream.datasets.formats import Format, register_format
+from spikestream.events import (
+    EVENT_DTYPE,
+    MAX_TIME_US,
+    EventFormatError,
+    Recording,
+    SensorSize,
+    as_events,
+    check_sensor_size,
+    checked_events,
+    validate_events,
+)
 
 LAYOUT = "spikestream-events"
 VERSION = 1
@@ -82,9 +94,7 @@ def _ours(path: Path, f: h5py.File, chunk: int, recovered: bool) -> tuple[Any, A
     if ds.dtype != EVENT_DTYPE or ds.ndim != 1:
         raise EventFormatError(path, f"/events dtype {ds.dtype}, shape {ds.shape}",
                                expected=f"1-D {EVENT_DTYPE}")
-    size = np.asarray(f.attrs.get("sensor_size", ()), dtype=np.int64).ravel()
-    if len(size) != 3 or (size <= 0).any():
-        raise EventFormatError(path, f"sensor_size attribute {size}", expected="(W, H, P) > 0")
+    size = check_sensor_size(np.asarray(f.attrs.get("sensor_size", ())).ravel(), source=path)
     n_stored = ds.shape[0]
     n = int(f["n_committed"][0]) if "n_committed" in f else n_stored
     if not 0 <= n <= n_stored:
@@ -102,9 +112,14 @@ def _ours(path: Path, f: h5py.File, chunk: int, recovered: bool) -> tuple[Any, A
     def packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         with f:
             for i in range(0, n, chunk):
-                yield ds[i:min(i + chunk, n)], None
+                ev = ds[i:min(i + chunk, n)]
+                neg = np.flatnonzero(ev["t"] < 0)
+                if neg.size:
+                    raise EventFormatError(path, f"t={int(ev['t'][neg[0]])}",
+                                           record=i + int(neg[0]), expected="t >= 0 µs")
+                yield ev, None
 
-    return (int(size[0]), int(size[1]), int(size[2])), packets(), meta
+    return size, packets(), meta
 
 
 def _dsec(path: Path, f: h5py.File, chunk: int) -> tuple[Any, Any, Any]:
@@ -115,7 +130,7 @@ def _dsec(path: Path, f: h5py.File, chunk: int) -> tuple[Any, Any, Any]:
         shapes = {k: g[k].shape for k in ("x", "y", "t", "p")}
         raise EventFormatError(path, f"events/{{x,y,t,p}} shapes {shapes}",
                                expected="four 1-D datasets of equal length")
-    t_offset = int(np.asarray(f["t_offset"][()]).ravel()[0]) if "t_offset" in f else 0
+    t_offset = _dsec_t_offset(path, f)
     ms_to_idx = np.asarray(f["ms_to_idx"][()], dtype=np.int64) if "ms_to_idx" in f else None
     if ms_to_idx is not None and len(ms_to_idx) and (
         (np.diff(ms_to_idx) < 0).any() or ms_to_idx[0] < 0 or ms_to_idx[-1] > n
@@ -133,17 +148,27 @@ def _dsec(path: Path, f: h5py.File, chunk: int) -> tuple[Any, Any, Any]:
                     hint = "; install hdf5plugin for Blosc" if hdf5plugin is None else ""
                     raise EventFormatError(path, f"cannot read events/ ({e}){hint}", record=i,
                                            expected="readable DSEC datasets") from e
-                if len(t) and (t.min() < 0 or (p > 1).any()):
-                    raise EventFormatError(path, "negative t or polarity > 1", record=i,
-                                           expected="t >= 0, p in {0, 1}")
-                ev = np.empty(len(t), dtype=EVENT_DTYPE)
-                ev["x"], ev["y"], ev["t"], ev["p"] = x, y, t.astype(np.int64) + t_offset, p
+                ev = checked_events(x, y, t, p, source=path, first=i, t_offset=t_offset)
                 if ms_to_idx is not None:
-                    _check_ms_to_idx(path, ms_to_idx, t.astype(np.int64), i)
+                    _check_ms_to_idx(path, ms_to_idx, ev["t"] - t_offset, i)
                 yield ev, None
 
     meta = {"t_offset_us": t_offset, "ms_to_idx_len": None if ms_to_idx is None else len(ms_to_idx)}
     return DSEC_SIZE, packets(), meta
+
+
+def _dsec_t_offset(path: Path, f: h5py.File) -> int:
+    """DSEC's `t_offset` (µs), an integer scalar in 0..2^63-1 (0 when absent)."""
+    if "t_offset" not in f:
+        return 0
+    raw = np.asarray(f["t_offset"][()]).ravel()
+    if raw.size != 1 or raw.dtype.kind not in "iu":
+        raise EventFormatError(path, f"t_offset {raw.dtype} of shape {raw.shape}",
+                               expected="one integer (µs)")
+    value = int(raw[0])
+    if not 0 <= value <= MAX_TIME_US:
+        raise EventFormatError(path, f"t_offset={value}", expected="0 <= t_offset < 2^63")
+    return value
 
 
 def _check_ms_to_idx(path: Path, ms_to_idx: np.ndarray, t: np.ndarray, first: int) -> None:
@@ -167,19 +192,23 @@ def _check_ms_to_idx(path: Path, ms_to_idx: np.ndarray, t: np.ndarray, first: in
 class Recorder:
     """Append event packets to our HDF5 layout while a stream runs; crash-safe up to `flush()`.
 
-    `Recorder(path, sensor_size, metadata=..., flush_every=...)` is a context manager;
-    `append(packet)` buffers and writes, flushing every `flush_every` events (0: only on
-    `flush()`/`close()`).
+    `Recorder(path, sensor_size, metadata=..., flush_every=..., flush_interval_s=...)` is a
+    context manager; `append(packet)` writes, and flushes once `flush_every` events or
+    `flush_interval_s` seconds have passed since the last flush (0 / None: neither), so a writer
+    killed at any moment loses at most the events of the last `flush_interval_s` (0.5 s by
+    default) while packets keep coming (an empty packet also flushes when the time is due; live
+    sources yield one every poll).
     """
 
     def __init__(self, path: str | Path, sensor_size: SensorSize, *,
                  metadata: dict[str, Any] | None = None, flush_every: int = 1 << 18,
+                 flush_interval_s: float | None = 0.5,
                  compression: str | None = "gzip") -> None:
         self.path = Path(path)
-        self.sensor_size = tuple(int(s) for s in sensor_size)
-        if len(self.sensor_size) == 2:
-            self.sensor_size = (*self.sensor_size, 2)
+        self.sensor_size = check_sensor_size(sensor_size, source=self.path)
         self.flush_every = int(flush_every)
+        self.flush_interval_s = flush_interval_s
+        self._flushed_at = time.monotonic()
         self._file = h5py.File(self.path, "w", libver="latest")
         self._file.attrs["format"] = LAYOUT
         self._file.attrs["version"] = VERSION
@@ -205,21 +234,19 @@ class Recorder:
         if self._file is None:
             raise ValueError(f"{self.path}: recorder is closed")
         ev = as_events(np.asarray(packet))
-        if not len(ev):
-            return
-        t = ev["t"]
-        w, h = self.sensor_size[0], self.sensor_size[1]
-        if (np.diff(t) < 0).any() or (self._last_t is not None and t[0] < self._last_t):
-            raise ValueError(f"{self.path}: packet timestamps go back in time")
-        if (ev["x"] >= w).any() or (ev["y"] >= h).any():
-            raise ValueError(f"{self.path}: packet has events outside the {w}x{h} sensor")
-        n = self._n + len(ev)
-        self._events.resize((n,))
-        self._events[self._n:n] = ev
-        self._n = n
-        self._last_t = int(t[-1])
-        self._since_flush += len(ev)
-        if self.flush_every and self._since_flush >= self.flush_every:
+        if len(ev):
+            validate_events(ev, self.sensor_size, source=self.path, first=self._n,
+                            last_t=self._last_t)
+            n = self._n + len(ev)
+            self._events.resize((n,))
+            self._events[self._n:n] = ev
+            self._n = n
+            self._last_t = int(ev["t"][-1])
+            self._since_flush += len(ev)
+        if self._since_flush and (
+            (self.flush_every and self._since_flush >= self.flush_every)
+            or (self.flush_interval_s is not None
+                and time.monotonic() - self._flushed_at >= self.flush_interval_s)):
             self.flush()
 
     def flush(self) -> None:
@@ -230,6 +257,7 @@ class Recorder:
         self._committed[0] = self._n
         self._file.flush()
         self._since_flush = 0
+        self._flushed_at = time.monotonic()
 
     def close(self) -> None:
         if self._file is not None:
@@ -249,7 +277,32 @@ def write_events(path: str | Path, recording: Recording, *, compression: str | N
                  ) -> None:
     """Write a `Recording` to our HDF5 layout."""
     with Recorder(path, recording.sensor_size, metadata=recording.metadata, flush_every=0,
-                  compression=compression) as rec:
+                  flush_interval_s=None, compression=compression) as rec:
         ev = recording.events
         for i in range(0, len(ev), 1 << 20):
             rec.append(ev[i:i + (1 << 20)])
+
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def sniff_layout(path: Path, head: bytes) -> str | None:
+    """'hdf5' (ours) or 'dsec' for an HDF5 file with an events layout; None for other files."""
+    if not head.startswith(_HDF5_MAGIC):
+        return None
+    f5, _ = _open(path)
+    with f5:
+        kind = layout_of(f5)
+    if kind is None:
+        raise EventFormatError(path, "HDF5 file without an events layout",
+                               expected="our /events layout or DSEC's events/{x,y,t,p}")
+    return kind
+
+
+register_format(Format(
+    "hdf5", (".h5", ".hdf5"), "\\x89HDF + format attribute", "h5py", "chunked reads",
+    open=open_source, sniff=lambda path, head: sniff_layout(path, head) == "hdf5",
+    write=write_events))
+register_format(Format(
+    "dsec", (".h5", ".hdf5"), "\\x89HDF + events/{x,y,t,p}", "h5py", "chunked reads",
+    open=open_source, sniff=lambda path, head: sniff_layout(path, head) == "dsec"))

@@ -10,110 +10,30 @@ becomes an `EventFormatError` naming the file and the byte offset or record.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 
-from spikestream.datasets import aedat2, aedat3, aedat4, hdf5, nbin, npy, prophesee
-from spikestream.events import EVENT_DTYPE, EventFormatError, Recording, SensorSize
+from spikestream.datasets.formats import FORMATS, detect_format, get_format, writable_format
+from spikestream.events import (
+    EVENT_DTYPE,
+    EventFormatError,
+    Recording,
+    SensorSize,
+    check_sensor_size,
+    validate_events,
+)
 
 DEFAULT_CHUNK = 1 << 16
 
 
-@dataclass(frozen=True)
-class FormatInfo:
-    """One supported format: how it is recognised and who decodes it."""
-
-    name: str
-    extensions: tuple[str, ...]
-    magic: str
-    decoder: str
-    streaming: str
-
-
-FORMATS: dict[str, FormatInfo] = {
-    f.name: f
-    for f in (
-        FormatInfo("aedat2", (".aedat", ".aedat2"), "#!AER-DAT2", "own (jAER DAVIS layout)",
-                   "chunked reads"),
-        FormatInfo("aedat3", (".aedat", ".aedat3"), "#!AER-DAT3.1", "own (cAER spec)",
-                   "packet by packet"),
-        FormatInfo("aedat4", (".aedat4",), "#!AER-DAT4", "aedat", "packet by packet"),
-        FormatInfo("evt2", (".raw",), "% header naming evt 2.0", "expelliarmus", "chunked"),
-        FormatInfo("evt3", (".raw",), "% header naming evt 3.0", "expelliarmus", "chunked"),
-        FormatInfo("dat", (".dat",), "% header, then type/size bytes", "expelliarmus", "chunked"),
-        FormatInfo("nbin", (".bin", ".bs2"), "none (by extension)", "own (vectorised)",
-                   "chunked reads"),
-        FormatInfo("hdf5", (".h5", ".hdf5"), "\\x89HDF + format attribute", "h5py",
-                   "chunked reads"),
-        FormatInfo("dsec", (".h5", ".hdf5"), "\\x89HDF + events/{x,y,t,p}", "h5py",
-                   "chunked reads"),
-        FormatInfo("npy", (".npy",), "\\x93NUMPY", "numpy", "memory-mapped"),
-        FormatInfo("npz", (".npz",), "PK\\x03\\x04", "numpy/zipfile", "loaded whole"),
-    )
-}
-
-Opener = Callable[[Path, int], tuple[SensorSize | None, Iterator[Any], dict[str, Any]]]
-_OPENERS: dict[str, Opener] = {
-    "aedat2": aedat2.open_source,
-    "aedat3": aedat3.open_source,
-    "aedat4": aedat4.open_source,
-    "evt2": lambda p, c: prophesee.open_source(p, c, "evt2"),
-    "evt3": lambda p, c: prophesee.open_source(p, c, "evt3"),
-    "dat": lambda p, c: prophesee.open_source(p, c, "dat"),
-    "nbin": nbin.open_source,
-    "hdf5": hdf5.open_source,
-    "dsec": hdf5.open_source,
-    "npy": npy.open_source,
-    "npz": npy.open_source,
-}
 # Errors that are about the file system, not the file's content: passed through unchanged.
 _PASS = (EventFormatError, FileNotFoundError, IsADirectoryError, PermissionError, MemoryError)
-
-
-def detect_format(path: str | Path) -> str:
-    """The format name (a key of `FORMATS`) by magic bytes / header, else by extension."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    if head.startswith(b"#!AER-DAT"):
-        version = head[9:12]
-        for prefix, name in ((b"2.", "aedat2"), (b"3.1", "aedat3"), (b"4.", "aedat4")):
-            if version.startswith(prefix):
-                return name
-        raise EventFormatError(path, f"AEDAT version {version!r}", offset=9,
-                               expected="AEDAT 2.0, 3.1 or 4.0")
-    if head.startswith(b"\x89HDF\r\n\x1a\n"):
-        f5, _ = hdf5._open(path)
-        with f5:
-            kind = hdf5.layout_of(f5)
-        if kind is None:
-            raise EventFormatError(path, "HDF5 file without an events layout",
-                                   expected="our /events layout or DSEC's events/{x,y,t,p}")
-        return kind
-    if head.startswith(b"\x93NUMPY"):
-        return "npy"
-    if head.startswith(b"PK\x03\x04") or (head == b"" and path.suffix.lower() == ".npz"):
-        return "npz"
-    suffix = path.suffix.lower()
-    if head.startswith(b"%"):
-        _, lines = prophesee.parse_header(path)
-        enc = prophesee.encoding_of(lines, suffix)
-        if enc is None:
-            raise EventFormatError(path, "Prophesee '%' header names no encoding",
-                                   expected="'% evt 2.0' / '% evt 3.0', or pass format=")
-        return enc
-    if suffix in (".bin", ".bs2"):
-        return "nbin"
-    if suffix in (".raw", ".dat", ".aedat", ".aedat4", ".h5", ".hdf5", ".npy"):
-        raise EventFormatError(path, f"content does not match its {suffix} extension", offset=0,
-                               expected=f"the magic bytes of a {suffix} file")
-    raise EventFormatError(path, f"unknown format (extension {suffix!r})", offset=0,
-                           expected="one of " + ", ".join(sorted(FORMATS)))
 
 
 class EventStream:
@@ -132,16 +52,15 @@ class EventStream:
             raise ValueError(f"chunk_events must be >= 1, got {chunk_events}")
         self.chunk_events = int(chunk_events)
         self.format = _wrap(self.path, lambda: format or detect_format(self.path))
-        if self.format not in _OPENERS:
-            raise ValueError(f"unknown format {self.format!r}; one of {sorted(_OPENERS)}")
+        self._opener = get_format(self.format).open
         size, self._source, self.metadata = _wrap(
-            self.path, lambda: _OPENERS[self.format](self.path, self.chunk_events))
+            self.path, lambda: self._opener(self.path, self.chunk_events))
         self.metadata = dict(self.metadata)
         if sensor_size is not None:
-            size = tuple(int(s) for s in sensor_size)
-            if len(size) == 2:
-                size = (*size, 2)
-        elif size is None and not _defer_size:
+            size = check_sensor_size(sensor_size, source=self.path)
+        elif size is not None:
+            size = self._checked_size(size)
+        elif not _defer_size:
             size = self._scan_size()
         # None only inside `read_events`, which sizes the sensor from the events it loaded
         self.sensor_size: SensorSize = size  # type: ignore[assignment]
@@ -150,7 +69,7 @@ class EventStream:
 
     def _scan_size(self) -> SensorSize:
         """A first pass over the file for a format whose header names no sensor size."""
-        _, source, _ = _wrap(self.path, lambda: _OPENERS[self.format](self.path, 1 << 20))
+        _, source, _ = _wrap(self.path, lambda: self._opener(self.path, 1 << 20))
         mx = my = -1
         for ev, _ in _guard(self.path, source):
             if len(ev):
@@ -158,12 +77,18 @@ class EventStream:
         return self._size_from_extent(mx, my)
 
     def _size_from_extent(self, mx: int, my: int) -> SensorSize:
-        if self.format == "nbin":
-            w, h = nbin.size_from_extent(mx, my)
-        else:
-            w, h = mx + 1, my + 1
+        infer = get_format(self.format).size_from_extent
+        w, h = infer(mx, my) if infer is not None else (mx + 1, my + 1)
         self.metadata["sensor_size_inferred"] = True
         return (max(w, 1), max(h, 1), 2)
+
+    def _checked_size(self, size: SensorSize) -> SensorSize:
+        """A size the file declares, refused (closing the file) when outside the limits."""
+        try:
+            return check_sensor_size(size, source=self.path)
+        except EventFormatError:
+            self.close()
+            raise
 
     def __iter__(self) -> Iterator[np.ndarray]:
         if self._iterated:
@@ -179,7 +104,8 @@ class EventStream:
         for ev, offs in _guard(self.path, self._source):
             if not len(ev):
                 continue
-            _check(self.path, ev, offs, self.n_events + n_pending, last_t, w, h)
+            validate_events(ev, (w, h), source=self.path, first=self.n_events + n_pending,
+                            offsets=offs, last_t=last_t)
             last_t = int(ev["t"][-1])
             pending.append(ev)
             n_pending += len(ev)
@@ -205,6 +131,10 @@ class EventStream:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+__all__ = ["FORMATS", "EventStream", "detect_format", "iter_events", "open_events", "read_events",
+           "write_events"]
 
 
 def _is_decoder_failure(e: BaseException) -> bool:
@@ -238,31 +168,6 @@ def _guard(path: Path, source: Iterator[Any]) -> Iterator[Any]:
         yield item
 
 
-def _check(path: Path, ev: np.ndarray, offs: np.ndarray | None, first: int,
-           last_t: int | None, w: int, h: int) -> None:
-    """Time order (also against the previous packet) and coordinates inside the sensor."""
-    if ev.dtype != EVENT_DTYPE:
-        raise EventFormatError(path, f"decoder gave dtype {ev.dtype}", expected=str(EVENT_DTYPE))
-    t = ev["t"]
-    prev = np.empty_like(t)
-    prev[0] = t[0] if last_t is None else last_t
-    prev[1:] = t[:-1]
-    back = np.flatnonzero(t < prev)
-    if back.size:
-        i = int(back[0])
-        raise EventFormatError(
-            path, f"timestamp {int(t[i])} µs goes back from {int(prev[i])} µs",
-            offset=None if offs is None else int(offs[i]), record=first + i,
-            expected="non-decreasing timestamps")
-    bad = np.flatnonzero((ev["x"] >= w) | (ev["y"] >= h) | (ev["p"] > 1))
-    if bad.size:
-        i = int(bad[0])
-        raise EventFormatError(
-            path, f"event (x={int(ev['x'][i])}, y={int(ev['y'][i])}, p={int(ev['p'][i])}) "
-            "outside the sensor", offset=None if offs is None else int(offs[i]),
-            record=first + i, expected=f"x < {w}, y < {h}, p in {{0, 1}}")
-
-
 def iter_events(path: str | Path, chunk_events: int = DEFAULT_CHUNK, *, format: str | None = None,
                 sensor_size: SensorSize | None = None) -> EventStream:
     """Stream a file as packets of `chunk_events` events; `.sensor_size` is known up front."""
@@ -287,6 +192,20 @@ def read_events(path: str | Path, format: str | None = None, *,
         return Recording(events, s.sensor_size, meta)
 
 
-def write_events(path: str | Path, recording: Recording) -> None:
-    """Write a `Recording` in our HDF5 layout (readable by `read_events`)."""
-    hdf5.write_events(path, recording)
+def write_events(path: str | Path, recording: Recording, *, format: str | None = None) -> None:
+    """Write a `Recording` (format by name, else by extension, else our HDF5 layout).
+
+    The file is written beside `path` under a temporary name and renamed on success, so a failure
+    never leaves a partial file nor clobbers an existing one.
+    """
+    path = Path(path)
+    fmt = writable_format(path, format)
+    check_sensor_size(recording.sensor_size, source=path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        fmt.write(Path(tmp), recording)  # type: ignore[misc]
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

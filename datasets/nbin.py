@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from spikestream.datasets.formats import Format, register_format
 from spikestream.events import EVENT_DTYPE, EventFormatError, SensorSize
 
 RECORD = 5
@@ -74,3 +75,8 @@ def size_from_extent(max_x: int, max_y: int) -> tuple[int, int]:
     if max_x < NMNIST_SIZE[0] and max_y < NMNIST_SIZE[1]:
         return NMNIST_SIZE
     return max_x + 1, max_y + 1
+
+
+register_format(Format(
+    "nbin", (".bin", ".bs2"), "none (by extension)", "own (vectorised)", "chunked reads",
+    open=open_source, size_from_extent=size_from_extent))

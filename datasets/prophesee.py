@@ -11,6 +11,7 @@ events (metadata `sensor_size_inferred`).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -21,8 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from spikestream.datasets.formats import Format, register_format
+from spikestream.datasets.native_output import quiet_next
 from spikestream.datasets.textheader import read_text_header
-from spikestream.events import EVENT_DTYPE, EventFormatError, SensorSize
+from spikestream.events import EventFormatError, SensorSize, checked_events
 
 #: Prophesee HAL plugin-name fragments -> (width, height).
 PLUGINS: dict[str, tuple[int, int]] = {
@@ -74,16 +77,40 @@ def header_size(lines: list[str]) -> tuple[int, int] | None:
 
 
 def _first_bad_word(path: Path, start: int, encoding: str) -> int | None:
-    """Byte offset of the first word whose type expelliarmus does not decode."""
-    data = np.fromfile(path, dtype=np.uint8, offset=start)
+    """Byte offset of the first word whose type expelliarmus does not decode (read in chunks)."""
     if encoding == "evt3":
-        words = data[: len(data) // 2 * 2].view("<u2")
-        types, ok, size = words >> 12, _EVT3_TYPES, 2
+        dtype, shift, ok = np.dtype("<u2"), 12, _EVT3_TYPES
     else:
-        words = data[: len(data) // 4 * 4].view("<u4")
-        types, ok, size = words >> 28, _EVT2_TYPES, 4
-    bad = np.flatnonzero(~np.isin(types, ok))
-    return start + int(bad[0]) * size if bad.size else None
+        dtype, shift, ok = np.dtype("<u4"), 28, _EVT2_TYPES
+    pos = start
+    with open(path, "rb") as f:
+        f.seek(start)
+        while buf := f.read((1 << 20) * dtype.itemsize):
+            words = np.frombuffer(buf[: len(buf) // dtype.itemsize * dtype.itemsize], dtype)
+            bad = np.flatnonzero(~np.isin(words >> shift, ok))
+            if bad.size:
+                return pos + int(bad[0]) * dtype.itemsize
+            pos += len(buf)
+    return None
+
+
+#: Largest step between consecutive events that a timestamp-overflow repair may produce: half
+#: the 32-bit µs range (36 min). A larger step comes from a repair applied where the counter did
+#: not wrap (a zeroed or corrupt run), and is an error rather than hours added to every event.
+MAX_STEP_US = 1 << 31
+
+
+def _check_steps(path: Path, t: np.ndarray, last_t: int | None, first: int) -> None:
+    if not len(t):
+        return
+    prev = np.concatenate(([t[0] if last_t is None else last_t], t[:-1]))
+    jump = np.flatnonzero(t - prev > MAX_STEP_US)
+    if jump.size:
+        i = int(jump[0])
+        raise EventFormatError(
+            path, f"timestamp jumps from {int(prev[i])} to {int(t[i])} µs: an implausible "
+            "timestamp-overflow repair (a zeroed or corrupt run?)", record=first + i,
+            expected=f"steps of at most {MAX_STEP_US} µs between events")
 
 
 def open_source(
@@ -125,16 +152,15 @@ def open_source(
             from expelliarmus import Wizard  # 0.5 s to import: only when a file needs it
 
             wizard = Wizard(encoding=enc, fpath=src, chunk_size=max(chunk_events, 16))
-            for arr in wizard.read_chunk():
-                ev = np.empty(len(arr), dtype=EVENT_DTYPE)
-                neg = np.flatnonzero((arr["x"] < 0) | (arr["y"] < 0) | (arr["t"] < 0))
-                if neg.size:
-                    raise EventFormatError(path, "negative coordinate or timestamp decoded",
-                                           expected="x, y, t >= 0")
-                ev["x"] = arr["x"]
-                ev["y"] = arr["y"]
-                ev["t"] = arr["t"]
-                ev["p"] = arr["p"] > 0
+            first, last_t = 0, None
+            chunks = wizard.read_chunk()
+            while (arr := quiet_next(chunks)) is not None:  # it prints warnings on stdout
+                ev = checked_events(arr["x"], arr["y"], arr["t"], arr["p"] > 0, source=path,
+                                    first=first)
+                _check_steps(path, ev["t"], last_t, first)
+                if len(ev):
+                    last_t = int(ev["t"][-1])
+                first += len(ev)
                 yield ev, None
             if not wizard.cargo.events_info.finished and size > body:
                 at = _first_bad_word(path, body, enc) if enc != "dat" else None
@@ -143,3 +169,24 @@ def open_source(
 
     meta: dict[str, Any] = {"encoding": enc, "header": lines}
     return ((wh[0], wh[1], 2) if wh else None), packets(), meta
+
+
+def sniff_encoding(path: Path, head: bytes) -> str | None:
+    """The encoding a `%` header names ('evt2', 'evt3', 'dat'); None for a file without one."""
+    if not head.startswith(b"%"):
+        return None
+    _, lines = parse_header(path)
+    enc = encoding_of(lines, path.suffix.lower())
+    if enc is None:
+        raise EventFormatError(path, "Prophesee '%' header names no encoding",
+                               expected="'% evt 2.0' / '% evt 3.0', or pass format=")
+    return enc
+
+
+for _enc, _ext, _magic in (("evt2", ".raw", "% header naming evt 2.0"),
+                           ("evt3", ".raw", "% header naming evt 3.0"),
+                           ("dat", ".dat", "% header, then type/size bytes")):
+    register_format(Format(
+        _enc, (_ext,), _magic, "expelliarmus", "chunked",
+        open=functools.partial(open_source, encoding=_enc),
+        sniff=lambda path, head, enc=_enc: sniff_encoding(path, head) == enc))

@@ -37,3 +37,19 @@ def read_text_header(
             if end is not None and text.strip() == end:
                 return pos, lines
             lines.append(text)
+
+
+_AEDAT_VERSIONS = {b"2.": "2", b"3.1": "3.1", b"4.": "4"}
+
+
+def aedat_version(path: Path, head: bytes) -> str | None:
+    """'2', '3.1' or '4' for a file that starts `#!AER-DAT<version>`, None for any other file;
+    an AEDAT version we do not read is an error."""
+    if not head.startswith(b"#!AER-DAT"):
+        return None
+    version = head[9:12]
+    for prefix, name in _AEDAT_VERSIONS.items():
+        if version.startswith(prefix):
+            return name
+    raise EventFormatError(path, f"AEDAT version {version!r}", offset=9,
+                           expected="AEDAT 2.0, 3.1 or 4.0")

@@ -6,8 +6,10 @@ packets, knows its `sensor_size` (W, H, 2) and keeps `counters` of what it deliv
 this package does not.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+import numpy as np
 
 from spikestream import Recording, SensorSize
 
@@ -72,12 +74,15 @@ def source_from_spec(
     speed: float | None = 1.0,
     seed: int | None = 0,
     read_recording: Callable[[Path], Recording] | None = None,
+    open_file: Callable[[Path], Iterable[np.ndarray]] | None = None,
 ) -> EventSource:
     """A source from a short text spec, as the command line gives it.
 
     `sim` (all eleven gestures, 2 s each) or `sim:LABEL,LABEL,...`; `frames:FOLDER` (image
-    sequence to events); `file:PATH` (replayed; needs `read_recording`, the readers live in
-    `spikestream.datasets`); `udp:[HOST:]PORT` (our format) or `aestream:[HOST:]PORT`;
+    sequence to events); `file:PATH` (replayed; needs `open_file`, e.g.
+    `spikestream.datasets.iter_events`, which streams the file in chunks, or `read_recording`,
+    which reads it whole; the readers live in `spikestream.datasets`); `udp:[HOST:]PORT` (our
+    format) or `aestream:[HOST:]PORT`;
     `inivation` or `inivation:SERIAL`. `sensor_size` is needed for UDP (default 128x128).
     """
     kind, _, rest = spec.partition(":")
@@ -95,8 +100,10 @@ def source_from_spec(
     if kind == "file":
         if not rest:
             raise ValueError("file:PATH needs a path")
+        if open_file is not None:
+            return ReplayCamera(lambda: open_file(Path(rest)), sensor_size, speed=speed)
         if read_recording is None:
-            raise ValueError("file:PATH needs a reader (read_recording) for the file format")
+            raise ValueError("file:PATH needs a reader (open_file) for the file format")
         return ReplayCamera(read_recording(Path(rest)), speed=speed)
     if kind in ("udp", "aestream"):
         host, _, port = rest.rpartition(":")

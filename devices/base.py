@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numba
 import numpy as np
 
-from spikestream import EVENT_DTYPE, EventFormatError, SensorSize, empty_events
+from spikestream import SensorSize, empty_events
 from spikestream.events import validate_events
 
 
@@ -40,17 +39,6 @@ class SourceCounters:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@numba.njit(cache=True, nogil=True)
-def _events_ok(t, x, y, p, w, h):
-    """Whether events are time-ordered and inside the sensor: the condition of
-    `validate_events` in one pass over the strided fields (numpy would build a temporary per
-    comparison, which costs more than the check on a live source's small packets)."""
-    for i in range(t.shape[0]):
-        if (i > 0 and t[i] < t[i - 1]) or x[i] >= w or y[i] >= h or p[i] > 1:
-            return False
-    return True
 
 
 class Pacer:
@@ -160,23 +148,70 @@ class EventSource(ABC):
         return np.concatenate(parts) if parts else empty_events()
 
     def _check(self, packet: np.ndarray) -> None:
-        name = type(self).__name__
-        if not isinstance(packet, np.ndarray) or packet.dtype != EVENT_DTYPE:
-            dtype = getattr(packet, "dtype", type(packet).__name__)
-            raise EventFormatError(name, f"packet of {dtype}", expected=str(EVENT_DTYPE))
-        if len(packet) == 0:
-            return
-        t = packet["t"]
-        if self._last_t is not None and t[0] < self._last_t:
-            raise EventFormatError(
-                name,
-                f"packet starts at {int(t[0])} µs, before the previous packet's {self._last_t} µs",
-                expected="time-ordered packets",
-            )
-        w, h = self.sensor_size[0], self.sensor_size[1]
-        if not _events_ok(t, packet["x"], packet["y"], packet["p"], w, h):
-            validate_events(packet, self.sensor_size, source=name)  # raises, naming the event
-        self._last_t = int(t[-1])
+        validate_events(packet, self.sensor_size, source=type(self).__name__, last_t=self._last_t)
+        if len(packet):
+            self._last_t = int(packet["t"][-1])
+
+
+#: Windows cut per search when a buffer closes many at once (bounds the work per step).
+_WINDOWS_PER_SEARCH = 4096
+
+
+def count_packets(chunks: Iterable[np.ndarray], n: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Re-cut time-ordered, non-empty chunks into packets of `n` events (the last may hold
+    fewer); yield `(last event's time, packet)`."""
+    pending: list[np.ndarray] = []
+    held = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk)
+        if held < n:
+            continue
+        buf = np.concatenate(pending)
+        stop = (len(buf) // n) * n
+        for i in range(0, stop, n):
+            part = buf[i : i + n]
+            yield int(part["t"][-1]), part
+        pending, held = [buf[stop:]], len(buf) - stop
+    if held:
+        buf = np.concatenate(pending)
+        yield int(buf["t"][-1]), buf
+
+
+def time_windows(
+    chunks: Iterable[np.ndarray], width: int, t_start: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Re-cut time-ordered, non-empty chunks into consecutive windows
+    `[t_start + k*width, + width)` (`t_start`: the first event's time by default); yield
+    `(window end, packet)`, empty windows included, up to the window of the last event.
+
+    Lazy: memory is one chunk plus one window's events, and windows are cut a bounded batch at
+    a time, so a long gap costs time in proportion to its windows, never memory.
+    """
+    pending: list[np.ndarray] = []
+    window_end: int | None = None if t_start is None else int(t_start) + width
+    for chunk in chunks:
+        if window_end is None:
+            window_end = int(chunk["t"][0]) + width
+        pending.append(chunk)
+        last_t = int(chunk["t"][-1])
+        if last_t < window_end:
+            continue
+        buf = np.concatenate(pending)
+        t = np.ascontiguousarray(buf["t"])  # one copy of the strided field per buffer
+        start = 0
+        while window_end <= last_t:
+            k = min((last_t - window_end) // width + 1, _WINDOWS_PER_SEARCH)
+            ends = window_end + width * np.arange(k, dtype=np.int64)
+            for end, stop in zip(ends.tolist(), np.searchsorted(t, ends).tolist(), strict=True):
+                yield end, buf[start:stop]
+                start = stop
+            window_end = int(ends[-1]) + width
+        pending = [buf[start:]]
+    if window_end is not None and pending:
+        buf = np.concatenate(pending)
+        if len(buf):
+            yield window_end, buf
 
 
 def split_packets(
@@ -195,24 +230,13 @@ def split_packets(
     """
     if (packet_us is None) == (packet_events is None):
         raise ValueError("give exactly one of packet_us and packet_events")
+    chunks = [events] if len(events) else []
     if packet_events is not None:
         if packet_events <= 0:
             raise ValueError(f"packet_events must be > 0, got {packet_events}")
-        for i in range(0, len(events), packet_events):
-            chunk = events[i : i + packet_events]
-            yield int(chunk["t"][-1]), chunk
+        yield from count_packets(chunks, packet_events)
         return
     assert packet_us is not None
     if packet_us <= 0:
         raise ValueError(f"packet_us must be > 0, got {packet_us}")
-    if len(events) == 0:
-        return
-    t = events["t"]
-    t0 = int(t[0]) if t_start is None else int(t_start)
-    n_windows = (int(t[-1]) - t0) // packet_us + 1
-    edges = t0 + packet_us * np.arange(1, n_windows + 1, dtype=np.int64)
-    cuts = np.searchsorted(t, edges, side="left")
-    start = 0
-    for edge, stop in zip(edges.tolist(), cuts.tolist(), strict=True):
-        yield edge, events[start:stop]
-        start = stop
+    yield from time_windows(chunks, packet_us, t_start)

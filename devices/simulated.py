@@ -10,7 +10,7 @@ import numpy as np
 from spikestream import SensorSize
 
 from .base import EventSource, Pacer
-from .gestures import GESTURE_CLASSES, default_dvs_params, gesture_frames, gesture_label
+from .gestures import default_dvs_params, gesture_frames, gesture_label
 from .video import DVSEmulator, DVSParams, image_sequence, sensor_size_of, to_gray
 
 # (t_us, label or None, frame, is_log): what a frame producer yields
@@ -146,10 +146,6 @@ class SimulatedCamera(EventSource):
         return cls(gen, sensor_size, params=params, seed=seed, speed=speed)
 
     # -- labels ------------------------------------------------------------------------------
-    @property
-    def label_name(self) -> str | None:
-        return None if self.label is None else GESTURE_CLASSES[self.label]
-
     def label_at(self, t_us: int) -> int | None:
         """Ground-truth gesture at time `t_us` (None outside the sequence or for video).
 

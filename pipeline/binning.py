@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numba
 import numpy as np
 
-from spikestream.events import EVENT_DTYPE, EventFormatError, as_events
+from spikestream.events import EVENT_DTYPE, as_events, validate_events
 
 __all__ = ["StreamBinner", "frame_shape", "slice_indices", "to_frames"]
 
@@ -205,22 +205,9 @@ def _count(
     if code == _OK and check_sorted:
         bad = _unvisited_unsorted(t, starts, ends)
         code = _UNSORTED if bad >= 0 else _OK
-    if code == _OUTSIDE:
-        e = events[bad]
-        w, h, _ = maps.sensor_size
-        raise EventFormatError(
-            "<events>",
-            f"event (x={e['x']}, y={e['y']}, p={e['p']}) outside the sensor",
-            record=int(bad),
-            expected=f"x < {w}, y < {h}, p in {{0, 1}}",
-        )
-    if code == _UNSORTED:
-        raise EventFormatError(
-            "<events>",
-            f"timestamp {int(t[bad])} µs goes back from {int(t[bad - 1])} µs",
-            record=int(bad),
-            expected="non-decreasing timestamps",
-        )
+    if code in (_OUTSIDE, _UNSORTED):  # the contract's own check names the event
+        lo = int(bad) - (code == _UNSORTED)
+        validate_events(events[lo:int(bad) + 1], maps.sensor_size, first=lo)
 
 
 def _check_one_mode(*modes: float | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 
 #: The one event dtype used everywhere (field names as Tonic uses them; t in microseconds).
@@ -62,6 +63,55 @@ def make_events(x: Any, y: Any, t: Any, p: Any) -> np.ndarray:
     return ev
 
 
+#: The largest timestamp (µs) an event may carry.
+MAX_TIME_US = (1 << 63) - 1
+
+
+def checked_events(
+    x: Any, y: Any, t: Any, p: Any, *, source: Any = "<events>", first: int = 0,
+    t_offset: int = 0,
+) -> np.ndarray:
+    """Columns of any integer (or bool polarity) types as an `EVENT_DTYPE` array, with
+    `t_offset` added to `t`; a value outside its field's range (x, y in 0..65535, p in
+    {0, 1}, t + t_offset in 0..2^63-1) is an `EventFormatError` naming `source` and the
+    record `first + i`, never wrapped or clipped."""
+    cols = {"x": np.asarray(x), "y": np.asarray(y), "t": np.asarray(t), "p": np.asarray(p)}
+    for name, col in cols.items():
+        if len(col) and col.dtype.kind not in ("iub" if name == "p" else "iu"):
+            raise EventFormatError(source, f"field {name!r} has dtype {col.dtype}",
+                                   expected="integer x, y, t (µs) and integer or bool p")
+    n = len(cols["t"])
+    if any(len(c) != n for c in cols.values()):
+        raise EventFormatError(source, "columns differ in length", record=first,
+                               expected="x, y, t, p of equal length")
+    t_offset = int(t_offset)
+    if not 0 <= t_offset <= MAX_TIME_US:
+        raise EventFormatError(source, f"time offset {t_offset} µs",
+                               expected=f"0 <= offset <= {MAX_TIME_US}")
+    limits = {"x": (0, 0xFFFF), "y": (0, 0xFFFF), "p": (0, 1), "t": (0, MAX_TIME_US - t_offset)}
+    for name, (lo, hi) in limits.items():
+        col = cols[name]
+        if not n or col.dtype.kind == "b":
+            continue
+        # compare in the column's own type where the bound fits it, so nothing wraps
+        info = np.iinfo(col.dtype)
+        below = col < lo if info.min < lo else np.zeros(n, bool)
+        above = col > hi if info.max > hi else np.zeros(n, bool)
+        bad = np.flatnonzero(below | above)
+        if bad.size:
+            i = int(bad[0])
+            raise EventFormatError(
+                source, f"{name}={int(col[i])}" + (f" (+ offset {t_offset})" if name == "t"
+                                                    and t_offset else ""),
+                record=first + i, expected=f"{lo} <= {name} <= {hi}")
+    ev = np.empty(n, dtype=EVENT_DTYPE)
+    ev["x"], ev["y"], ev["p"] = cols["x"], cols["y"], cols["p"]
+    ev["t"] = cols["t"]
+    if t_offset:
+        ev["t"] += t_offset
+    return ev
+
+
 def as_events(events: np.ndarray) -> np.ndarray:
     """Return `events` as an `EVENT_DTYPE` array, converting field types (not names) if needed."""
     if events.dtype == EVENT_DTYPE:
@@ -73,35 +123,87 @@ def as_events(events: np.ndarray) -> np.ndarray:
     return make_events(events["x"], events["y"], events["t"], events["p"])
 
 
+#: Largest sensor width or height: the range of the u2 coordinate fields.
+MAX_SENSOR_SIDE = 65535
+
+_OK, _BACK, _OUTSIDE = 0, 1, 2
+
+
+@numba.njit(cache=True, nogil=True)
+def _first_bad(t, x, y, p, w, h, last_t, has_last):  # pragma: no cover - compiled
+    """(index, kind) of the first event that goes back in time or lies outside the sensor, in one
+    pass over the (possibly strided) fields; (-1, _OK) when all are good."""
+    for i in range(t.shape[0]):
+        if i > 0:
+            if t[i] < t[i - 1]:
+                return i, 1
+        elif has_last and t[0] < last_t:
+            return 0, 1
+        if x[i] >= w or y[i] >= h or p[i] > 1:
+            return i, 2
+    return -1, 0
+
+
 def validate_events(
-    events: np.ndarray, sensor_size: SensorSize, *, source: Any = "<events>"
+    events: np.ndarray,
+    sensor_size: SensorSize | tuple[int, int],
+    *,
+    source: Any = "<events>",
+    first: int = 0,
+    offsets: np.ndarray | None = None,
+    last_t: int | None = None,
 ) -> None:
-    """Raise `EventFormatError` unless events are time-ordered and inside the sensor."""
-    if events.dtype != EVENT_DTYPE:
-        raise EventFormatError(source, f"dtype {events.dtype}", expected=str(EVENT_DTYPE))
+    """Raise `EventFormatError` unless events are time-ordered and inside the sensor.
+
+    The one check of the event contract, for readers, sources and the binner. `first` is the
+    index of `events[0]` in its stream (errors name `record first + i`), `offsets` the byte
+    offset of each event in its file (errors name it), `last_t` the time of the stream's
+    previous event (the first event must not go back from it).
+    """
+    if not isinstance(events, np.ndarray) or events.dtype != EVENT_DTYPE:
+        dtype = getattr(events, "dtype", type(events).__name__)
+        raise EventFormatError(source, f"packet of {dtype}", expected=str(EVENT_DTYPE))
     if len(events) == 0:
         return
     w, h = int(sensor_size[0]), int(sensor_size[1])
     t = events["t"]
-    back = np.flatnonzero(np.diff(t) < 0)
-    if back.size:
-        i = int(back[0]) + 1
-        raise EventFormatError(
-            source,
-            f"timestamp {int(t[i])} µs goes back from {int(t[i - 1])} µs",
-            record=i,
-            expected="non-decreasing timestamps",
-        )
-    bad = np.flatnonzero((events["x"] >= w) | (events["y"] >= h) | (events["p"] > 1))
-    if bad.size:
-        i = int(bad[0])
-        e = events[i]
-        raise EventFormatError(
-            source,
-            f"event (x={e['x']}, y={e['y']}, p={e['p']}) outside the sensor",
-            record=i,
-            expected=f"x < {w}, y < {h}, p in {{0, 1}}",
-        )
+    i, kind = _first_bad(t, events["x"], events["y"], events["p"], w, h,
+                         0 if last_t is None else int(last_t), last_t is not None)
+    if kind == _OK:
+        return
+    where = {"record": first + int(i),
+             "offset": None if offsets is None else int(offsets[i])}
+    if kind == _BACK:
+        prev = int(t[i - 1]) if i > 0 else int(last_t)  # type: ignore[arg-type]
+        text = f"timestamp {int(t[i])} µs goes back from {prev} µs"
+        if i == 0:
+            text += ", before the previous packet's last event"
+        raise EventFormatError(source, text, expected="non-decreasing timestamps", **where)
+    e = events[i]
+    raise EventFormatError(
+        source,
+        f"event (x={e['x']}, y={e['y']}, p={e['p']}) outside the sensor",
+        expected=f"x < {w}, y < {h}, p in {{0, 1}}",
+        **where,
+    )
+
+
+def check_sensor_size(sensor_size: Any, *, source: Any = "<sensor>") -> SensorSize:
+    """`(W, H, P)` as ints, or `EventFormatError` unless 1 <= W, H <= `MAX_SENSOR_SIDE` and P in
+    (1, 2); a `(W, H)` pair gets P = 2. Every reader checks a declared size with this, so a
+    header cannot claim a sensor larger than the event fields can address."""
+    try:
+        size = tuple(int(s) for s in sensor_size)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise EventFormatError(source, f"sensor size {sensor_size!r}",
+                               expected="(W, H[, P]) integers") from e
+    if len(size) == 2:
+        size = (*size, 2)
+    if (len(size) != 3 or not all(1 <= s <= MAX_SENSOR_SIDE for s in size[:2])
+            or size[2] not in (1, 2)):
+        raise EventFormatError(source, f"sensor size {size}",
+                               expected=f"1 <= W, H <= {MAX_SENSOR_SIDE} and P in (1, 2)")
+    return size  # type: ignore[return-value]
 
 
 @dataclass

@@ -140,3 +140,69 @@ def test_dvsgesture_downloads_tonic_archive_once(server: _Server, tmp_path: Path
     shutil.rmtree(tmp_path / "DVSGesture" / "ibmGestureTrain")
     again = DVSGesture(tmp_path, train=True, download=True)
     assert len(again) == 11 and len(server.requests) == 1
+
+
+def _tar_with(path: Path, *members: tuple[tarfile.TarInfo, bytes | None]) -> Path:
+    with tarfile.open(path, "w") as t:
+        ok = tarfile.TarInfo("good/ok.txt")
+        ok.size = 2
+        t.addfile(ok, io.BytesIO(b"ok"))
+        for info, data in members:
+            t.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, *, data: bytes | None = None,
+            link: str = "", mode: int = 0o644) -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, link, mode
+    if data is not None:
+        info.size = len(data)
+    return info, data
+
+
+@pytest.mark.parametrize("member,message", [
+    (_member("../out_evil/x", data=b"bad"), "outside"),  # a sibling whose name starts alike
+    (_member("/abs/x", data=b"bad"), "outside"),
+    (_member("good/link", tarfile.SYMTYPE, link="../../etc/passwd"), "link"),
+    (_member("good/inner", tarfile.SYMTYPE, link="ok.txt"), "link"),
+    (_member("good/hard", tarfile.LNKTYPE, link="good/ok.txt"), "link"),
+    (_member("good/tty", tarfile.CHRTYPE), "special"),
+    (_member("good/disk", tarfile.BLKTYPE), "special"),
+    (_member("good/fifo", tarfile.FIFOTYPE), "special"),
+])
+def test_extract_refuses_escapes_links_and_special_files(tmp_path: Path, member, message):
+    archive = _tar_with(tmp_path / "evil.tar", member)
+    with pytest.raises(DownloadError, match=message):
+        extract_archive(archive, tmp_path / "out")
+    # nothing of the archive was written, not even its good members
+    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out_evil").exists() and not Path("/abs/x").exists()
+
+
+def test_extract_strips_setuid_and_keeps_good_archives(tmp_path: Path):
+    import stat
+
+    archive = _tar_with(tmp_path / "fine.tar", _member("good/run", data=b"#!", mode=0o6777))
+    extract_archive(archive, tmp_path / "out")
+    assert (tmp_path / "out/good/ok.txt").read_bytes() == b"ok"
+    mode = (tmp_path / "out/good/run").stat().st_mode
+    assert not mode & (stat.S_ISUID | stat.S_ISGID | stat.S_IWOTH)
+
+
+def test_extract_zip_refuses_escapes_and_links(tmp_path: Path):
+    import stat
+    import zipfile
+
+    for name, mode, message in (("../out_evil/x", 0o644, "outside"),
+                                ("link", stat.S_IFLNK | 0o777, "link")):
+        archive = tmp_path / "evil.zip"
+        with zipfile.ZipFile(archive, "w") as z:
+            z.writestr("good.txt", b"ok")
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (mode if mode & 0o170000 else stat.S_IFREG | mode) << 16
+            z.writestr(info, b"../../etc/passwd")
+        with pytest.raises(DownloadError, match=message):
+            extract_archive(archive, tmp_path / "out")
+        assert list((tmp_path / "out").iterdir()) == []
+        assert not (tmp_path / "out_evil").exists()

@@ -4,6 +4,7 @@ independent encoder here), AEDAT 4 (real DVXplorer sample)."""
 from __future__ import annotations
 
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +214,23 @@ def test_aedat4_agrees_with_tonic(real_data: Path) -> None:
     np.testing.assert_array_equal(ours["y"], theirs["y"])
     np.testing.assert_array_equal(ours["t"], theirs["t"])
     np.testing.assert_array_equal(ours["p"], theirs["p"])
+
+
+def test_aedat2_addresses_of_a_smaller_chip_than_named_warn_with_the_chip_assumed(
+        real_data: Path, tmp_path: Path) -> None:
+    src = real_data / "aedat2" / "IMU_rotDisk.aedat"  # a DAVIS240C recording
+    data = src.read_bytes()
+    assert b"davis.DAVIS240C" in data[:2000]
+    path = tmp_path / "mislabelled.aedat"
+    path.write_bytes(data.replace(b"davis.DAVIS240C", b"davis.DAVIS346B", 1))
+    with pytest.warns(RuntimeWarning, match="names DAVIS346 .* fit DAVIS240"):
+        rec = read_events(path)
+    assert rec.metadata["chip_assumed"] == "DAVIS346" and rec.sensor_size == (346, 260, 2)
+    right = read_events(src)
+    assert right.metadata["chip_assumed"] == "DAVIS240"
+    # what the assumption did: every y flipped against 260 rows instead of 180
+    np.testing.assert_array_equal(rec.events["y"], right.events["y"] + 80)
+    np.testing.assert_array_equal(rec.events["x"], right.events["x"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_events(src)  # the correctly named file does not warn

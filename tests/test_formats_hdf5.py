@@ -44,7 +44,7 @@ def test_recorder_appends_packets(tmp_path: Path) -> None:
     with Recorder(path, (128, 128), metadata={"source": "test"}, flush_every=1000) as rec:
         for i in range(0, len(ev), 777):
             rec.append(ev[i:i + 777])
-        with pytest.raises(ValueError, match="back in time"):
+        with pytest.raises(ValueError, match="goes back"):
             rec.append(ev[:5])
         with pytest.raises(ValueError, match="outside"):
             rec.append(make_events([200], [0], [ev["t"][-1]], [1]))
@@ -152,3 +152,95 @@ def test_events_dtype_is_stored_as_is(tmp_path: Path) -> None:
     write_events(path, Recording(_events(10), (346, 260, 2)))
     with h5py.File(path) as f:
         assert f["events"].dtype == EVENT_DTYPE
+
+
+TIMED_WRITER = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from spikestream import make_events
+    from spikestream.datasets import Recorder
+    with Recorder(sys.argv[1], (64, 48)) as rec:  # default: flush by time (0.5 s) and size
+        t = 0
+        while True:
+            i = np.arange(100)
+            rec.append(make_events(i % 64, i % 48, t + i, i % 2))
+            t += 100
+            print(len(rec), flush=True)
+            time.sleep(0.01)
+""")
+
+
+def test_a_writer_killed_loses_at_most_the_flush_interval(tmp_path: Path) -> None:
+    import time
+
+    path = tmp_path / "timed.h5"
+    proc = subprocess.Popen([sys.executable, "-c", TIMED_WRITER, str(path)],
+                            stdout=subprocess.PIPE, text=True)
+    seen: list[tuple[float, int]] = []
+    try:
+        seen.append((time.monotonic(), int(proc.stdout.readline())))  # started
+        start = time.monotonic()
+        while time.monotonic() - start < 3.0:
+            seen.append((time.monotonic(), int(proc.stdout.readline())))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        proc.wait(timeout=30)
+    rec = read_events(path)
+    # every event appended 0.5 s (the interval) + 0.5 s (slack for a busy machine) before the
+    # kill is in the file; the old size-only flushing kept none of these 3 s of events
+    durable = max(n for at, n in seen if at <= killed - 1.0)
+    assert durable >= 1000 and durable <= len(rec) <= seen[-1][1]
+    np.testing.assert_array_equal(rec.events["t"], np.arange(len(rec)))
+
+
+def _dsec_columns(path: Path, **cols: np.ndarray) -> None:
+    base = {"x": np.array([1, 2, 3], np.uint16), "y": np.array([1, 2, 3], np.uint16),
+            "t": np.array([5, 6, 7], np.int64), "p": np.array([0, 1, 1], np.uint8)}
+    base.update({k: v for k, v in cols.items() if k != "t_offset"})
+    with h5py.File(path, "w") as f:
+        g = f.create_group("events")
+        for k, v in base.items():
+            g.create_dataset(k, data=v)
+        if "t_offset" in cols:
+            f.create_dataset("t_offset", data=cols["t_offset"])
+
+
+@pytest.mark.parametrize("cols,message,record", [
+    ({"x": np.array([1, 65541, 3], np.uint32)}, "x=65541", 1),
+    ({"y": np.array([1, 2, 196610], np.int64)}, "y=196610", 2),
+    ({"t": np.array([5, -6, 7], np.int64)}, "t=-6", 1),
+    ({"p": np.array([0, 1, 2], np.uint8)}, "p=2", 2),
+    ({"t_offset": np.int64(2**63 - 6)}, "t=6 \\(\\+ offset", 1),
+    ({"t_offset": np.int64(-1)}, "t_offset=-1", None),
+])
+def test_dsec_values_out_of_range_name_file_and_index(tmp_path: Path, cols, message, record):
+    path = tmp_path / "events.h5"
+    _dsec_columns(path, **cols)
+    with pytest.raises(EventFormatError, match=message) as e:
+        read_events(path)
+    assert e.value.record == record and str(path) in str(e.value)
+
+
+def test_negative_times_and_huge_sensors_in_our_layout_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "r.h5"
+    ev = _events(10, w=64, h=48)
+    ev["t"][3] = -5
+    ev["t"][:3] = -10
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = "spikestream-events"
+        f.attrs["sensor_size"] = [64, 48, 2]
+        f.create_dataset("events", data=ev)
+    with pytest.raises(EventFormatError, match="t=-10") as e:
+        read_events(path)
+    assert e.value.record == 0
+    with h5py.File(path, "r+") as f:
+        f.attrs["sensor_size"] = [99999999999, 99999999999, 2]
+    with pytest.raises(EventFormatError, match="sensor size"):
+        iter_events(path)
+    cli = "import sys; from spikestream.cli import main; sys.exit(main())"
+    proc = subprocess.run([sys.executable, "-c", cli, "info", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "65535" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(EventFormatError, match="sensor size"):
+        Recorder(tmp_path / "big.h5", (70000, 10))

@@ -75,3 +75,67 @@ def test_bad_arrays(tmp_path: Path) -> None:
     with pytest.raises(EventFormatError, match="goes back") as e:
         read_events(path)
     assert e.value.record == 7
+
+
+def _npz_member(path: Path, header_dtype: np.dtype, n: int, body: bytes | None) -> None:
+    """An .npz whose `events` member declares `n` records and holds `body` (zeros if None)."""
+    import io
+    import zipfile
+
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": np.lib.format.dtype_to_descr(
+        header_dtype), "fortran_order": False, "shape": (n,)})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z, z.open("events.npy", "w") as f:
+        f.write(head.getvalue())
+        if body is not None:
+            f.write(body)
+        else:
+            block = bytes(1 << 24)
+            left = n * header_dtype.itemsize
+            while left:
+                f.write(block[:min(left, len(block))])
+                left -= min(left, len(block))
+
+
+def test_an_npz_that_inflates_to_gigabytes_is_refused_before_inflating(tmp_path: Path) -> None:
+    import time
+    import tracemalloc
+
+    from spikestream import EVENT_DTYPE
+
+    path = tmp_path / "bomb.npz"
+    _npz_member(path, EVENT_DTYPE, (1 << 30) // 16, None)  # 1 GiB of zeros, ~1 MiB on disk
+    assert path.stat().st_size < 4 << 20
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(EventFormatError, match="compressed"):
+        read_events(path)
+    took = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 << 20 and took < 2
+
+
+def test_an_npz_is_inflated_chunk_by_chunk(tmp_path: Path) -> None:
+    import tracemalloc
+
+    n = 2_000_000  # 32 MiB of events in the member
+    rng = np.random.default_rng(3)
+    ev = np.zeros(n, dtype=[("x", "<u2"), ("y", "<u2"), ("t", "<i8"), ("p", "u1")])
+    ev["x"], ev["y"] = rng.integers(0, 640, n), rng.integers(0, 480, n)
+    ev["t"] = np.cumsum(rng.integers(0, 50, n))
+    path = tmp_path / "big.npz"
+    np.savez_compressed(path, events=ev, sensor_size=np.array([640, 480, 2]))
+    tracemalloc.start()
+    total = 0
+    with iter_events(path, chunk_events=1 << 15) as s:
+        assert s.sensor_size == (640, 480, 2)
+        for p in s:
+            total += len(p)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert total == n and peak < 8 << 20
+    truncated = tmp_path / "short.npz"
+    _npz_member(truncated, ev.dtype, 1000, ev[:10].tobytes())  # declares 1000, holds 10
+    with pytest.raises(EventFormatError, match="claims"):
+        read_events(truncated)

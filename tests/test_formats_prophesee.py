@@ -106,3 +106,23 @@ def test_dat_truncated(tmp_path: Path, real_data: Path) -> None:
     with pytest.raises(EventFormatError, match="truncated") as e:
         read_events(bad)
     assert e.value.offset == len(src) - 8
+
+
+def test_dat_with_a_zeroed_run_is_an_implausible_overflow_repair(
+        real_data: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    from spikestream.datasets.prophesee import parse_header
+
+    src = real_data / "prophesee" / "dat_test_NCARS.dat"
+    start, _ = parse_header(src)
+    data = bytearray(src.read_bytes())
+    at = start + 2 + 8 * 1000  # after the type/size bytes, record 1000
+    data[at:at + 8 * 50] = bytes(8 * 50)
+    path = tmp_path / "zeroed.dat"
+    path.write_bytes(bytes(data))
+    with pytest.raises(EventFormatError, match="implausible timestamp-overflow") as e:
+        read_events(path)
+    assert e.value.record == 1000
+    # the decoder's own warning is not shown; the intact file still reads, ending where it did
+    out, err = capfd.readouterr()
+    assert "WARNING" not in out + err
+    assert int(read_events(src).events["t"][-1]) < 10**6

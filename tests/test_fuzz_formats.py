@@ -160,3 +160,46 @@ def test_aedat4_header_not_utf8_is_an_error_not_an_abort(real_data: Path, tmp_pa
     with pytest.raises(EventFormatError, match="UTF-8") as e:
         read_events(path)
     assert e.value.offset == 90
+
+
+@pytest.mark.parametrize("field,value,message", [
+    (4, 0, "packet body of 0 bytes"),  # the `aedat` package panics on this one
+    (4, 2**31, "packet body of 2147483648 bytes"),  # it would allocate what the size claims
+    (0, 7, "packet of stream 7"),
+])
+def test_aedat4_packet_headers_are_checked_before_the_decoder_sees_them(
+        real_data: Path, tmp_path: Path, field: int, value: int, message: str) -> None:
+    import struct
+    import subprocess
+    import sys
+
+    src = real_data / "aedat4" / "sample.aedat4"
+    data = bytearray(src.read_bytes())
+    first = 14 + 4 + struct.unpack_from("<I", data, 14)[0]  # magic, header size, IOHeader
+    data[first + field:first + field + 4] = struct.pack("<I" if field else "<i", value)
+    path = tmp_path / "bad.aedat4"
+    path.write_bytes(bytes(data))
+    with pytest.raises(EventFormatError, match=message) as e:
+        read_events(path)
+    assert e.value.offset == first + field and e.value.record == 0
+    cli = "import sys; from spikestream.cli import main; sys.exit(main())"
+    proc = subprocess.run([sys.executable, "-c", cli, "info", str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert "panic" not in proc.stderr + proc.stdout
+
+
+def test_native_output_is_captured_around_decoder_calls(capfd: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    from spikestream.datasets.native_output import captured_native_output
+
+    with captured_native_output() as got:
+        os.write(2, b"thread '<unnamed>' panicked at table.rs\n")
+        os.write(1, b"WARNING: The timestamps are not monotonic.\n")
+    assert "panicked" in got.text and "WARNING" in got.text
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    os.write(2, b"after\n")  # the descriptors are restored
+    assert capfd.readouterr().err == "after\n"

@@ -113,9 +113,8 @@ def test_bad_output_leaves_nothing(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_overlay_is_the_models_running_decision(real_data: Path, tmp_path: Path) -> None:
     from spikestream.cli.render import overlay_texts
-    from spikestream.pipeline.checkpoint import load_checkpoint
+    from spikestream.pipeline.checkpoint import load_checkpoint, resolve_checkpoint
     from spikestream.pipeline.decisions import running_decisions
-    from spikestream.pipeline.evaluation import resolve_checkpoint
 
     rec = read_events(real_data / "nmnist-small/train/1.bs2")  # a 5 (labels.txt)
     model, _ = load_checkpoint(resolve_checkpoint("nmnist"))

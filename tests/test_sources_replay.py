@@ -130,3 +130,86 @@ def test_bad_arguments():
         ReplayCamera(ev, SIZE, packet_us=10, packet_events=10)
     with pytest.raises(ValueError):
         ReplayCamera(ev, SIZE, speed=0)
+
+
+# -- files streamed in chunks, and time gaps --------------------------------------------------
+REAL_FILES = ["aedat2/IMU_rotDisk.aedat", "aedat4/sample.aedat4", "prophesee/evt3_sample.raw",
+              "prophesee/dat_test_NCARS.dat", "nmnist-small/train/1.bs2"]
+
+
+@pytest.mark.parametrize("name", REAL_FILES)
+def test_a_file_streamed_in_chunks_replays_as_the_whole_recording(real_data, name):
+    from spikestream.datasets import iter_events, read_events
+
+    path = real_data / name
+    rec = read_events(path)
+    for kw in (dict(packet_us=5000), dict(packet_events=777)):
+        whole = list(ReplayCamera(rec, speed=None, **kw))
+        cam = ReplayCamera(lambda: iter_events(path, chunk_events=1000), speed=None, **kw)
+        assert cam.sensor_size == rec.sensor_size
+        for _ in range(2):  # a file replays again: the factory reopens it
+            lazy = list(cam)
+            assert len(lazy) == len(whole)
+            assert all(np.array_equal(a, b) for a, b in zip(whole, lazy, strict=True))
+        # independent truth: window k holds the events with (t - t0) // w == k; count packets
+        # hold n events each but the last
+        t = rec.events["t"]
+        if "packet_us" in kw:
+            want = np.bincount((t - t[0]) // kw["packet_us"])
+        else:
+            want = [min(777, len(t) - i) for i in range(0, len(t), 777)]
+        assert [len(p) for p in whole] == list(want)
+        assert np.array_equal(np.concatenate(whole), rec.events)
+
+
+def test_a_file_is_streamed_with_bounded_memory(tmp_path):
+    import tracemalloc
+
+    from spikestream.datasets import iter_events
+
+    n = 4_000_000  # 64 MB of events
+    ev = np.zeros(n, dtype=EVENT_DTYPE)
+    ev["t"] = np.arange(n) // 4
+    ev["x"] = np.arange(n) % 34
+    path = tmp_path / "big.npy"
+    np.save(path, ev)
+    del ev
+    cam = ReplayCamera(lambda: iter_events(path, chunk_events=1 << 15), speed=None,
+                       packet_us=2000)
+    tracemalloc.start()
+    try:
+        count = sum(len(p) for p in cam)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == n
+    assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB for a 64 MiB file"
+
+
+@pytest.mark.parametrize("late", [10**12, 2**62])
+def test_a_far_future_timestamp_is_a_skipped_gap_not_materialised_windows(late):
+    import tracemalloc
+
+    ev = _random_events(2000, 100_000)
+    ev["t"][1500:] += late
+    cam = ReplayCamera(ev, SIZE, speed=1e9, packet_us=1000, max_gap_us=50_000)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.warns(RuntimeWarning, match="longer than max_gap_us"):
+        packets = list(cam)
+    took = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    out = np.concatenate(packets)
+    assert len(out) == 2000 and peak < 4 << 20 and took < 5
+    before, after = cam.skipped_gaps[0]
+    assert after - before > late - 100_000
+    # the gap is shortened to max_gap_us; everything else is the recording's
+    assert np.array_equal(out["t"][:1500], ev["t"][:1500])
+    assert int(out["t"][1500] - out["t"][1499]) == 50_000
+    assert np.array_equal(np.diff(out["t"][1500:]), np.diff(ev["t"][1500:]))
+    span = int(out["t"][-1] - out["t"][0])
+    assert len(packets) == span // 1000 + 1
+    # without the limit the gap is replayed as it is: lazily, windows are never built at once
+    gen = iter(ReplayCamera(ev, SIZE, speed=None, packet_us=1000, max_gap_us=None))
+    assert sum(len(next(gen)) for _ in range(200)) >= 1500

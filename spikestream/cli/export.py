@@ -13,8 +13,7 @@ from pathlib import Path
 
 
 def run(args: argparse.Namespace) -> int:
-    from spikestream.pipeline.checkpoint import load_checkpoint
-    from spikestream.pipeline.evaluation import resolve_checkpoint
+    from spikestream.pipeline.checkpoint import load_checkpoint, resolve_checkpoint
 
     out = Path(args.output)
     ext = out.suffix.lower()

@@ -15,18 +15,21 @@ from typing import Any
 
 def overlay_texts(checkpoint: str, events: Any, sensor_size: Any, frame_ends: Any) -> list:
     """The running decision of `checkpoint` at each frame end, as `class 97%` texts."""
-    from spikestream.cli.train import frame_params
-    from spikestream.pipeline.checkpoint import load_checkpoint
+    from spikestream.pipeline.checkpoint import load_for_inference
     from spikestream.pipeline.decisions import running_decisions
-    from spikestream.pipeline.evaluation import resolve_checkpoint
 
-    model, extra = load_checkpoint(resolve_checkpoint(checkpoint))
-    meta = extra.get("meta", {})
-    binning = dict(meta.get("binning") or {"time_window": 10_000})
-    frame_size = binning.pop("frame_size", None) or list(model.input_size)
-    params = frame_params(binning, tuple(frame_size), tuple(sensor_size))
-    names = list(meta.get("classes") or [])
-    dec = running_decisions(model, events, sensor_size, params)
+    ck = load_for_inference(checkpoint)
+    recipe = ck.recipe
+    events = recipe.filter_events(events)
+    binning = recipe.binning_for(events)  # as `stream` and `eval` bin this recording
+    params = recipe.frame_params()
+    if not binning.per_sample:
+        for key in (recipe.mode, "start_time", "end_time"):
+            params.pop(key, None)
+        params.update({"time_window": binning.time_window} if binning.time_window
+                      else {"event_count": binning.event_count})
+    names = list(ck.classes or [])
+    dec = running_decisions(ck.model, events, sensor_size, params)
     texts: list[str | None] = []
     for i in dec.at(frame_ends - 1):
         if i < 0:

@@ -30,7 +30,7 @@ class Prepared:
 
 def make_source(spec: str, *, speed: float | None, seed: int, duration_s: float | None = None):
     """The event source for a `--source` spec; `file:PATH` goes through our readers."""
-    from spikestream.datasets import read_events
+    from spikestream.datasets import iter_events
     from spikestream.devices import SimulatedCamera, source_from_spec
 
     if spec.startswith("sim") and duration_s is not None:
@@ -38,7 +38,7 @@ def make_source(spec: str, *, speed: float | None, seed: int, duration_s: float 
         seq = [g.strip() for g in rest.split(",") if g.strip()] or None
         labels = [int(g) if g.isdigit() else g for g in seq] if seq else None
         return SimulatedCamera.gestures(labels, duration_s=duration_s, speed=speed, seed=seed)
-    return source_from_spec(spec, speed=speed, seed=seed, read_recording=read_events)
+    return source_from_spec(spec, speed=speed, seed=seed, open_file=iter_events)
 
 
 def prepare(checkpoint: str, source_spec: str, *, speed: float | None, realtime: bool,
