@@ -69,8 +69,8 @@ from spikestream import make_events  # noqa: E402
 from spikestream.devices import ReplayCamera  # noqa: E402
 from spikestream.pipeline import create_model  # noqa: E402
 from spikestream.pipeline.binning import to_frames  # noqa: E402
-from spikestream.pipeline.compiled import make_step  # noqa: E402
-from spikestream.pipeline.neurons import LIF  # noqa: E402
+from spikestream.pipeline.engines import make_step  # noqa: E402
+from spikestream.pipeline.network.neurons import LIF  # noqa: E402
 from spikestream.pipeline.streaming import StepInfo, run_stream  # noqa: E402
 
 BIN_US = 10_000

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from spikestream.pipeline.model import SpikingTransformer
+from spikestream.pipeline.network.model import SpikingTransformer
 
 
 def config_path(path: str | Path) -> Path:

@@ -457,7 +457,7 @@ def run_stream(
         model.eval()
     device = _model_device(model)
     if engine != "eager" and isinstance(model, torch.nn.Module):
-        from spikestream.pipeline.compiled import make_step
+        from spikestream.pipeline.engines import make_step
 
         channels = getattr(model, "in_channels", None)
         size = getattr(model, "input_size", None)

@@ -10,7 +10,7 @@ from model_helpers import excite
 from spikestream.devices import gesture_clip
 from spikestream.pipeline import create_model
 from spikestream.pipeline.binning import to_frames
-from spikestream.pipeline.compiled import compile_step
+from spikestream.pipeline.engines import compile_step
 from spikestream.pipeline.streaming import run_stream
 
 SIZE = (128, 128)

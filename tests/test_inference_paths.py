@@ -14,14 +14,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from spikestream.pipeline import LIF, SpikingTransformer, create_model
-from spikestream.pipeline.attention import create_attention
-from spikestream.pipeline.attention.base import (
+from spikestream.pipeline.network.attention import create_attention
+from spikestream.pipeline.network.attention.base import (
     TokenBN,
     batch_norm_,
     lif_step_consuming,
     lif_step_lean,
 )
-from spikestream.pipeline.model import max_pool_3s2_, normalize_config
+from spikestream.pipeline.network.model import max_pool_3s2_, normalize_config
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "pipeline" / "weights"
 

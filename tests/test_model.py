@@ -169,7 +169,7 @@ def test_checkpoint_round_trip(tmp_path) -> None:
 
 
 def test_synaptic_operation_counts() -> None:
-    from spikestream.pipeline.energy import SynOpCounter, count_synops
+    from spikestream.pipeline.network.energy import SynOpCounter, count_synops
 
     lin, conv = nn.Linear(8, 5), nn.Conv2d(2, 3, 3, padding=1)
     spikes_in = torch.zeros(4, 8)

@@ -6,7 +6,7 @@ import numpy as np
 import snntorch
 import torch
 
-from spikestream.pipeline.neurons import LIF, TernaryLIF, spike_ge
+from spikestream.pipeline.network.neurons import LIF, TernaryLIF, spike_ge
 
 
 def lif_reference(x: np.ndarray, tau: float, v_th: float) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +107,7 @@ def test_lif_reset_is_detached_but_input_gradient_flows() -> None:
 
 
 def test_consuming_lif_step_equals_lif_step() -> None:
-    from spikestream.pipeline.attention.base import lif_step_consuming
+    from spikestream.pipeline.network.attention.base import lif_step_consuming
 
     torch.manual_seed(3)
     for tau, v_th in ((2.0, 1.0), (2.0, 0.5), (3.0, 0.7)):

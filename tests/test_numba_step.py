@@ -13,10 +13,10 @@ from model_helpers import excite
 
 from spikestream.devices import gesture_clip
 from spikestream.pipeline import create_model
-from spikestream.pipeline import numba_kernels as K
 from spikestream.pipeline.binning import to_frames
-from spikestream.pipeline.compiled import make_step
-from spikestream.pipeline.numba_step import NumbaStep, unsupported
+from spikestream.pipeline.engines import make_step
+from spikestream.pipeline.engines import numba_kernels as K
+from spikestream.pipeline.engines.numba_step import NumbaStep, unsupported
 
 
 def sparse_maps(shape: tuple[int, ...], density: float, seed: int) -> np.ndarray:

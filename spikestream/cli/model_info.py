@@ -13,9 +13,9 @@ import torch
 
 from spikestream.cli.output import print_fields
 from spikestream.pipeline.checkpoint import load_checkpoint
-from spikestream.pipeline.configs import create_model, list_configs
-from spikestream.pipeline.energy import E_AC_PJ, E_MAC_PJ, energy_report
-from spikestream.pipeline.model import SpikingTransformer
+from spikestream.pipeline.network.configs import create_model, list_configs
+from spikestream.pipeline.network.energy import E_AC_PJ, E_MAC_PJ, energy_report
+from spikestream.pipeline.network.model import SpikingTransformer
 
 DEFAULT_RECORDING = Path("aedat4") / "sample.aedat4"
 
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from spikestream.pipeline.attention import ATTENTION
+    from spikestream.pipeline.network.attention import ATTENTION
 
     p = sub.add_parser(
         "model-info",

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spikestream.pipeline.compiled import ENGINES
+from spikestream.pipeline.engines import ENGINES
 from spikestream.pipeline.streaming import StepInfo, StreamResult
 
 

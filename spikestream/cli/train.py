@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from spikestream.pipeline.augment import FrameAugment
-    from spikestream.pipeline.configs import create_model
+    from spikestream.pipeline.network.configs import create_model
     from spikestream.pipeline.training import (
         TrainConfig,
         fit,

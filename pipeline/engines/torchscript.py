@@ -171,7 +171,7 @@ def make_step(model: torch.nn.Module, example_frame: Tensor, engine: str = "auto
         keys = list(model.init_state(example_frame.shape[0]))
         return CompiledStep(model, None, keys, tuple(example_frame.shape), "eager")
     if engine in ("auto", "numba"):
-        from spikestream.pipeline.numba_step import NumbaStep, unsupported
+        from spikestream.pipeline.engines.numba_step import NumbaStep, unsupported
 
         reason = unsupported(model)
         if reason is None and example_frame.shape[0] != 1:

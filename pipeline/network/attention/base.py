@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from spikestream.pipeline.neurons import LIF
+from spikestream.pipeline.network.neurons import LIF
 
 State = dict[str, Tensor]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from spikestream.pipeline.attention.base import (
+from spikestream.pipeline.network.attention.base import (
     Attention,
     State,
     TokenLIF,
@@ -18,7 +18,7 @@ from spikestream.pipeline.attention.base import (
     lif_step_consuming,
     register_attention,
 )
-from spikestream.pipeline.neurons import LIF
+from spikestream.pipeline.network.neurons import LIF
 
 
 class SpikingQKV(Attention):

@@ -11,15 +11,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from spikestream.pipeline.attention.base import (
+from spikestream.pipeline.network.attention.base import (
     Attention,
     State,
     TokenLIF,
     TokenProj,
     register_attention,
 )
-from spikestream.pipeline.attention.ssa import ssa_product
-from spikestream.pipeline.neurons import LIF, TernaryLIF
+from spikestream.pipeline.network.attention.ssa import ssa_product
+from spikestream.pipeline.network.neurons import LIF, TernaryLIF
 
 
 @register_attention("a2os2a")

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from spikestream.pipeline.attention import create_attention
-from spikestream.pipeline.attention.base import (
+from spikestream.pipeline.network.attention import create_attention
+from spikestream.pipeline.network.attention.base import (
     State,
     TokenProj,
     batch_norm_,
@@ -28,7 +28,7 @@ from spikestream.pipeline.attention.base import (
     lif_step_consuming,
     lif_step_lean,
 )
-from spikestream.pipeline.neurons import LIF
+from spikestream.pipeline.network.neurons import LIF
 
 POOLS = ("max", "avg")
 STEM_STRIDES = (1, 2, 4, 8)

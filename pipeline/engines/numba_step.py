@@ -28,8 +28,8 @@ import torch
 from numba.typed import List
 from torch import Tensor, nn
 
-from spikestream.pipeline import numba_kernels as K
-from spikestream.pipeline.neurons import LIF
+from spikestream.pipeline.engines import numba_kernels as K
+from spikestream.pipeline.network.neurons import LIF
 
 __all__ = ["SUPPORTED_ATTENTION", "NumbaStep", "unsupported"]
 
@@ -72,7 +72,7 @@ def _lif(lif: nn.Module) -> LIFParams:
 
 def unsupported(model: Any) -> str | None:
     """Why `model` cannot run as a `NumbaStep`, or None when it can."""
-    from spikestream.pipeline.model import SpikingTransformer
+    from spikestream.pipeline.network.model import SpikingTransformer
 
     if not isinstance(model, SpikingTransformer):
         return f"{type(model).__name__} is not a SpikingTransformer"
