@@ -17,6 +17,7 @@ from spikestream.pipeline.binning import to_frames
 from spikestream.pipeline.engines import make_step
 from spikestream.pipeline.engines import numba_kernels as K
 from spikestream.pipeline.engines.numba_step import NumbaStep, unsupported
+from spikestream.pipeline.network.state import flat_state, map_state
 
 
 def sparse_maps(shape: tuple[int, ...], density: float, seed: int) -> np.ndarray:
@@ -109,9 +110,9 @@ def test_numba_step_follows_eager_over_a_gesture_clip(case, clip_frames):
             want, eager = model.step(frame, eager)
             got, flat = fast.step(frame, flat)
             np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-4)
-            mine = fast.to_model_state(flat)
-            assert mine.keys() == eager.keys()
-            for k, v in eager.items():
+            mine, theirs = flat_state(fast.to_model_state(flat)), flat_state(eager)
+            assert mine.keys() == theirs.keys()
+            for k, v in theirs.items():
                 # sums run in another order: equal to rounding, except where a membrane lay
                 # within rounding of the threshold and fired in one of the two only
                 off += int((mine[k] - v).abs().gt(1e-4).sum())
@@ -119,7 +120,7 @@ def test_numba_step_follows_eager_over_a_gesture_clip(case, clip_frames):
             logits.append(want)
     assert off <= 1e-4 * total, f"{off} of {total} membrane values differ"
     assert torch.stack(logits).std(dim=0).max() > 0.1  # the clip drives the network
-    spikes = sum(int((v == 0).sum()) for v in eager.values())  # reset membranes: spikes
+    spikes = sum(int((v == 0).sum()) for v in flat_state(eager).values())  # reset membranes: spikes
     assert spikes > 0
 
 
@@ -128,13 +129,13 @@ def test_flat_state_round_trips_the_model_state():
     model = create_model("tiny", input_size=128).eval()
     fast = NumbaStep(model)
     g = torch.Generator().manual_seed(1)
-    state = {k: torch.randn(v.shape, generator=g) for k, v in model.init_state(1).items()}
+    state = map_state(lambda v: torch.randn(v.shape, generator=g), model.init_state(1))
     flat = fast.from_model_state(state)
     assert flat.shape == fast.init_state(1).shape and flat.dtype == np.float32
-    back = fast.to_model_state(flat)
-    assert back.keys() == state.keys()
-    for k in state:
-        assert torch.equal(back[k], state[k]), k
+    back, want = flat_state(fast.to_model_state(flat)), flat_state(state)
+    assert back.keys() == want.keys()
+    for k in want:
+        assert torch.equal(back[k], want[k]), k
     # and the step reads it in that layout: a step from `state` equals eager's
     frame = torch.from_numpy(sparse_maps((1, 2, 128, 128), 0.06, 2))
     with torch.inference_mode():

@@ -1,17 +1,18 @@
 """`model.step` as event-driven numba kernels: the CPU streaming engine for supported models.
 
 `NumbaStep(model)` copies the weights of an eval-mode `SpikingTransformer` into channels-last
-arrays and runs one timestep through `pipeline.numba_kernels`: each conv and linear layer
+arrays and runs one timestep through `engines.numba_kernels`: each conv and linear layer
 adds one row of weights per non-zero input (spikes, or event counts in the first layer)
 instead of multiplying dense maps, and no torch operation runs inside a step. Besides doing
 less work on sparse maps, a step touches a few kilobytes of compiled code rather than the
 dispatch paths of some fifty ATen operations, so it stays fast when it runs once per bin
 after the thread has idled (the live-stream case; see `benchmarks/streaming.py`).
 
-State is the model's own (`model.init_state`: the same keys, shapes and layouts), so a
-`NumbaStep` and `model.step` can take over from each other mid-stream. Results agree with
-`model.step` to float rounding (sums run in another order); `pipeline.compiled.make_step`
-checks that over a few steps before it uses one.
+State is one flat array holding the leaves of the model's nested state (`model.init_state`,
+in `torch.utils._pytree` order; stem maps channels-last), and `to_model_state` /
+`from_model_state` convert, so a `NumbaStep` and `model.step` can take over from each other
+mid-stream. Results agree with `model.step` to float rounding (sums run in another order);
+`engines.make_step` checks that over a few steps before it uses one.
 
 Supported: batch 1 on the CPU in float32, LIF neurons, max- or average-pooling stems with any
 stem stride, and the attention mechanisms in `SUPPORTED_ATTENTION`. `unsupported(model)`
@@ -27,13 +28,14 @@ import numpy as np
 import torch
 from numba.typed import List
 from torch import Tensor, nn
+from torch.utils import _pytree as pytree
 
 from spikestream.pipeline.engines import numba_kernels as K
 from spikestream.pipeline.network.neurons import LIF
+from spikestream.pipeline.network.state import State, named_leaves
 
 __all__ = ["SUPPORTED_ATTENTION", "NumbaStep", "unsupported"]
 
-State = dict[str, Tensor]
 LIFParams = tuple[np.float32, np.float32, np.float32]
 
 #: Attention keys with numba kernels.
@@ -84,15 +86,6 @@ def unsupported(model: Any) -> str | None:
     return None
 
 
-def _stem_keys(model: nn.Module) -> list[str]:
-    return [f"stem.{i}" for i in range(len(model.sps.stages))] + ["stem.rpe"]
-
-
-def _block_keys(model: nn.Module) -> list[str]:
-    names = ("attn_in", "attn.q", "attn.k", "attn.v", "attn.attn", "mlp_in", "mlp_hidden")
-    return [f"blocks.{j}.{n}" for j in range(len(model.blocks)) for n in names]
-
-
 def _pool_code(pool: nn.Module) -> int:
     if isinstance(pool, nn.MaxPool2d):
         return K.POOL_MAX
@@ -103,7 +96,7 @@ def _pool_code(pool: nn.Module) -> int:
 
 class NumbaStep:
     """One timestep of a supported model in numba kernels (module docstring), with the
-    stepping interface of `pipeline.compiled.CompiledStep` (`init_state`, `step`)."""
+    engine interface (`init_state`, `step`, `mode`)."""
 
     mode = "numba"
 
@@ -118,8 +111,6 @@ class NumbaStep:
         self.in_channels = model.in_channels
         self.frame_shape = (1, model.in_channels, *model.input_size)
         stages = [*model.sps.stages, model.sps.rpe]
-        self._stem_keys = _stem_keys(model)
-        self._block_keys = _block_keys(model)
         # weights as [C_in, K, K, C_out]: a spike adds contiguous rows
         self._stem_w = _list(_f32(st.conv.weight.permute(1, 2, 3, 0)) for st in stages)
         self._stem_bn = _list(np.stack(_bn(st.bn)) for st in stages)
@@ -141,11 +132,15 @@ class NumbaStep:
         self._dvs_pool = bool(getattr(first, "dvs_pool", False))
         self._head_w, self._head_b = _f32(model.head.weight), _f32(model.head.bias)
 
-        self._keys = [*self._stem_keys, *self._block_keys]
+        # the model's state leaves in pytree order; stem maps [1, C, H, W] kept as [H * W, C]
+        # (channels-last), every other leaf as [rows, last axis]
         zeros = model.init_state(1)
-        self._shapes = [tuple(zeros[k].shape) for k in self._keys]
-        # channels-last membranes: stem maps [1, C, H, W] as [H * W, C], tokens [1, N, D]
-        self._rows = [(sh[2] * sh[3], sh[1]) if len(sh) == 4 else sh[1:] for sh in self._shapes]
+        self._spec = pytree.tree_structure(zeros)
+        leaves = list(named_leaves(zeros))
+        self._shapes = [tuple(t.shape) for _, t in leaves]
+        self._maps = [name.startswith("stem.") and t.dim() == 4 for name, t in leaves]
+        self._rows = [(sh[2] * sh[3], sh[1]) if m else (int(np.prod(sh[:-1])), sh[-1])
+                      for sh, m in zip(self._shapes, self._maps, strict=True)]
         sizes = [r * c for r, c in self._rows]
         self._offsets = np.cumsum([0, *sizes])
         self._layout = np.array([(o, r, c) for o, (r, c) in zip(self._offsets[:-1], self._rows,
@@ -158,25 +153,25 @@ class NumbaStep:
         return np.zeros(int(self._offsets[-1]), np.float32)
 
     def to_model_state(self, state: np.ndarray) -> State:
-        """The flat state as `model.step`'s dict of tensors (copies)."""
-        out = {}
-        for k, sh, a, b in zip(self._keys, self._shapes, self._offsets[:-1], self._offsets[1:],
-                               strict=True):
+        """The flat state as `model.step`'s nested state of tensors (copies)."""
+        leaves = []
+        for sh, is_map, a, b in zip(self._shapes, self._maps, self._offsets[:-1],
+                                    self._offsets[1:], strict=True):
             part = state[a:b]
-            if len(sh) == 4:  # [H, W, C] -> [1, C, H, W]
+            if is_map:  # [H, W, C] -> [1, C, H, W]
                 part = part.reshape(sh[2], sh[3], sh[1]).transpose(2, 0, 1)
-            out[k] = torch.from_numpy(np.ascontiguousarray(part).reshape(sh))
-        return out
+            leaves.append(torch.from_numpy(np.ascontiguousarray(part).reshape(sh)))
+        return pytree.tree_unflatten(leaves, self._spec)
 
     def from_model_state(self, state: State) -> np.ndarray:
-        """A dict of tensors of `model.init_state`'s layout as this step's flat state."""
-        missing = set(self._keys) - set(state)
-        if missing:
-            raise ValueError(f"state lacks {sorted(missing)}")
+        """A state of `model.init_state`'s layout as this step's flat state."""
+        leaves, spec = pytree.tree_flatten(state)
+        if spec != self._spec:
+            raise ValueError("state does not have the layout of model.init_state")
         parts = []
-        for k in self._keys:
-            t = state[k].detach().cpu().to(torch.float32)
-            parts.append((t.permute(0, 2, 3, 1) if t.dim() == 4 else t).reshape(-1).numpy())
+        for t, is_map in zip(leaves, self._maps, strict=True):
+            t = t.detach().cpu().to(torch.float32)
+            parts.append((t.permute(0, 2, 3, 1) if is_map else t).reshape(-1).numpy())
         return np.concatenate(parts)
 
     def step(self, frame: Tensor, state: np.ndarray) -> tuple[Tensor, np.ndarray]:

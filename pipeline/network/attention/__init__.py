@@ -13,13 +13,11 @@ from spikestream.pipeline.network.attention.base import (
     ATTENTION,
     Attention,
     State,
-    TokenBN,
-    TokenLIF,
-    TokenProj,
     create_attention,
     register_attention,
 )
 from spikestream.pipeline.network.attention.local import LocalRF
+from spikestream.pipeline.network.layers import TokenBN, TokenLIF, TokenProj
 
 __all__ = [
     "ATTENTION",

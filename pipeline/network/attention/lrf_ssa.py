@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from spikestream.pipeline.network.attention.base import State, register_attention
 from spikestream.pipeline.network.attention.local import LocalRF
-from spikestream.pipeline.network.attention.ssa import SpikingQKV, ssa_product
+from spikestream.pipeline.network.attention.qkv import SpikingQKV, ssa_product
 
 
 @register_attention("lrf_ssa")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from spikestream.pipeline.network.attention.base import State, register_attention
-from spikestream.pipeline.network.attention.ssa import SpikingQKV
+from spikestream.pipeline.network.attention.qkv import SpikingQKV
 
 
 @register_attention("sdsa")

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from spikestream.pipeline.network.attention.base import State, register_attention
-from spikestream.pipeline.network.attention.ssa import SpikingQKV
+from spikestream.pipeline.network.attention.qkv import SpikingQKV
 from spikestream.pipeline.network.neurons import spike_ge
 
 

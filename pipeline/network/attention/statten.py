@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from spikestream.pipeline.network.attention.base import State, register_attention
-from spikestream.pipeline.network.attention.ssa import SpikingQKV
+from spikestream.pipeline.network.attention.qkv import SpikingQKV
 
 MODES = ("chunk", "causal")
 
