@@ -1,8 +1,8 @@
-"""Event-driven numba kernels for one timestep of the spiking transformer on the CPU.
+"""Event-driven numba kernels: the layers every part of the numba engine is built from.
 
-`step_kernel` runs a whole `SpikingTransformer.step` (ssa or sdsa attention) in one compiled
-call; `pipeline.numba_step` packs a model's weights and state for it. Convolutions and linear
-layers are computed by scattering: every non-zero input (an event count in the first layer, a
+The attention kernels are in `numba_attention`, the block and the whole step in
+`numba_network`; `numba_step` packs a model's weights and state for them. Convolutions and
+linear layers are computed by scattering: every non-zero input (an event count in the first layer, a
 spike after it) adds its row of weights, `val * w`, to the outputs it reaches, so the work
 grows with the number of spikes rather than the size of the map, and a spike costs additions
 only. Accumulators are channels-last (`[positions, C]`) so that those additions run over
@@ -10,16 +10,16 @@ contiguous channels, and so are maps and membranes (`[H, W, C]` in the stem, tok
 after it: the same layout). Sums run in another order than a dense GEMM's, so results agree
 with `model.step` to float rounding.
 
-Neurons follow `attention.base.lif_fire_` operation for operation, in float32:
+Every neuron is `_fire`, which follows `network.neurons.lif_update` operation for operation,
+in float32:
 `h = y / tau`, `h = h + beta * v`, `s = [h >= v_th]`, `v = h * [h < v_th]`, where `y` is the
 batch-normed input `acc * alpha + shift` (ATen's eval batch norm: `alpha = gamma /
 sqrt(var + eps)`, `shift = b - mean * alpha`) or, for neurons on the residual stream, the
 tokens themselves.
 
 Packed parameters (see `numba_step`): `lif[i] = (tau, beta, v_th)`; `bn[i] = [alpha; shift]`
-(`[2, C]`); stem layers `cfg[i] = (stride, pool)` with pool 0 none, 1 max 3/2/1, 2 avg 2/2;
-per block six weights `[D_in, D_out]` (q, k, v, proj, fc1, fc2), their six norms, seven
-neurons (attn_in, q, k, v, attn, mlp_in, mlp_hidden) and seven membranes in that order.
+(`[2, C]`); linear weights `[D_in, D_out]`; stem layers `cfg[i] = (stride, pool)` with pool 0
+none, 1 max 3/2/1, 2 avg 2/2.
 """
 
 from __future__ import annotations
@@ -30,10 +30,6 @@ from numba import njit
 ONE = np.float32(1.0)
 ZERO = np.float32(0.0)
 POOL_NONE, POOL_MAX, POOL_AVG = 0, 1, 2
-ATTN_SSA, ATTN_SDSA = 0, 1
-#: Per block: weights / norms (q, k, v, proj, fc1, fc2) and neurons / membranes
-#: (attn_in, q, k, v, attn, mlp_in, mlp_hidden).
-BLOCK_WEIGHTS, BLOCK_NEURONS = 6, 7
 
 
 @njit(cache=True, nogil=True)
@@ -187,79 +183,8 @@ def stem_layer(x, w, bn, lif, stride, pool, v, v_new):  # pragma: no cover - com
 
 
 @njit(cache=True, nogil=True)
-def ssa_scores(q, k, v, heads, scale):  # pragma: no cover - compiled
-    """Spikformer SSA before its neuron: `scale * (Q_h K_h^T) V_h` per head, for spike tokens
-    `q, k, v[N, D]`. Sums of spikes are small integers, exact in any order; the product by
-    `scale` rounds once, as in `(q @ k^T) @ v * scale`."""
-    n, d_all = q.shape
-    d = d_all // heads
-    out = np.zeros((n, d_all), np.float32)
-    counts = np.empty(n, np.float32)
-    active = np.empty(d, np.int64)
-    for head in range(heads):
-        lo = head * d
-        for i in range(n):
-            na = 0
-            for j in range(lo, lo + d):
-                if q[i, j] != 0:
-                    active[na] = j
-                    na += 1
-            if na == 0:
-                continue
-            for m in range(n):
-                total = ZERO
-                for a in range(na):
-                    total += q[i, active[a]] * k[m, active[a]]
-                counts[m] = total
-            row = out[i]
-            for m in range(n):
-                qk = counts[m]
-                if qk == 0:
-                    continue
-                for o in range(lo, lo + d):
-                    row[o] += qk * v[m, o]
-            for o in range(lo, lo + d):
-                row[o] = row[o] * scale
-    return out
-
-
-@njit(cache=True, nogil=True)
-def token_max_pool_3s1(x, gh, gw):  # pragma: no cover - compiled
-    """3x3 stride-1 max-pool (padding 1) of tokens `x[N, D]` over their `gh x gw` grid."""
-    n, d = x.shape
-    out = np.empty((n, d), np.float32)
-    for gy in range(gh):
-        for gx in range(gw):
-            row = out[gy * gw + gx]
-            row[:] = x[gy * gw + gx]
-            for y in range(max(gy - 1, 0), min(gy + 2, gh)):
-                for xx in range(max(gx - 1, 0), min(gx + 2, gw)):
-                    other = x[y * gw + xx]
-                    for o in range(d):
-                        row[o] = max(row[o], other[o])
-    return out
-
-
-@njit(cache=True, nogil=True)
-def sdsa_mask(q, k, v, lif, va, va_new):  # pragma: no cover - compiled
-    """Spike-driven SDSA before its projection: per channel the token sum of `k * v` fires
-    the attention neuron (membranes `va, va_new[1, D]`), whose spike masks `q[N, D]`."""
-    n, d = q.shape
-    kv = np.zeros((1, d), np.float32)
-    for i in range(n):
-        for o in range(d):
-            kv[0, o] += k[i, o] * v[i, o]
-    s = np.empty((1, d), np.float32)
-    lif_tokens(kv, lif, va, va_new, s)
-    out = np.empty((n, d), np.float32)
-    for i in range(n):
-        for o in range(d):
-            out[i, o] = q[i, o] * s[0, o]
-    return out
-
-
-@njit(cache=True, nogil=True)
-def _proj(x, wt, bn):  # pragma: no cover - compiled
+def proj(x, wt, bn):  # pragma: no cover - compiled
+    """`BN(W x)` of tokens `x[N, D_in]`: `[N, D_out]`."""
     acc = np.zeros((x.shape[0], wt.shape[1]), np.float32)
     linear_scatter(x, wt, acc)
     batch_norm(acc, bn)
@@ -267,79 +192,10 @@ def _proj(x, wt, bn):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _proj_fire(x, wt, bn, lif, v, v_new):  # pragma: no cover - compiled
+def proj_fire(x, wt, bn, lif, v, v_new):  # pragma: no cover - compiled
+    """`SN(BN(W x))` of tokens `x[N, D_in]`: spikes `[N, D_out]`, membranes `v -> v_new`."""
     acc = np.zeros((x.shape[0], wt.shape[1]), np.float32)
     linear_scatter(x, wt, acc)
     s = np.empty_like(acc)
     bn_lif(acc, bn, lif, v, v_new, s)
     return s
-
-
-@njit(cache=True, nogil=True)
-def block(x, j, w, bn, lif, v, v_new, attn, heads, scale, dvs_pool, gh,
-          gw):  # pragma: no cover - compiled
-    """Block `j`: `x + Attn(SN(x))`, then `+ BN(W_2 SN(BN(W_1 SN(.))))`, on tokens `x[N, D]`."""
-    wi, ni = j * BLOCK_WEIGHTS, j * BLOCK_NEURONS
-    s = np.empty_like(x)
-    lif_tokens(x, lif[ni], v[ni], v_new[ni], s)
-    q = _proj_fire(s, w[wi], bn[wi], lif[ni + 1], v[ni + 1], v_new[ni + 1])
-    k = _proj_fire(s, w[wi + 1], bn[wi + 1], lif[ni + 2], v[ni + 2], v_new[ni + 2])
-    vv = _proj_fire(s, w[wi + 2], bn[wi + 2], lif[ni + 3], v[ni + 3], v_new[ni + 3])
-    if attn == ATTN_SSA:
-        scores = ssa_scores(q, k, vv, heads, scale)
-        spikes = np.empty_like(scores)
-        lif_tokens(scores, lif[ni + 4], v[ni + 4], v_new[ni + 4], spikes)
-    else:
-        if dvs_pool:
-            k, vv = token_max_pool_3s1(k, gh, gw), token_max_pool_3s1(vv, gh, gw)
-        spikes = sdsa_mask(q, k, vv, lif[ni + 4], v[ni + 4], v_new[ni + 4])
-    x = x + _proj(spikes, w[wi + 3], bn[wi + 3])
-    lif_tokens(x, lif[ni + 5], v[ni + 5], v_new[ni + 5], s)
-    h = _proj_fire(s, w[wi + 4], bn[wi + 4], lif[ni + 6], v[ni + 6], v_new[ni + 6])
-    return x + _proj(h, w[wi + 5], bn[wi + 5])
-
-
-@njit(cache=True, nogil=True)
-def step_kernel(frame, stem_w, stem_bn, stem_lif, stem_cfg, blk_w, blk_bn, blk_lif, attn, heads,
-                scale, dvs_pool, head_w, head_b, layout, state, new,
-                logits):  # pragma: no cover - compiled
-    """One timestep of the model packed by `numba_step` (module docstring): `frame[H, W, P]`
-    (any strides) in, the logits into `logits[C]`. `state` and `new` are flat membranes, all
-    channels-last: `layout[i] = (offset, rows, channels)` places stem layer i's `[H * W, C]`
-    (the last stem layer is the relative position embedding, added to the stem's output),
-    then each block neuron's `[N, D]`."""
-    last = len(stem_w) - 1
-    views = []
-    for i in range(layout.shape[0]):
-        o, rows, cols = layout[i, 0], layout[i, 1], layout[i, 2]
-        views.append((state[o:o + rows * cols].reshape((rows, cols)),
-                      new[o:o + rows * cols].reshape((rows, cols))))
-    v, v_new = views[0]
-    x = stem_layer(frame, stem_w[0], stem_bn[0], stem_lif[0], stem_cfg[0, 0], stem_cfg[0, 1],
-                   v, v_new)
-    for i in range(1, last):
-        v, v_new = views[i]
-        x = stem_layer(x, stem_w[i], stem_bn[i], stem_lif[i], stem_cfg[i, 0], stem_cfg[i, 1],
-                       v, v_new)
-    v, v_new = views[last]
-    y = stem_layer(x, stem_w[last], stem_bn[last], stem_lif[last], stem_cfg[last, 0],
-                   stem_cfg[last, 1], v, v_new)
-    gh, gw, d = x.shape
-    tokens = (x + y).reshape((gh * gw, d))
-    v_blk = [views[i][0] for i in range(last + 1, layout.shape[0])]
-    v_blk_new = [views[i][1] for i in range(last + 1, layout.shape[0])]
-    for j in range(len(blk_w) // BLOCK_WEIGHTS):
-        tokens = block(tokens, j, blk_w, blk_bn, blk_lif, v_blk, v_blk_new, attn, heads, scale,
-                       dvs_pool, gh, gw)
-    n = tokens.shape[0]
-    mean = np.zeros(d, np.float32)
-    for i in range(n):
-        for o in range(d):
-            mean[o] += tokens[i, o]
-    for o in range(d):
-        mean[o] = mean[o] / np.float32(n)
-    for c in range(head_w.shape[0]):
-        total = ZERO
-        for o in range(d):
-            total += head_w[c, o] * mean[o]
-        logits[c] = total + head_b[c]

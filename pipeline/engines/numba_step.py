@@ -15,8 +15,8 @@ mid-stream. Results agree with `model.step` to float rounding (sums run in anoth
 `engines.make_step` checks that over a few steps before it uses one.
 
 Supported: batch 1 on the CPU in float32, LIF neurons, max- or average-pooling stems with any
-stem stride, and the attention mechanisms in `SUPPORTED_ATTENTION`. `unsupported(model)`
-says why another model cannot run here.
+stem stride, and the attention mechanisms registered in `numba_attention.NUMBA_ATTENTION`.
+`unsupported(model)` says why another model cannot run here.
 """
 
 from __future__ import annotations
@@ -31,29 +31,17 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from spikestream.pipeline.engines import numba_kernels as K
-from spikestream.pipeline.network.neurons import LIF
+from spikestream.pipeline.engines.numba_attention import (
+    NUMBA_ATTENTION,
+    f32,
+    pack_bn,
+    pack_lif,
+    pack_proj,
+)
+from spikestream.pipeline.engines.numba_network import step_kernel
 from spikestream.pipeline.network.state import State, named_leaves
 
-__all__ = ["SUPPORTED_ATTENTION", "NumbaStep", "unsupported"]
-
-LIFParams = tuple[np.float32, np.float32, np.float32]
-
-#: Attention keys with numba kernels.
-SUPPORTED_ATTENTION = ("ssa", "sdsa")
-
-
-def _f32(t: Tensor) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().cpu().to(torch.float32).numpy())
-
-
-def _bn(bn: nn.modules.batchnorm._BatchNorm) -> tuple[np.ndarray, np.ndarray]:
-    """Eval batch norm as `y * alpha + shift`, computed in float32 as ATen's CPU kernel does."""
-    mean, var = _f32(bn.running_mean), _f32(bn.running_var)
-    invstd = np.float32(1.0) / np.sqrt(var + np.float32(bn.eps))
-    gamma = _f32(bn.weight) if bn.weight is not None else np.ones_like(mean)
-    beta = _f32(bn.bias) if bn.bias is not None else np.zeros_like(mean)
-    alpha = (invstd * gamma).astype(np.float32)
-    return alpha, (beta - mean * alpha).astype(np.float32)
+__all__ = ["NumbaStep", "unsupported"]
 
 
 def _list(arrays: Iterable[np.ndarray]) -> List:
@@ -65,22 +53,21 @@ def _list(arrays: Iterable[np.ndarray]) -> List:
     return out
 
 
-def _lif(lif: nn.Module) -> LIFParams:
-    if not isinstance(lif, LIF):
-        raise ValueError(f"numba kernels run LIF neurons only, got {type(lif).__name__}")
-    beta = float(lif.beta) if torch.is_tensor(lif.beta) else lif.beta
-    return np.float32(lif.tau), np.float32(beta), np.float32(lif.threshold)
-
-
 def unsupported(model: Any) -> str | None:
-    """Why `model` cannot run as a `NumbaStep`, or None when it can."""
+    """Why `model` cannot run as a `NumbaStep`, or None when it can (the attention key must
+    have a `NUMBA_ATTENTION` entry whose check passes on every block)."""
     from spikestream.pipeline.network.model import SpikingTransformer
 
     if not isinstance(model, SpikingTransformer):
         return f"{type(model).__name__} is not a SpikingTransformer"
-    if model.attention_key not in SUPPORTED_ATTENTION:
+    entry = NUMBA_ATTENTION.get(model.attention_key)
+    if entry is None:
         return (f"attention {model.attention_key!r} has no numba kernels "
-                f"(supported: {', '.join(SUPPORTED_ATTENTION)})")
+                f"(supported: {', '.join(sorted(NUMBA_ATTENTION))})")
+    for block in model.blocks:
+        reason = entry.check(block.attn)
+        if reason is not None:
+            return f"attention {model.attention_key!r}: {reason}"
     if model.head.weight.device.type != "cpu" or model.head.weight.dtype != torch.float32:
         return "the model is not float32 on the CPU"
     return None
@@ -112,25 +99,25 @@ class NumbaStep:
         self.frame_shape = (1, model.in_channels, *model.input_size)
         stages = [*model.sps.stages, model.sps.rpe]
         # weights as [C_in, K, K, C_out]: a spike adds contiguous rows
-        self._stem_w = _list(_f32(st.conv.weight.permute(1, 2, 3, 0)) for st in stages)
-        self._stem_bn = _list(np.stack(_bn(st.bn)) for st in stages)
-        self._stem_lif = np.array([_lif(st.lif) for st in stages], np.float32)
+        self._stem_w = _list(f32(st.conv.weight.permute(1, 2, 3, 0)) for st in stages)
+        self._stem_bn = _list(pack_bn(st.bn) for st in stages)
+        self._stem_lif = np.array([pack_lif(st.lif) for st in stages], np.float32)
         self._stem_cfg = np.array([(st.conv.stride[0], _pool_code(st.pool)) for st in stages],
                                   np.int64)
-        projs, lifs = [], []
-        for b in model.blocks:
-            a = b.attn
-            projs += [a.q.proj, a.k.proj, a.v.proj, a.proj, b.fc1, b.fc2]
-            lifs += [b.attn_in, a.q.lif, a.k.lif, a.v.lif, a.attn_lif, b.mlp_in, b.mlp_lif]
-        self._blk_w = _list(_f32(p.linear.weight.t()) for p in projs)  # [D_in, D_out]
-        self._blk_bn = _list(np.stack(_bn(p.bn)) for p in projs)
-        self._blk_lif = np.array([_lif(n) for n in lifs], np.float32)
-        first = model.blocks[0].attn
-        self._attn = K.ATTN_SSA if model.attention_key == "ssa" else K.ATTN_SDSA
-        self._heads = int(first.heads)
-        self._scale = np.float32(getattr(first, "scale", 1.0))
-        self._dvs_pool = bool(getattr(first, "dvs_pool", False))
-        self._head_w, self._head_b = _f32(model.head.weight), _f32(model.head.bias)
+        self._blk_w = _list(a for b in model.blocks for p in (b.fc1, b.fc2) for a in pack_proj(p))
+        self._blk_lif = np.array([pack_lif(n) for b in model.blocks
+                                  for n in (b.attn_in, b.mlp_in, b.mlp_lif)], np.float32)
+        entry = NUMBA_ATTENTION[model.attention_key]
+        packed = [entry.pack(b.attn) for b in model.blocks]
+        self._kernel = entry.kernel
+        self._attn_w = _list(a for p in packed for a in p.arrays)  # [D_in, D_out] or [rows, C]
+        self._n_aw = len(packed[0].arrays)
+        self._attn_lif = np.array([n for p in packed for n in p.neurons], np.float32)
+        self._n_alif = len(packed[0].neurons)
+        self._attn_i = np.array([p.ints for p in packed], np.int64)
+        self._attn_f = np.array([p.floats for p in packed], np.float32)
+        self._n_av = len(list(named_leaves(model.blocks[0].attn.init_state(1))))
+        self._head_w, self._head_b = f32(model.head.weight), f32(model.head.bias)
 
         # the model's state leaves in pytree order; stem maps [1, C, H, W] kept as [H * W, C]
         # (channels-last), every other leaf as [rows, last axis]
@@ -183,11 +170,11 @@ class NumbaStep:
             frame = frame.to("cpu", torch.float32)
         new = np.empty_like(state)
         logits = np.empty((1, self.num_classes), np.float32)
-        K.step_kernel(
+        step_kernel(
             frame.detach().numpy()[0].transpose(1, 2, 0), self._stem_w, self._stem_bn,
-            self._stem_lif, self._stem_cfg,
-            self._blk_w, self._blk_bn, self._blk_lif, self._attn, self._heads, self._scale,
-            self._dvs_pool, self._head_w, self._head_b, self._layout, state, new, logits[0],
+            self._stem_lif, self._stem_cfg, self._blk_w, self._blk_lif, self._kernel,
+            self._attn_w, self._n_aw, self._attn_lif, self._n_alif, self._attn_i, self._attn_f,
+            self._n_av, self._head_w, self._head_b, self._layout, state, new, logits[0],
         )  # fmt: skip
         return torch.from_numpy(logits), new
 
