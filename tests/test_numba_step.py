@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import excite
+from model_helpers import KEYS, attention_kwargs, excite
 
 from spikestream.devices import gesture_clip
 from spikestream.firmware_bridge.quantize import quantize_cores
@@ -17,6 +17,7 @@ from spikestream.pipeline import create_model
 from spikestream.pipeline.binning import to_frames
 from spikestream.pipeline.engines import make_step
 from spikestream.pipeline.engines import numba_attention as A
+from spikestream.pipeline.engines import numba_attention_kernels as AK
 from spikestream.pipeline.engines import numba_kernels as K
 from spikestream.pipeline.engines.numba_step import NumbaStep, unsupported
 from spikestream.pipeline.network.attention import LocalRF
@@ -65,7 +66,7 @@ def test_pools_are_torch_pools():
     grid = sparse_maps((5, 7, 6), 0.3, 4)  # tokens [N, D] of a 5x7 grid
     tokens = np.ascontiguousarray(grid.reshape(35, 6))
     want = F.max_pool2d(torch.from_numpy(grid).permute(2, 0, 1)[None], 3, stride=1, padding=1)
-    np.testing.assert_array_equal(A.token_max_pool_3s1(tokens, 5, 7),
+    np.testing.assert_array_equal(AK.token_max_pool_3s1(tokens, 5, 7),
                                   want[0].permute(1, 2, 0).reshape(35, 6).numpy())
 
 
@@ -73,7 +74,7 @@ def test_ssa_scores_are_exact():
     rng = np.random.default_rng(5)
     q, k, v = ((rng.random((64, 32)) < 0.3).astype(np.float32) for _ in range(3))
     heads, scale = 4, np.float32(0.125)
-    got = A.ssa_scores(q, k, v, heads, scale)
+    got = AK.ssa_scores(q, k, v, heads, scale)
     split = [torch.from_numpy(a).reshape(64, heads, 8).transpose(0, 1) for a in (q, k, v)]
     want = ((split[0] @ split[1].transpose(-1, -2)) @ split[2] * 0.125).transpose(0, 1)
     np.testing.assert_array_equal(got, want.reshape(64, 32).numpy())  # integer sums: exact
@@ -97,6 +98,12 @@ CASES = {
     "ssa-avg-deep": ("ssa", {"scale": 0.25}, {"pool": "avg", "depth": 2, "input_size": 64}),
     # the dendritic core's token scan and the local field, with two blocks of their own weights
     "lrf_dyn": ("lrf_dyn", {}, {"depth": 2}),
+    "sdsa": ("sdsa", {}, {}),
+    "lrf_ssa": ("lrf_ssa", {"scale": 0.25}, {}),
+    "a2os2a": ("a2os2a", {}, {}),
+    "a2os2a-explicit": ("a2os2a", {"reassociate": False}, {}),
+    "sssa": ("sssa", {}, {}),
+    "statten-causal": ("statten", {"mode": "causal", "chunk": 3}, {}),
 }
 
 
@@ -164,6 +171,22 @@ def test_numba_step_rejects_what_it_cannot_run():
         NumbaStep(lrf)
 
 
+@pytest.mark.parametrize("key", KEYS)
+def test_every_steppable_key_runs_on_numba(key):
+    """The registry covers every mechanism that can step; make_step checks each against eager
+    steps on random sparse frames before it returns the numba step."""
+    model = excite(create_model("tiny", key, attention_kwargs(key), input_size=32), seed=2)
+    assert unsupported(model) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert make_step(model, torch.zeros(1, 2, 32, 32), "numba").mode == "numba"
+
+
+def test_statten_chunk_mode_is_refused():
+    model = create_model("tiny", "statten", input_size=32)
+    assert "not causal" in unsupported(model)
+
+
 def test_make_step_picks_and_falls_back():
     frame = torch.zeros(1, 2, 32, 32)
     ssa = create_model("tiny", input_size=32)
@@ -199,7 +222,7 @@ def test_dendritic_scan_is_the_core():
         lower, upper = core.couplings()
         params = [A.f32(t) for t in (core.decays(), lower, upper, core.gamma, core.readout())]
     x_new = np.empty((heads * k, d), np.float32)
-    got_s = A.dendritic_scan(u[0].numpy(), x0[0].reshape(heads * k, d).numpy(), x_new, *params,
+    got_s = AK.dendritic_scan(u[0].numpy(), x0[0].reshape(heads * k, d).numpy(), x_new, *params,
                              np.float32(1.0), heads)
     np.testing.assert_array_equal(got_s, want_s[0].numpy())
     np.testing.assert_allclose(x_new.reshape(heads, k, d), want_x[0].numpy(), rtol=0, atol=1e-5)
@@ -214,6 +237,6 @@ def test_local_rf_is_the_dilated_convolutions():
         want = local(x[None])[0].numpy()
         w = np.concatenate([A.f32(c.weight[:, 0].permute(1, 2, 0).reshape(9, -1))
                             for c in local.convs])
-    got = A.local_rf(x.numpy(), w, np.array(local.dilations, np.int64), *grid)
+    got = AK.local_rf(x.numpy(), w, np.array(local.dilations, np.int64), *grid)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     assert np.abs(got).sum() > 0

@@ -1,7 +1,7 @@
 """The whole `SpikingTransformer.step` as one compiled call: stem, blocks, head.
 
 `step_kernel` runs what `numba_step.NumbaStep` packs: the stem layers (`numba_kernels`), each
-block's neurons and MLP around its attention (`numba_attention.attend`), and the head.
+block's neurons and MLP around its attention (`numba_attention_kernels.attend`), and the head.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from spikestream.pipeline.engines.numba_attention import attend
+from spikestream.pipeline.engines.numba_attention_kernels import attend
 from spikestream.pipeline.engines.numba_kernels import ZERO, lif_tokens, proj, proj_fire, stem_layer
 
 #: Per block: the MLP's two projections as `[W^T, BN]` each, and three neurons (attn_in,

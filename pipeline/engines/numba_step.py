@@ -125,9 +125,10 @@ class NumbaStep:
         self._spec = pytree.tree_structure(zeros)
         leaves = list(named_leaves(zeros))
         self._shapes = [tuple(t.shape) for _, t in leaves]
+        self._dtypes = [t.dtype for _, t in leaves]  # held as float32 (e.g. a step counter)
         self._maps = [name.startswith("stem.") and t.dim() == 4 for name, t in leaves]
         self._rows = [(sh[2] * sh[3], sh[1]) if m else (int(np.prod(sh[:-1])), sh[-1])
-                      for sh, m in zip(self._shapes, self._maps, strict=True)]
+                      if sh else (1, 1) for sh, m in zip(self._shapes, self._maps, strict=True)]
         sizes = [r * c for r, c in self._rows]
         self._offsets = np.cumsum([0, *sizes])
         self._layout = np.array([(o, r, c) for o, (r, c) in zip(self._offsets[:-1], self._rows,
@@ -142,12 +143,12 @@ class NumbaStep:
     def to_model_state(self, state: np.ndarray) -> State:
         """The flat state as `model.step`'s nested state of tensors (copies)."""
         leaves = []
-        for sh, is_map, a, b in zip(self._shapes, self._maps, self._offsets[:-1],
-                                    self._offsets[1:], strict=True):
+        for sh, dtype, is_map, a, b in zip(self._shapes, self._dtypes, self._maps,
+                                           self._offsets[:-1], self._offsets[1:], strict=True):
             part = state[a:b]
             if is_map:  # [H, W, C] -> [1, C, H, W]
                 part = part.reshape(sh[2], sh[3], sh[1]).transpose(2, 0, 1)
-            leaves.append(torch.from_numpy(np.ascontiguousarray(part).reshape(sh)))
+            leaves.append(torch.from_numpy(np.ascontiguousarray(part).reshape(sh)).to(dtype))
         return pytree.tree_unflatten(leaves, self._spec)
 
     def from_model_state(self, state: State) -> np.ndarray:
