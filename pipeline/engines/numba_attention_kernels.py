@@ -21,7 +21,7 @@ from spikestream.pipeline.engines.numba_kernels import ONE, ZERO, lif_tokens, pr
  KERNEL_STATTEN) = range(7)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=False, nogil=True)
 def ssa_scores(q, k, v, heads, scale):  # pragma: no cover - compiled
     """Spikformer SSA before its neuron: `scale * (Q_h K_h^T) V_h` per head, for spike tokens
     `q, k, v[N, D]`. Sums of spikes are small integers, exact in any order; the product by
@@ -58,7 +58,7 @@ def ssa_scores(q, k, v, heads, scale):  # pragma: no cover - compiled
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=False, nogil=True)
 def token_max_pool_3s1(x, gh, gw):  # pragma: no cover - compiled
     """3x3 stride-1 max-pool (padding 1) of tokens `x[N, D]` over their `gh x gw` grid."""
     n, d = x.shape
@@ -75,7 +75,7 @@ def token_max_pool_3s1(x, gh, gw):  # pragma: no cover - compiled
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=False, nogil=True)
 def sdsa_mask(q, k, v, lif, va, va_new):  # pragma: no cover - compiled
     """Spike-driven SDSA before its projection: per channel the token sum of `k * v` fires
     the attention neuron (membranes `va, va_new[1, D]`), whose spike masks `q[N, D]`."""
@@ -93,7 +93,7 @@ def sdsa_mask(q, k, v, lif, va, va_new):  # pragma: no cover - compiled
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=False, nogil=True)
 def local_rf(x, w, dilations, gh, gw):  # pragma: no cover - compiled
     """`LocalRF`: the sum of depthwise 3x3 convolutions (padding = dilation) of tokens
     `x[N, D]` on their `gh x gw` grid, scattered from the non-zero inputs;
@@ -126,53 +126,78 @@ def local_rf(x, w, dilations, gh, gw):  # pragma: no cover - compiled
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=False, nogil=True)
 def dendritic_scan(u, x, x_new, decay, lower, upper, gamma, readout, theta,
                    heads):  # pragma: no cover - compiled
     """`DendriticCore.step`: the N tokens of `u[N, D]` in order through each channel's k
     compartments, `X = A X + Gamma u`, `y = C . X`, fire `[y - theta >= 0]`, subtract theta
     from the soma; state `x, x_new[heads * k, d]`, parameters `[heads, k]` (A tridiagonal:
-    `decay` on the diagonal, `lower[j] = A[j, j-1]`, `upper[j] = A[j, j+1]`)."""
+    `decay` on the diagonal, `lower[j] = A[j, j-1]`, `upper[j] = A[j, j+1]`). All D channels
+    advance together (the parameters spread to `[k, D]`; contiguous, vectorised); per value
+    the sums run in a fixed order, `((a_j x_j + l_j x_{j-1}) + u_j x_{j+1}) + g_j u`."""
     n, d_all = u.shape
     d = d_all // heads
     k = decay.shape[1]
-    s = np.zeros((n, d_all), np.float32)
-    cur = np.empty(k, np.float32)
-    nxt = np.empty(k, np.float32)
+    coef = np.zeros((5, k, d_all), np.float32)  # decay, lower, upper, gamma, readout
+    cur = np.empty((k, d_all), np.float32)
     for h in range(heads):
-        for c in range(d):
-            col = h * d + c
-            for j in range(k):
-                cur[j] = x[h * k + j, c]
-            for t in range(n):
-                un = u[t, col]
-                y = ZERO
-                for j in range(k):
-                    acc = decay[h, j] * cur[j]
-                    if j > 0:
-                        acc += lower[h, j] * cur[j - 1]
-                    if j < k - 1:
-                        acc += upper[h, j] * cur[j + 1]
-                    nxt[j] = acc + gamma[h, j] * un
-                for j in range(k):
-                    cur[j] = nxt[j]
-                    y += readout[h, j] * cur[j]
-                if y - theta >= 0:
-                    s[t, col] = 1.0
-                    cur[0] -= theta
-            for j in range(k):
-                x_new[h * k + j, c] = cur[j]
+        for j in range(k):
+            for c in range(h * d, (h + 1) * d):
+                coef[0, j, c], coef[3, j, c] = decay[h, j], gamma[h, j]
+                coef[4, j, c] = readout[h, j]
+                if j > 0:
+                    coef[1, j, c] = lower[h, j]
+                if j < k - 1:
+                    coef[2, j, c] = upper[h, j]
+                cur[j, c] = x[h * k + j, c - h * d]
+    s = np.zeros((n, d_all), np.float32)
+    nxt = np.empty((k, d_all), np.float32)
+    y = np.empty(d_all, np.float32)
+    for t in range(n):
+        ut = u[t]
+        y[:] = ZERO
+        for j in range(k):
+            a, lw, up, g, r = coef[0, j], coef[1, j], coef[2, j], coef[3, j], coef[4, j]
+            row, here = nxt[j], cur[j]
+            below = cur[j - 1] if j > 0 else here
+            above = cur[j + 1] if j < k - 1 else here
+            if j > 0 and j < k - 1:
+                for c in range(d_all):
+                    row[c] = ((a[c] * here[c] + lw[c] * below[c]) + up[c] * above[c]) \
+                        + g[c] * ut[c]
+                    y[c] += r[c] * row[c]
+            elif j > 0:
+                for c in range(d_all):
+                    row[c] = (a[c] * here[c] + lw[c] * below[c]) + g[c] * ut[c]
+                    y[c] += r[c] * row[c]
+            elif j < k - 1:
+                for c in range(d_all):
+                    row[c] = (a[c] * here[c] + up[c] * above[c]) + g[c] * ut[c]
+                    y[c] += r[c] * row[c]
+            else:
+                for c in range(d_all):
+                    row[c] = a[c] * here[c] + g[c] * ut[c]
+                    y[c] += r[c] * row[c]
+        cur, nxt = nxt, cur
+        for c in range(d_all):
+            if y[c] - theta >= 0:
+                s[t, c] = 1.0
+                cur[0, c] -= theta
+    for h in range(heads):
+        for j in range(k):
+            for c in range(d):
+                x_new[h * k + j, c] = cur[j, h * d + c]
     return s
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=False, nogil=True)
 def _qkv(s, aw, wi, alif, li, v, v_new, vi, which):  # pragma: no cover - compiled
     """Q (0), K (1) or V (2) of the shared parts: `SN(BN(W s))`."""
     return proj_fire(s, aw[wi + 2 * which], aw[wi + 2 * which + 1], alif[li + which],
                      v[vi + which], v_new[vi + which])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=False, nogil=True)
 def _fire_proj(a, aw, wi, alif, li, v, v_new, vi):  # pragma: no cover - compiled
     """`BN(W_o SN_0.5(a))`: the attention neuron (state leaf 3) and the projection."""
     spikes = np.empty_like(a)
@@ -180,7 +205,7 @@ def _fire_proj(a, aw, wi, alif, li, v, v_new, vi):  # pragma: no cover - compile
     return proj(spikes, aw[wi + 6], aw[wi + 7])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=False, nogil=True)
 def ternary_tokens(x, lif, v, v_new, s):  # pragma: no cover - compiled
     """`TernaryLIF.step` on `x[N, D]`: `H = V + (X - V) / tau`, +1 at `H >= v_th`, -1 at
     `H <= -v_th`, reset to zero on either; membranes `v, v_new`, spikes `s`."""
@@ -195,7 +220,7 @@ def ternary_tokens(x, lif, v, v_new, s):  # pragma: no cover - compiled
             v_new[i, o] = h * (ONE - (pos + neg))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=False, nogil=True)
 def kv_product(q, k, v, heads, scale):  # pragma: no cover - compiled
     """`scale * Q_h (K_h^T V_h)` per head for tokens `q, k, v[N, D]` (any values; a zero in
     `q` or `k` is skipped): O(N d^2) per head."""
@@ -226,14 +251,14 @@ def kv_product(q, k, v, heads, scale):  # pragma: no cover - compiled
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=False, nogil=True)
 def _qkv(s, aw, wi, alif, li, v, v_new, vi, which):  # pragma: no cover - compiled
     """Q (0), K (1) or V (2) of `SpikingQKV`: `SN(BN(W s))`."""
     return proj_fire(s, aw[wi + 2 * which], aw[wi + 2 * which + 1], alif[li + which],
                      v[vi + which], v_new[vi + which])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=False, nogil=True)
 def _fire_proj(a, aw, wi, lif, va, va_new):  # pragma: no cover - compiled
     """`BN(W_o SN_0.5(a))`: the attention neuron and the output projection."""
     spikes = np.empty_like(a)
@@ -241,7 +266,7 @@ def _fire_proj(a, aw, wi, lif, va, va_new):  # pragma: no cover - compiled
     return proj(spikes, aw[wi + 6], aw[wi + 7])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=False, nogil=True)
 def lrf_dyn(s, aw, wi, alif, li, ai, af, v, v_new, vi, gh, gw):  # pragma: no cover - compiled
     """LRF-Dyn: `q * core(k * v) + LocalRF(v)`; arrays 8-12 the core's decay, lower, upper,
     gamma and readout `[h, k]`, 13 the local kernels; `ai = (heads, n_dil, dilations...)`,
@@ -255,7 +280,7 @@ def lrf_dyn(s, aw, wi, alif, li, ai, af, v, v_new, vi, gh, gw):  # pragma: no co
     return _fire_proj(a, aw, wi, alif[li + 3], v[vi + 3], v_new[vi + 3])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=False, nogil=True)
 def a2os2a(s, aw, wi, alif, li, ai, af, v, v_new, vi, gh, gw):  # pragma: no cover - compiled
     """A²OS²A: binary Q, real `K = ReLU(BN(W_k s))`, ternary V, `SN_0.5(Q K^T V)`; neurons
     q, v (ternary), attn; state q, v, attn; `ai = (heads, reassociate)`."""
@@ -271,7 +296,7 @@ def a2os2a(s, aw, wi, alif, li, ai, af, v, v_new, vi, gh, gw):  # pragma: no cov
                       v_new[vi + 2])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=False, nogil=True)
 def sssa(s, aw, wi, alif, li, ai, af, v, v_new, vi, gh, gw):  # pragma: no cover - compiled
     """SSSA: salience `Patch = Q'_n sum_m K'_m / (N d^2)` per head, the saccadic neuron's
     running sums `H_r = lam_r H_r + Patch`, fire `[sum_r w_r H_r - th >= 0]`, gate V; arrays
@@ -312,7 +337,7 @@ def sssa(s, aw, wi, alif, li, ai, af, v, v_new, vi, gh, gw):  # pragma: no cover
     return proj(gated, aw[wi + 6], aw[wi + 7])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=False, nogil=True)
 def statten(s, aw, wi, alif, li, ai, af, v, v_new, vi, gh, gw):  # pragma: no cover - compiled
     """STAtten, causal mode: the chunk's running `sum K^T V` (state 4, `[h * d, d]`), cleared
     when the step within the chunk (state 5, `[1, 1]`) is 0; `a = scale * Q (KV)`, then
@@ -349,7 +374,7 @@ def statten(s, aw, wi, alif, li, ai, af, v, v_new, vi, gh, gw):  # pragma: no co
     return _fire_proj(a, aw, wi, alif[li + 3], v[vi + 3], v_new[vi + 3])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=False, nogil=True)
 def attend(code, s, aw, wi, alif, li, ai, af, v, v_new, vi, gh, gw):  # pragma: no cover
     """The attention of kernel `code` on spike tokens `s[N, D]` (module docstring)."""
     if code == KERNEL_LRF_DYN:
