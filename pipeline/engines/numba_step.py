@@ -1,7 +1,8 @@
 """`model.step` as event-driven numba kernels: the CPU streaming engine for supported models.
 
 `NumbaStep(model)` copies the weights of an eval-mode `SpikingTransformer` into channels-last
-arrays and runs one timestep through `engines.numba_kernels`: each conv and linear layer
+arrays and runs one timestep as one call of `numba_network.step_kernel` (built from
+`numba_kernels` and `numba_attention_kernels`): each conv and linear layer
 adds one row of weights per non-zero input (spikes, or event counts in the first layer)
 instead of multiplying dense maps, and no torch operation runs inside a step. Besides doing
 less work on sparse maps, a step touches a few kilobytes of compiled code rather than the
