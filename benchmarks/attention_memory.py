@@ -36,7 +36,7 @@ STEM_POOLS = {64: (1, 1, 1, 1), 256: (1, 1, 1, 0), 1024: (1, 1, 0, 0), 4096: (1,
 
 def variants() -> list[tuple[str, str, dict]]:
     """(label, registry key, attention kwargs) for every mechanism, plus reassociated SSA."""
-    from spikestream.pipeline.attention import ATTENTION
+    from spikestream.pipeline.network.attention import ATTENTION
 
     out = []
     for key in sorted(ATTENTION, key=lambda k: (k != "ssa", k)):
@@ -59,7 +59,7 @@ def worker(spec: dict) -> dict:
     import torch
 
     from spikestream.pipeline import create_model, state_nbytes
-    from spikestream.pipeline.attention import create_attention
+    from spikestream.pipeline.network.attention import create_attention
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ import torch
 
 from spikestream.firmware_bridge.intcore import IntCore
 from spikestream.firmware_bridge.quantize import QuantizedLRFDynCore, quantize_lrf_dyn
-from spikestream.pipeline.attention import create_attention
+from spikestream.pipeline.network.attention import create_attention
 
 
 def per_call(fn: Callable[[], object], repeats: int) -> float:

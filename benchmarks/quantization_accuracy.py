@@ -29,7 +29,7 @@ from spikestream.firmware_bridge.quantize import (
     quantize_lrf_dyn,
 )
 from spikestream.pipeline import create_model
-from spikestream.pipeline.attention.lrf_dyn import LRFDyn
+from spikestream.pipeline.network.attention.lrf_dyn import LRFDyn
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32  # the centre 32x32 of the 34x34 sensor

@@ -14,9 +14,10 @@ by `devices.ReplayCamera` in 1 ms packets, in two ways:
   binning in Python) then runs all the time beside the steps and competes for the
   interpreter lock and the cores; `wall x` is stream time / wall time.
 
-Each runs with the three engines of `pipeline.compiled.make_step`: `eager` (`model.step`),
+Each runs with the three engines of `pipeline.engines.make_step`: `eager` (`model.step`),
 `torchscript` (a frozen trace of it) and `numba` (event-driven kernels,
-`pipeline.numba_step`); the fast ones are checked against eager steps when built. The peers,
+`pipeline.engines.numba_step`); the fast ones are checked against eager steps when built (an
+engine that falls back is reported with the mode it runs in). The peers,
 measured in the same run over the same frames: bare loops of each engine's step with no
 runner, no source and no thread beside them, back to back (`bare`) and with the thread asleep
 for one bin before each step (`idle`), as in a live stream. On the 2-core virtual machine
@@ -41,7 +42,11 @@ and on a machine whose cores are busy with other work more threads make steps fa
 `tiny` at 128x128 is `create_model("tiny", input_size=(128, 128))`: a 5x5 stride-4 first stem
 conv and the 8x8 token grid of its native 64x64 (`configs.NATIVE_INPUT`).
 
-    .venv/bin/python benchmarks/streaming.py [--quick] [--threads 1] [--json]
+The attention is `ssa` unless `--keys` names others (`--keys all`: every registered key,
+STAtten in its causal mode); the memory run and the targets use the first key.
+
+    .venv/bin/python benchmarks/streaming.py [--quick] [--keys ssa lrf_dyn | all] [--threads 1]
+        [--json]
 """
 
 from __future__ import annotations
@@ -69,8 +74,9 @@ from spikestream import make_events  # noqa: E402
 from spikestream.devices import ReplayCamera  # noqa: E402
 from spikestream.pipeline import create_model  # noqa: E402
 from spikestream.pipeline.binning import to_frames  # noqa: E402
-from spikestream.pipeline.compiled import make_step  # noqa: E402
-from spikestream.pipeline.neurons import LIF  # noqa: E402
+from spikestream.pipeline.engines import make_step  # noqa: E402
+from spikestream.pipeline.network.attention import ATTENTION  # noqa: E402
+from spikestream.pipeline.network.neurons import LIF  # noqa: E402
 from spikestream.pipeline.recipe import InputRecipe  # noqa: E402
 from spikestream.pipeline.streaming import (  # noqa: E402
     Sink,
@@ -125,11 +131,13 @@ def bare_p50_ms(step, state: dict, frames: torch.Tensor, idle_s: float = 0.0) ->
     return float(np.percentile(times, 50) * 1e3)
 
 
-def calibrated_model(config: str, size: int, frames: torch.Tensor) -> torch.nn.Module:
-    """`create_model(config)` with batch-norm statistics estimated on `frames[T, P, H, W]`
+def calibrated_model(config: str, size: int, frames: torch.Tensor,
+                     key: str = "ssa") -> torch.nn.Module:
+    """`create_model(config, key)` with batch-norm statistics estimated on `frames[T, P, H, W]`
     (cumulative averages over train-mode passes of 4 streams of T / 4 steps), in eval mode."""
     torch.manual_seed(0)
-    model = create_model(config, input_size=(size, size))
+    kwargs = {"mode": "causal"} if key == "statten" else {}
+    model = create_model(config, key, kwargs, input_size=(size, size))
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.momentum = None  # a plain average over the passes
@@ -158,13 +166,13 @@ def firing_rate(model: torch.nn.Module, frames: torch.Tensor) -> float:
     return spikes[0] / max(total[0], 1)
 
 
-def run_case(config: str, size: int, steps: int) -> list[dict]:
+def run_case(config: str, size: int, steps: int, key: str = "ssa") -> list[dict]:
     """Live and replay runs of one model at one input size with each engine."""
     seconds = (steps + 2) * BIN_US * 1e-6
     events = random_recording(size, size, seconds, seed=1)
     frames = torch.from_numpy(
         to_frames(events, (size, size, 2), time_window=BIN_US)[:steps].astype(np.float32))
-    model = calibrated_model(config, size, frames)
+    model = calibrated_model(config, size, frames, key)
     rate = firing_rate(model, frames[:50])
     steppers = {e: make_step(model, frames[:1], e) for e in ENGINES}
     bare = {e: bare_p50_ms(s.step, s.init_state(1), frames) for e, s in steppers.items()}
@@ -180,6 +188,7 @@ def run_case(config: str, size: int, steps: int) -> list[dict]:
                                 policy=StreamPolicy(queue=policy, max_steps=steps))
             rows.append({
                 "config": config,
+                "attention": key,
                 "input": f"{size}x{size}",
                 "firing_rate": rate,
                 "mode": mode,
@@ -200,13 +209,13 @@ def run_case(config: str, size: int, steps: int) -> list[dict]:
     return rows
 
 
-def memory_case(config: str, size: int, steps: int) -> dict:
+def memory_case(config: str, size: int, steps: int, key: str = "ssa") -> dict:
     """RSS before the model exists, after a tenth of a long stream, and at its end."""
     before = rss_mib()
     frames = torch.from_numpy(to_frames(random_recording(size, size, 0.42, seed=2),
                                         (size, size, 2), time_window=BIN_US)[:40]
                               .astype(np.float32))
-    model = calibrated_model(config, size, frames)
+    model = calibrated_model(config, size, frames, key)
     marks: dict[str, float] = {}
 
     def on_step(info: StepInfo) -> None:
@@ -231,7 +240,9 @@ def memory_case(config: str, size: int, steps: int) -> dict:
 
 def print_row(r: dict) -> None:
     idle = r["idle_step_p50_ms"]
-    print(f"{r['config']:>6} {r['input']:>8} {r['mode']:>6} {r['engine']:>11}: "
+    engine = r["engine"] if r["engine_mode"] in ("numba", "eager") else \
+        f"{r['engine']}/{r['engine_mode']}"
+    print(f"{r['config']:>6} {r['attention']:>7} {r['input']:>8} {r['mode']:>6} {engine:>11}: "
           f"{r['steps_per_s']:7.1f} steps/s  p50 {r['p50_ms']:5.2f} ms  p99 {r['p99_ms']:5.2f} ms"
           f"  real-time x{r['realtime_factor']:5.2f}  wall x{r['wall_factor']:5.2f}  "
           f"drops {r['drops']:3d}  bare {r['bare_step_p50_ms']:.2f} ms"
@@ -243,8 +254,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer steps")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--keys", nargs="+", default=["ssa"],
+                    help="attention keys (default ssa; 'all': every registered key)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    keys = sorted(ATTENTION) if args.keys == ["all"] else args.keys
+    unknown = set(keys) - set(ATTENTION)
+    if unknown:
+        ap.error(f"unknown attention keys {sorted(unknown)}; known: {sorted(ATTENTION)}")
     torch.set_num_threads(args.threads)
     steps = 100 if args.quick else 500
     long_steps = 300 if args.quick else 3000
@@ -253,15 +270,16 @@ def main() -> int:
         print(f"torch threads: {torch.get_num_threads()}; {RATE_HZ} events/s, "
               f"{BIN_US // 1000} ms bins, {PACKET_US // 1000} ms packets, {steps} steps",
               flush=True)
-    for config in ("tiny", "small"):
-        for size in (64, 128):
-            for row in run_case(config, size, steps):
-                rows.append(row)
-                if not args.json:
-                    print_row(row)
-    mem = memory_case("tiny", 128, long_steps)
-    tiny128 = {(r["mode"], r["engine"]): r for r in rows
-               if r["config"] == "tiny" and r["input"] == "128x128"}
+    for key in keys:
+        for config in ("tiny", "small"):
+            for size in (64, 128):
+                for row in run_case(config, size, steps, key):
+                    rows.append(row)
+                    if not args.json:
+                        print_row(row)
+    mem = memory_case("tiny", 128, long_steps, keys[0])
+    tiny128 = {(r["mode"], r["engine"]): r for r in rows if r["config"] == "tiny"
+               and r["input"] == "128x128" and r["attention"] == keys[0]}
     target = tiny128["live", TARGET_ENGINE]
     verdict = {
         "engine": TARGET_ENGINE,
@@ -280,7 +298,8 @@ def main() -> int:
           f"MiB, end {mem['rss_end_mib']:.1f} MiB")
     print(f"torch threads: {torch.get_num_threads()}; load average (1, 5, 15 min): "
           + ", ".join(f"{v:.1f}" for v in os.getloadavg()))
-    print(f"target (live, {TARGET_ENGINE} engine): tiny 128x128 >= {TARGET_RTF:.0f}x real time "
+    print(f"target (live, {TARGET_ENGINE} engine, {keys[0]}): tiny 128x128 >= "
+          f"{TARGET_RTF:.0f}x real time "
           f"({'met' if verdict['rtf_target_met'] else 'NOT met'}: "
           f"x{verdict['tiny_128_realtime_factor']:.2f}; replay "
           f"x{verdict['tiny_128_replay_realtime_factor']:.2f}); p99 < {BIN_US / 1000:.0f} ms "

@@ -1,17 +1,20 @@
 """Time per `step` at stream positions 10, 1,000 and 100,000 (target: flat within 20%),
-against recomputing `forward` over a sliding window of the model's T frames per new frame.
+for every attention key and engine asked for, against recomputing `forward` over a sliding
+window of the model's T frames per new frame.
 
 Every position is reached by real steps on one stream (the state is carried, nothing is
-skipped). Between measured positions the stream is fast-forwarded by the model's `step` traced
-with TorchScript (the same operations with less Python overhead; the script checks that 20
-traced steps reproduce `step` exactly, else it falls back to eager steps); the timed steps are
-always eager `model.step` calls. So that 100,000 real steps stay affordable on one CPU core,
-the stream runs at a small input size by default (`--input-size 32 32`: the config's channels,
-depth, heads and stem, fewer pixels and tokens); `--input-size 0 0` keeps the config's own size.
+skipped). Each engine (`pipeline.engines.make_step`: `eager`, `torchscript`, `numba`; an engine
+that cannot run a model falls back and is reported with the mode it runs in) is timed on its
+own stream; between measured positions the stream is fast-forwarded by the engine itself, and
+the eager engine's by the TorchScript step (the same state layout; `--eager-fast-forward`
+keeps eager steps). So that 100,000 real steps stay affordable on one CPU core, the stream
+runs at a small input size by default (`--input-size 32 32`: the config's channels, depth,
+heads and stem, fewer pixels and tokens); `--input-size 0 0` keeps the config's own size.
 Input frames cycle through a fixed set of random event frames. At each position the fastest of
 `--reps` consecutive steps is reported, with the state's size in bytes (which must not change).
 
-    python benchmarks/streaming_step.py [--quick] [--configs tiny small] [--attention lrf_dyn]
+    python benchmarks/streaming_step.py [--quick] [--configs tiny small] [--keys lrf_dyn | all]
+        [--engines eager torchscript numba]
 """
 
 from __future__ import annotations
@@ -21,13 +24,21 @@ import sys
 import time
 import warnings
 
+import numpy as np
 import torch
 from rich.progress import Progress
 
-from spikestream.pipeline import create_model, state_nbytes
+from spikestream.pipeline import create_model, make_step, state_nbytes
+from spikestream.pipeline.network.attention import ATTENTION
 
 POSITIONS = (10, 1_000, 100_000)
 QUICK_POSITIONS = (10, 1_000, 10_000)
+ENGINES = ("eager", "torchscript", "numba")
+
+
+def nbytes(state) -> int:
+    """Bytes of an engine's state (the model's nested tensors, or numba's flat array)."""
+    return state.nbytes if isinstance(state, np.ndarray) else state_nbytes(state)
 
 
 def timed_steps(model, frames, state, pos: int, reps: int, reference=None):
@@ -51,73 +62,44 @@ def timed_steps(model, frames, state, pos: int, reps: int, reference=None):
     return min(times), state, pos, ref
 
 
-def traced_stepper(model, frame, state):
-    """The model's `step` traced with TorchScript (same operations, less Python per step), as a
-    function of (frame, *state tensors); None if tracing fails or it does not reproduce `step`
-    exactly over 20 steps."""
-    keys = list(state)
-
-    def fn(x, *vals):
-        logits, new = model.step(x, dict(zip(keys, vals, strict=True)))
-        return (logits, *(new[k] for k in keys))
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(fn, (frame, *state.values()), check_trace=False)
-    except Exception as e:  # noqa: BLE001  (any tracing failure: fall back to eager steps)
-        print(f"tracing failed ({type(e).__name__}: {e}); fast-forwarding with eager steps")
-        return None
-    eager, vals = dict(state), list(state.values())
-    for _ in range(20):
-        _, eager = model.step(frame, eager)
-        vals = list(traced(frame, *vals)[1:])
-    if not all(torch.equal(eager[k], v) for k, v in zip(keys, vals, strict=True)):
-        print("traced step differs from step; fast-forwarding with eager steps")
-        return None
-
-    def step(x, st):
-        out = traced(x, *(st[k] for k in keys))
-        return dict(zip(keys, out[1:], strict=True))
-
-    return step
-
-
-def run_one(config: str, key: str, size: tuple[int, int] | None, positions, reps: int,
-            bar: Progress, trace: bool) -> dict:
+def run_one(config: str, key: str, engine: str, size: tuple[int, int] | None, positions,
+            reps: int, bar: Progress, eager_fast_forward: bool) -> dict:
     torch.manual_seed(0)
     kwargs = {"mode": "causal"} if key == "statten" else {}
     overrides = {"input_size": size} if size else {}
     model = create_model(config, key, kwargs, **overrides).eval()
     g = torch.Generator().manual_seed(0)
     frames = (torch.rand(64, 1, model.in_channels, *model.input_size, generator=g) < 0.05).float()
-    state = model.init_state(1)
-    bytes0 = state_nbytes(state)
-    out = {"config": config, "attention": key, "input_size": model.input_size,
-           "tokens": model.num_tokens, "state_bytes": bytes0, "positions": {}}
-    task = bar.add_task(f"{config}/{key}", total=positions[-1] + reps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a fallback shows in the reported mode
+        stepper = make_step(model, frames[0], engine)
+        fast = stepper
+        if stepper.mode == "eager" and not eager_fast_forward:
+            fast = make_step(model, frames[0], "torchscript")
+    state = stepper.init_state(1)
+    bytes0 = nbytes(state)
+    out = {"config": config, "attention": key, "engine": engine, "mode": stepper.mode,
+           "input_size": model.input_size, "tokens": model.num_tokens, "state_bytes": bytes0,
+           "positions": {}}
+    task = bar.add_task(f"{config}/{key}/{engine}", total=positions[-1] + reps)
     pos = 0
     model.requires_grad_(False)
     with torch.inference_mode():
-        fast = traced_stepper(model, frames[0], state) if trace else None
         reference = None
-        warm = dict(state)
+        warm = state
         for i in range(reps):  # warm-up on a throw-away copy: the stream stays at position 0
-            _, warm = model.step(frames[i % len(frames)], warm)
+            _, warm = stepper.step(frames[i % len(frames)], warm)
         for target in positions:
             while pos < target:  # fast-forward: real steps, untimed
-                if fast is not None:
-                    state = fast(frames[pos % len(frames)], state)
-                else:
-                    _, state = model.step(frames[pos % len(frames)], state)
+                _, state = fast.step(frames[pos % len(frames)], state)
                 pos += 1
                 if pos % 500 == 0:
                     bar.update(task, completed=pos)
             snapshot = reference
             if reference is None:
-                reference = dict(state)  # the stream at the first position
-            sec, state, pos, ref = timed_steps(model, frames, state, pos, reps, snapshot)
-            out["positions"][target] = {"step_s": sec, "state_bytes": state_nbytes(state),
+                reference = state  # the stream at the first position (steps do not mutate it)
+            sec, state, pos, ref = timed_steps(stepper, frames, state, pos, reps, snapshot)
+            out["positions"][target] = {"step_s": sec, "state_bytes": nbytes(state),
                                         "ratio_to_first": sec / ref if ref else 1.0}
             bar.update(task, completed=pos)
         t = model.time_steps
@@ -138,14 +120,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="tiny only, positions 10, 1,000 and 10,000, 16x16 input")
     ap.add_argument("--configs", nargs="+", default=["tiny", "small"])
-    ap.add_argument("--attention", nargs="+", default=["lrf_dyn"])
+    ap.add_argument("--keys", "--attention", nargs="+", default=["lrf_dyn"],
+                    help="attention keys (default lrf_dyn; 'all': every registered key)")
+    ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     ap.add_argument("--positions", nargs="+", type=int, default=None)
     ap.add_argument("--input-size", nargs=2, type=int, default=(32, 32), metavar=("H", "W"),
                     help="input size for the stream (0 0: the config's own size)")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--eager-fast-forward", action="store_true",
-                    help="fast-forward with eager `step` calls instead of the traced step")
+                    help="fast-forward the eager engine with eager `step` calls, not the trace")
     args = ap.parse_args(argv)
+    keys = sorted(ATTENTION) if args.keys == ["all"] else args.keys
+    unknown = set(keys) - set(ATTENTION)
+    if unknown:
+        ap.error(f"unknown attention keys {sorted(unknown)}; known: {sorted(ATTENTION)}")
     torch.set_num_threads(1)
     if args.quick:
         args.configs, size = ["tiny"], (16, 16)
@@ -156,16 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with Progress() as bar:
         for config in args.configs:
-            for key in args.attention:
-                results.append(run_one(config, key, size, positions, args.reps, bar,
-                                       not args.eager_fast_forward))
+            for key in keys:
+                for engine in args.engines:
+                    results.append(run_one(config, key, engine, size, positions, args.reps, bar,
+                                           args.eager_fast_forward))
 
     first = positions[0]
     print(f"\n== time per step [ms] at stream position (fastest of {args.reps}), one CPU thread;"
           f" in brackets: ratio to a step from the position-{first} state, interleaved")
     head = "".join(f"{'pos ' + format(p, ','):>20}" for p in positions)
-    print(f"{'model':<18}{'input':>7}{'N':>4}{head}{'max ratio':>10}{'T':>4}{'fwd(T) ms':>10}"
-          f"{'fwd/step':>9}  state bytes")
+    print(f"{'model/engine (mode)':<34}{'input':>7}{'N':>4}{head}{'max ratio':>10}{'T':>4}"
+          f"{'fwd(T) ms':>10}{'fwd/step':>9}  state bytes")
     ok = True
     for r in results:
         ms = [r["positions"][p]["step_s"] * 1e3 for p in positions]
@@ -176,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         ok &= len(sizes) == 1
         h, w = r["input_size"]
         cells = "".join(f"{m:11.3f} ({q:5.3f})" for m, q in zip(ms, ratios, strict=True))
-        print(f"{r['config'] + '/' + r['attention']:<18}{f'{h}x{w}':>7}{r['tokens']:>4}{cells}"
+        name = f"{r['config']}/{r['attention']}/{r['engine']} ({r['mode']})"
+        print(f"{name:<34}{f'{h}x{w}':>7}{r['tokens']:>4}{cells}"
               f"{worst:10.3f}{r['window_T']:>4}{r['window_s'] * 1e3:10.2f}"
               f"{r['window_s'] * 1e3 / min(ms):9.1f}  "
               + ("constant " if len(sizes) == 1 else "CHANGED ") + str(sorted(sizes)))

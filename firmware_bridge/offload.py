@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from spikestream.firmware_bridge.intcore import CoreParams
 from spikestream.firmware_bridge.link import Link
 from spikestream.firmware_bridge.quantize import quantize_lrf_dyn
-from spikestream.pipeline.attention.lrf_dyn import LRFDyn
+from spikestream.pipeline.network.attention.lrf_dyn import LRFDyn
 
 
 class OffloadedCore(nn.Module):

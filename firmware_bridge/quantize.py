@@ -21,7 +21,7 @@ from spikestream.firmware_bridge.intcore import (
     STATE_MIN,
     CoreParams,
 )
-from spikestream.pipeline.attention.lrf_dyn import DendriticCore, LRFDyn
+from spikestream.pipeline.network.attention.lrf_dyn import DendriticCore, LRFDyn
 
 
 def _i8(x: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""`spikestream.pipeline`: neurons, attention mechanisms and the spiking vision transformer."""
+"""`spikestream.pipeline`: the network (`network/`), its engines (`engines/`), binning,
+streaming, training and evaluation."""
 
 from spikestream.pipeline.checkpoint import (
     LoadedCheckpoint,
@@ -7,10 +8,17 @@ from spikestream.pipeline.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from spikestream.pipeline.compiled import ENGINES, make_step
-from spikestream.pipeline.configs import CONFIGS, create_model, get_config, list_configs
-from spikestream.pipeline.model import SpikingTransformer, state_nbytes
-from spikestream.pipeline.neurons import LIF, TernaryLIF
+from spikestream.pipeline.engines import ENGINES, make_step
+from spikestream.pipeline.network import (
+    CONFIGS,
+    LIF,
+    SpikingTransformer,
+    TernaryLIF,
+    create_model,
+    get_config,
+    list_configs,
+    state_nbytes,
+)
 from spikestream.pipeline.recipe import InputRecipe
 
 __all__ = [

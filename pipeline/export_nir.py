@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spikestream.pipeline.model import SpikingTransformer, StemStage
+from spikestream.pipeline.network.model import SpikingTransformer, StemStage
 
 PARTS = ("stem", "model")
 

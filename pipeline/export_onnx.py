@@ -1,9 +1,10 @@
 """Export the stepwise model to ONNX: one timestep in, state in and out.
 
-The graph's inputs are `frame [B, P, H, W]` and every state tensor of `model.init_state(B)`
-(named by its key); its outputs are `logits [B, C]` and the new state, named `new.KEY`, in the
-same order. A runtime streams by feeding each step's `new.*` outputs back as the next step's
-state, starting from zeros (the graph's metadata `state_keys` lists the keys in order).
+The graph's inputs are `frame [B, P, H, W]` and every state tensor of `model.init_state(B)`,
+named by its dotted path in the nested state (`network.state.flat_state`); its outputs are
+`logits [B, C]` and the new state, named `new.KEY`, in the same order. A runtime streams by
+feeding each step's `new.*` outputs back as the next step's state, starting from zeros (the
+graph's metadata `state_keys` lists the keys in order).
 
 The step is traced with autograd on, so it follows `LIF.step`'s plain arithmetic rather than
 the in-place inference kernels, which the ONNX exporter cannot express; both compute the same
@@ -21,19 +22,23 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 
-from spikestream.pipeline.model import SpikingTransformer
+from spikestream.pipeline.network.model import SpikingTransformer
+from spikestream.pipeline.network.state import flat_state
 
 
 class _Step(nn.Module):
-    def __init__(self, model: SpikingTransformer, keys: list[str]) -> None:
+    """`model.step` on the state's leaves, in `tree_leaves` order (that of `flat_state`)."""
+
+    def __init__(self, model: SpikingTransformer, spec: pytree.TreeSpec) -> None:
         super().__init__()
         self.model = model
-        self.keys = keys
+        self.spec = spec
 
     def forward(self, frame: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logits, new = self.model.step(frame, dict(zip(self.keys, state, strict=True)))
-        return (logits, *[new[k] for k in self.keys])
+        logits, new = self.model.step(frame, pytree.tree_unflatten(list(state), self.spec))
+        return (logits, *pytree.tree_leaves(new))
 
 
 def export_onnx(model: SpikingTransformer, path: str | Path, *, batch: int = 1,
@@ -50,15 +55,16 @@ def export_onnx(model: SpikingTransformer, path: str | Path, *, batch: int = 1,
     was_training = model.training
     model.eval()
     state = model.init_state(batch)
-    keys = list(state)
+    leaves, spec = pytree.tree_flatten(state)
+    keys = list(flat_state(state))
     frame = torch.zeros(batch, model.in_channels, *model.input_size)
-    wrapper = _Step(model, keys).eval()
+    wrapper = _Step(model, spec).eval()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with warnings.catch_warnings(), torch.enable_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(wrapper, (frame, *[s.clone() for s in state.values()]), str(tmp),
+            torch.onnx.export(wrapper, (frame, *[s.clone() for s in leaves]), str(tmp),
                               input_names=["frame", *keys],
                               output_names=["logits", *[f"new.{k}" for k in keys]],
                               dynamo=False, opset_version=opset, verbose=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numba
 import numpy as np
 
 #: The one event dtype used everywhere (field names as Tonic uses them; t in microseconds).
@@ -129,8 +128,7 @@ MAX_SENSOR_SIDE = 65535
 _OK, _BACK, _OUTSIDE = 0, 1, 2
 
 
-@numba.njit(cache=True, nogil=True)
-def _first_bad(t, x, y, p, w, h, last_t, has_last):  # pragma: no cover - compiled
+def _first_bad_py(t, x, y, p, w, h, last_t, has_last):  # pragma: no cover - compiled
     """(index, kind) of the first event that goes back in time or lies outside the sensor, in one
     pass over the (possibly strided) fields; (-1, _OK) when all are good."""
     for i in range(t.shape[0]):
@@ -142,6 +140,19 @@ def _first_bad(t, x, y, p, w, h, last_t, has_last):  # pragma: no cover - compil
         if x[i] >= w or y[i] >= h or p[i] > 1:
             return i, 2
     return -1, 0
+
+
+_compiled: list[Any] = []
+
+
+def _first_bad(*args: Any) -> tuple[int, int]:
+    """`_first_bad_py` compiled with numba on first use (so that importing the core, as
+    `spikestream --help` does, does not import numba)."""
+    if not _compiled:
+        import numba
+
+        _compiled.append(numba.njit(cache=True, nogil=True)(_first_bad_py))
+    return _compiled[0](*args)
 
 
 def validate_events(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spikestream.pipeline.attention import ATTENTION
+from spikestream.pipeline.network.attention import ATTENTION
 
 KEYS = sorted(ATTENTION)
 

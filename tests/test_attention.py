@@ -9,8 +9,8 @@ from model_helpers import KEYS, excite
 from model_helpers import attention_kwargs as streaming_kwargs
 from torch import nn
 
-from spikestream.pipeline.attention import ATTENTION, LocalRF, create_attention
-from spikestream.pipeline.model import state_nbytes
+from spikestream.pipeline.network.attention import ATTENTION, LocalRF, create_attention
+from spikestream.pipeline.network.model import state_nbytes
 
 DIM, HEADS, T, B = 16, 2, 6, 2
 GRIDS = [(2, 3), (4, 4)]
@@ -226,7 +226,7 @@ def test_ssa_explicit_matrix_matches_a_direct_sum() -> None:
     x = spikes((B, 4, DIM))
     with torch.no_grad():
         q, k, v, _ = attn.qkv(x, attn.init_state(B))
-        from spikestream.pipeline.attention.ssa import ssa_product
+        from spikestream.pipeline.network.attention.ssa import ssa_product
 
         a = ssa_product(q, k, v, reassociate=False)
         for n in range(4):

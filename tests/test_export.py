@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from spikestream.cli import main
 from spikestream.pipeline import create_model
 from spikestream.pipeline.export_nir import NIRUnsupported, export_nir, write_nir
+from spikestream.pipeline.network.state import flat_state
 
 
 def avg_stem_model(seed: int = 0, **kw) -> torch.nn.Module:
@@ -148,7 +149,7 @@ def test_onnx_step_equals_model_step(tmp_path: Path, attention: str) -> None:
     sess = ort.InferenceSession(str(path))
     assert [o.name for o in sess.get_outputs()] == ["logits", *[f"new.{k}" for k in keys]]
     state = m.init_state(1)
-    feed = {k: v.numpy() for k, v in state.items()}
+    feed = {k: v.numpy() for k, v in flat_state(state).items()}
     gen = torch.Generator().manual_seed(1)
     for _ in range(6):
         x = (torch.rand(1, 2, 32, 32, generator=gen) < 0.3).float()
@@ -156,8 +157,9 @@ def test_onnx_step_equals_model_step(tmp_path: Path, attention: str) -> None:
         with torch.no_grad():
             logits, state = m.step(x, state)
         np.testing.assert_allclose(out[0], logits.numpy(), rtol=1e-5, atol=1e-5)
+        want = flat_state(state)
         for k, o in zip(keys, out[1:], strict=True):
-            np.testing.assert_allclose(o, state[k].numpy(), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(o, want[k].numpy(), rtol=1e-5, atol=1e-5)
         feed = dict(zip(keys, out[1:], strict=True))
 
 

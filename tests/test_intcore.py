@@ -16,7 +16,7 @@ from spikestream.firmware_bridge.quantize import (
     quantize_cores,
     quantize_lrf_dyn,
 )
-from spikestream.pipeline.attention.lrf_dyn import LRFDyn
+from spikestream.pipeline.network.attention.lrf_dyn import LRFDyn
 
 
 def random_params(rng: np.random.Generator, heads: int, k: int, d: int, n: int) -> CoreParams:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from spikestream.pipeline.attention import create_attention
-from spikestream.pipeline.attention.lrf_dyn import DendriticCore, LRFDyn
+from spikestream.pipeline.network.attention import create_attention
+from spikestream.pipeline.network.attention.lrf_dyn import DendriticCore, LRFDyn
 
 
 def randomize(core: DendriticCore, seed: int) -> None:

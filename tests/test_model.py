@@ -18,6 +18,9 @@ from spikestream.pipeline import (
     save_checkpoint,
     state_nbytes,
 )
+from spikestream.pipeline.network.state import (
+    flat_state,
+)
 
 SMALL = {"embed_dim": 32, "heads": 2, "stem_pool": (True, True), "num_classes": 5}
 SIZES = [(16, 16), (24, 32)]
@@ -106,14 +109,15 @@ def test_state_is_constant_in_size(key: str) -> None:
                                 embed_dim=8, heads=1, stem_pool=(True,), mlp_ratio=1))
     x = frames(1, 1, (8, 8))[0]
     state = model.init_state(1)
-    layout = {k: (v.shape, v.dtype) for k, v in state.items()}
+    layout = {k: (v.shape, v.dtype) for k, v in flat_state(state).items()}
     with torch.inference_mode():
         for t in range(1, 501):
             _, state = model.step(x, state)
             if t == 10:
-                at10 = (state_nbytes(state), {k: (v.shape, v.dtype) for k, v in state.items()})
+                at10 = (state_nbytes(state),
+                        {k: (v.shape, v.dtype) for k, v in flat_state(state).items()})
     assert at10 == (state_nbytes(state), layout)
-    assert all(torch.isfinite(v).all() for v in state.values())
+    assert all(torch.isfinite(v).all() for v in flat_state(state).values())
 
 
 @pytest.mark.slow
@@ -169,7 +173,7 @@ def test_checkpoint_round_trip(tmp_path) -> None:
 
 
 def test_synaptic_operation_counts() -> None:
-    from spikestream.pipeline.energy import SynOpCounter, count_synops
+    from spikestream.pipeline.network.energy import SynOpCounter, count_synops
 
     lin, conv = nn.Linear(8, 5), nn.Conv2d(2, 3, 3, padding=1)
     spikes_in = torch.zeros(4, 8)

@@ -6,7 +6,7 @@ import numpy as np
 import snntorch
 import torch
 
-from spikestream.pipeline.neurons import LIF, TernaryLIF, spike_ge
+from spikestream.pipeline.network.neurons import LIF, TernaryLIF, spike_ge
 
 
 def lif_reference(x: np.ndarray, tau: float, v_th: float) -> tuple[np.ndarray, np.ndarray]:
@@ -107,8 +107,6 @@ def test_lif_reset_is_detached_but_input_gradient_flows() -> None:
 
 
 def test_consuming_lif_step_equals_lif_step() -> None:
-    from spikestream.pipeline.attention.base import lif_step_consuming
-
     torch.manual_seed(3)
     for tau, v_th in ((2.0, 1.0), (2.0, 0.5), (3.0, 0.7)):
         lif = LIF(tau=tau, v_th=v_th)
@@ -118,11 +116,11 @@ def test_consuming_lif_step_equals_lif_step() -> None:
         v[0, :4] = 0
         s_ref, v_ref = lif.step(x, v)
         with torch.no_grad():
-            s, v_new = lif_step_consuming(lif, x.clone(), v)
+            s, v_new = lif.step(x.clone(), v, consume=True)
         assert torch.equal(s, s_ref) and torch.equal(v_new, v_ref)
         if v_th == 1.0:
             assert s[0, :4].tolist() == [1.0] * 4
         xg = x.clone().requires_grad_(True)  # with autograd: the differentiable path
-        s_g, _ = lif_step_consuming(lif, xg, v)
+        s_g, _ = lif.step(xg, v, consume=True)
         s_g.sum().backward()
         assert torch.equal(s_g, s_ref) and xg.grad.abs().sum() > 0

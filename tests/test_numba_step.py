@@ -9,14 +9,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import excite
+from model_helpers import KEYS, attention_kwargs, excite
 
 from spikestream.devices import gesture_clip
+from spikestream.firmware_bridge.quantize import quantize_cores
 from spikestream.pipeline import create_model
-from spikestream.pipeline import numba_kernels as K
 from spikestream.pipeline.binning import to_frames
-from spikestream.pipeline.compiled import make_step
-from spikestream.pipeline.numba_step import NumbaStep, unsupported
+from spikestream.pipeline.engines import make_step
+from spikestream.pipeline.engines import numba_attention as A
+from spikestream.pipeline.engines import numba_attention_kernels as AK
+from spikestream.pipeline.engines import numba_kernels as K
+from spikestream.pipeline.engines.numba_step import NumbaStep, unsupported
+from spikestream.pipeline.network.attention import LocalRF
+from spikestream.pipeline.network.attention.lrf_dyn import DendriticCore
+from spikestream.pipeline.network.state import flat_state, map_state
 
 
 def sparse_maps(shape: tuple[int, ...], density: float, seed: int) -> np.ndarray:
@@ -60,7 +66,7 @@ def test_pools_are_torch_pools():
     grid = sparse_maps((5, 7, 6), 0.3, 4)  # tokens [N, D] of a 5x7 grid
     tokens = np.ascontiguousarray(grid.reshape(35, 6))
     want = F.max_pool2d(torch.from_numpy(grid).permute(2, 0, 1)[None], 3, stride=1, padding=1)
-    np.testing.assert_array_equal(K.token_max_pool_3s1(tokens, 5, 7),
+    np.testing.assert_array_equal(AK.token_max_pool_3s1(tokens, 5, 7),
                                   want[0].permute(1, 2, 0).reshape(35, 6).numpy())
 
 
@@ -68,7 +74,7 @@ def test_ssa_scores_are_exact():
     rng = np.random.default_rng(5)
     q, k, v = ((rng.random((64, 32)) < 0.3).astype(np.float32) for _ in range(3))
     heads, scale = 4, np.float32(0.125)
-    got = K.ssa_scores(q, k, v, heads, scale)
+    got = AK.ssa_scores(q, k, v, heads, scale)
     split = [torch.from_numpy(a).reshape(64, heads, 8).transpose(0, 1) for a in (q, k, v)]
     want = ((split[0] @ split[1].transpose(-1, -2)) @ split[2] * 0.125).transpose(0, 1)
     np.testing.assert_array_equal(got, want.reshape(64, 32).numpy())  # integer sums: exact
@@ -90,6 +96,14 @@ CASES = {
     "sdsa-dvs-pool": ("sdsa", {"dvs_pool": True}, {}),
     # stride 1 at 64x64 with average pooling and two blocks
     "ssa-avg-deep": ("ssa", {"scale": 0.25}, {"pool": "avg", "depth": 2, "input_size": 64}),
+    # the dendritic core's token scan and the local field, with two blocks of their own weights
+    "lrf_dyn": ("lrf_dyn", {}, {"depth": 2}),
+    "sdsa": ("sdsa", {}, {}),
+    "lrf_ssa": ("lrf_ssa", {"scale": 0.25}, {}),
+    "a2os2a": ("a2os2a", {}, {}),
+    "a2os2a-explicit": ("a2os2a", {"reassociate": False}, {}),
+    "sssa": ("sssa", {}, {}),
+    "statten-causal": ("statten", {"mode": "causal", "chunk": 3}, {}),
 }
 
 
@@ -109,9 +123,9 @@ def test_numba_step_follows_eager_over_a_gesture_clip(case, clip_frames):
             want, eager = model.step(frame, eager)
             got, flat = fast.step(frame, flat)
             np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-4)
-            mine = fast.to_model_state(flat)
-            assert mine.keys() == eager.keys()
-            for k, v in eager.items():
+            mine, theirs = flat_state(fast.to_model_state(flat)), flat_state(eager)
+            assert mine.keys() == theirs.keys()
+            for k, v in theirs.items():
                 # sums run in another order: equal to rounding, except where a membrane lay
                 # within rounding of the threshold and fired in one of the two only
                 off += int((mine[k] - v).abs().gt(1e-4).sum())
@@ -119,7 +133,7 @@ def test_numba_step_follows_eager_over_a_gesture_clip(case, clip_frames):
             logits.append(want)
     assert off <= 1e-4 * total, f"{off} of {total} membrane values differ"
     assert torch.stack(logits).std(dim=0).max() > 0.1  # the clip drives the network
-    spikes = sum(int((v == 0).sum()) for v in eager.values())  # reset membranes: spikes
+    spikes = sum(int((v == 0).sum()) for v in flat_state(eager).values())  # reset membranes: spikes
     assert spikes > 0
 
 
@@ -128,13 +142,13 @@ def test_flat_state_round_trips_the_model_state():
     model = create_model("tiny", input_size=128).eval()
     fast = NumbaStep(model)
     g = torch.Generator().manual_seed(1)
-    state = {k: torch.randn(v.shape, generator=g) for k, v in model.init_state(1).items()}
+    state = map_state(lambda v: torch.randn(v.shape, generator=g), model.init_state(1))
     flat = fast.from_model_state(state)
     assert flat.shape == fast.init_state(1).shape and flat.dtype == np.float32
-    back = fast.to_model_state(flat)
-    assert back.keys() == state.keys()
-    for k in state:
-        assert torch.equal(back[k], state[k]), k
+    back, want = flat_state(fast.to_model_state(flat)), flat_state(state)
+    assert back.keys() == want.keys()
+    for k in want:
+        assert torch.equal(back[k], want[k]), k
     # and the step reads it in that layout: a step from `state` equals eager's
     frame = torch.from_numpy(sparse_maps((1, 2, 128, 128), 0.06, 2))
     with torch.inference_mode():
@@ -150,16 +164,33 @@ def test_numba_step_rejects_what_it_cannot_run():
         fast.step(torch.zeros(1, 2, 16, 16), fast.init_state(1))
     with pytest.raises(ValueError, match="batch 1"):
         fast.init_state(2)
-    lrf = create_model("tiny", "lrf_dyn", input_size=32)
-    assert "lrf_dyn" in unsupported(lrf)
+    # an lrf_dyn model whose cores were swapped for the integer core has no numba kernel
+    lrf = quantize_cores(create_model("tiny", "lrf_dyn", input_size=32).eval())
+    assert "QuantizedLRFDynCore" in unsupported(lrf)
     with pytest.raises(ValueError, match="lrf_dyn"):
         NumbaStep(lrf)
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_every_steppable_key_runs_on_numba(key):
+    """The registry covers every mechanism that can step; make_step checks each against eager
+    steps on random sparse frames before it returns the numba step."""
+    model = excite(create_model("tiny", key, attention_kwargs(key), input_size=32), seed=2)
+    assert unsupported(model) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert make_step(model, torch.zeros(1, 2, 32, 32), "numba").mode == "numba"
+
+
+def test_statten_chunk_mode_is_refused():
+    model = create_model("tiny", "statten", input_size=32)
+    assert "not causal" in unsupported(model)
 
 
 def test_make_step_picks_and_falls_back():
     frame = torch.zeros(1, 2, 32, 32)
     ssa = create_model("tiny", input_size=32)
-    lrf = create_model("tiny", "lrf_dyn", input_size=32)
+    lrf = quantize_cores(create_model("tiny", "lrf_dyn", input_size=32).eval())
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # auto moves past an unsupported model quietly
         assert make_step(ssa, frame).mode == "numba"
@@ -172,3 +203,40 @@ def test_make_step_picks_and_falls_back():
         assert make_step(ssa, torch.zeros(2, 2, 32, 32), "numba").mode == "frozen"
     with pytest.raises(ValueError, match="engine"):
         make_step(ssa, frame, "fast")
+
+
+def test_dendritic_scan_is_the_core():
+    """The numba token scan against `DendriticCore.step`, couplings and readout randomised."""
+    heads, d, k, n = 4, 8, 5, 60
+    core = DendriticCore(heads, d, k=k, theta=1.0)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in (core.lower_raw, core.upper_raw, core.decay_logit):
+            p.copy_(torch.randn(p.shape, generator=g))
+        core.gamma.copy_(torch.rand(core.gamma.shape, generator=g) * 0.8 + 0.1)
+        core.readout_rest.copy_(torch.randn(core.readout_rest.shape, generator=g) * 0.5)
+    u = (torch.rand(1, n, heads * d, generator=g) < 0.4).float()
+    x0 = torch.randn(1, heads, k, d, generator=g)
+    with torch.inference_mode():
+        want_s, want_x = core.step(u, x0)
+        lower, upper = core.couplings()
+        params = [A.f32(t) for t in (core.decays(), lower, upper, core.gamma, core.readout())]
+    x_new = np.empty((heads * k, d), np.float32)
+    got_s = AK.dendritic_scan(u[0].numpy(), x0[0].reshape(heads * k, d).numpy(), x_new, *params,
+                             np.float32(1.0), heads)
+    np.testing.assert_array_equal(got_s, want_s[0].numpy())
+    np.testing.assert_allclose(x_new.reshape(heads, k, d), want_x[0].numpy(), rtol=0, atol=1e-5)
+    assert 0.05 < got_s.mean() < 0.95
+
+
+def test_local_rf_is_the_dilated_convolutions():
+    grid, dim = (6, 7), 12
+    local = LocalRF(dim, grid, (1, 3, 5))
+    x = torch.from_numpy(sparse_maps((42, dim), 0.3, 6))
+    with torch.no_grad():
+        want = local(x[None])[0].numpy()
+        w = np.concatenate([A.f32(c.weight[:, 0].permute(1, 2, 0).reshape(9, -1))
+                            for c in local.convs])
+    got = AK.local_rf(x.numpy(), w, np.array(local.dilations, np.int64), *grid)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert np.abs(got).sum() > 0

@@ -16,7 +16,7 @@ from torch import nn
 
 from spikestream import make_events
 from spikestream.pipeline.binning import StreamBinner, to_frames
-from spikestream.pipeline.neurons import LIF
+from spikestream.pipeline.network.neurons import LIF
 from spikestream.pipeline.recipe import InputRecipe
 from spikestream.pipeline.streaming import (
     BinQueue,

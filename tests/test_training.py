@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from spikestream.pipeline.augment import FrameAugment
 from spikestream.pipeline.checkpoint import load_checkpoint
-from spikestream.pipeline.configs import create_model
+from spikestream.pipeline.network.configs import create_model
 from spikestream.pipeline.training import TrainConfig, cosine_lambda, fit, spike_loss
 
 T, P, H, W = 4, 2, 16, 16

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from spikestream.pipeline import create_model
-from spikestream.pipeline.attention import ATTENTION
+from spikestream.pipeline.network.attention import ATTENTION
 
 CLASSES, T, PER_CLASS, SIZE = 4, 4, 6, 16
 

@@ -95,7 +95,7 @@ def lrf_dyn_params(heads: int, head_dim: int, k: int, n_tokens: int, seed: int) 
     import torch
 
     from spikestream.firmware_bridge.quantize import quantize_lrf_dyn
-    from spikestream.pipeline.attention.lrf_dyn import LRFDyn
+    from spikestream.pipeline.network.attention.lrf_dyn import LRFDyn
 
     torch.manual_seed(seed)
     return quantize_lrf_dyn(LRFDyn(heads * head_dim, heads, (n_tokens, 1), k=k))

@@ -14,7 +14,7 @@ import torch
 
 from spikestream.cli.output import print_fields
 from spikestream.pipeline import SpikingTransformer, create_model, list_configs
-from spikestream.pipeline.energy import E_AC_PJ, E_MAC_PJ, energy_report
+from spikestream.pipeline.network.energy import E_AC_PJ, E_MAC_PJ, energy_report
 
 DEFAULT_RECORDING = Path("aedat4") / "sample.aedat4"
 
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from spikestream.pipeline.attention import ATTENTION
+    from spikestream.pipeline.network.attention import ATTENTION
 
     p = sub.add_parser(
         "model-info",

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from spikestream.pipeline.attention.base import State, register_attention
-from spikestream.pipeline.attention.ssa import SpikingQKV
+from spikestream.pipeline.network.attention.base import State, register_attention
+from spikestream.pipeline.network.attention.qkv import SpikingQKV
 
 
 @register_attention("sdsa")

@@ -23,7 +23,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-from spikestream.pipeline.model import STEM_STRIDES, SpikingTransformer
+from spikestream.pipeline.network.model import STEM_STRIDES, SpikingTransformer
 
 CONFIGS: dict[str, dict[str, Any]] = {
     # fast enough for CPU tests and demos: 64x64 input -> 8x8 tokens (larger inputs: a

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from spikestream.pipeline.model import SpikingTransformer
+from spikestream.pipeline.network.model import SpikingTransformer
 
 E_AC_PJ = 0.9
 E_MAC_PJ = 4.6

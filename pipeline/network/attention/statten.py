@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from spikestream.pipeline.attention.base import State, register_attention
-from spikestream.pipeline.attention.ssa import SpikingQKV
+from spikestream.pipeline.network.attention.base import State, register_attention
+from spikestream.pipeline.network.attention.qkv import SpikingQKV
 
 MODES = ("chunk", "causal")
 

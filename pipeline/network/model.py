@@ -1,7 +1,8 @@
 """The spiking vision transformer: SPS stem, L blocks of attention + MLP, a linear head.
 
 Stepwise and whole-sequence inference compute the same function: `step(frame, state)` runs one
-timestep on explicit state (a flat `dict[str, Tensor]` the caller owns, constant in size), and
+timestep on explicit state (nested per module, `{"stem": ..., "blocks": [...]}`, owned by the
+caller and constant in size; `network.state`), and
 `forward(frames[T])` runs the same layers over the sequence, batching the stateless conv,
 linear and norm layers over T x B and scanning only the neurons (and the attention, which
 scans its own neurons). In eval mode the two agree (spikes exactly, logits to 1e-5).
@@ -18,25 +19,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from spikestream.pipeline.attention import create_attention
-from spikestream.pipeline.attention.base import (
-    State,
-    TokenProj,
-    batch_norm_,
-    grad_free,
-    lif_fire_,
-    lif_step_consuming,
-    lif_step_lean,
-)
-from spikestream.pipeline.neurons import LIF
+from spikestream.pipeline.network.attention import create_attention
+from spikestream.pipeline.network.layers import TokenProj, batch_norm_
+from spikestream.pipeline.network.neurons import LIF, grad_free
+from spikestream.pipeline.network.state import State, state_nbytes
+
+__all__ = ["SpikingTransformer", "normalize_config", "state_nbytes"]
 
 POOLS = ("max", "avg")
 STEM_STRIDES = (1, 2, 4, 8)
-
-
-def state_nbytes(state: State) -> int:
-    """Bytes held by the tensors of a state dict."""
-    return sum(t.numel() * t.element_size() for t in state.values())
 
 
 def _time_batched(layer: nn.Module, x: Tensor) -> Tensor:
@@ -82,13 +73,11 @@ class StemStage(nn.Module):
             raise ValueError(f"pool must be one of {POOLS} or None, got {pool!r}")
 
     def step(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        if not grad_free():
-            s, v = lif_step_consuming(self.lif, self.bn(self.conv(x)), v)
-            return self.pool(s), v
-        # inference: BN and the membrane in the conv's output, max-pooling by strided views
+        # without autograd: BN and the membrane in the conv's output, max-pooling by views
         h = batch_norm_(self.bn, self.conv(x))
-        s, v = lif_fire_(self.lif, h.div_(self.lif.tau), v)
-        if isinstance(self.pool, nn.MaxPool2d) and not (h.shape[-1] % 2 or h.shape[-2] % 2):
+        s, v = self.lif.step(h, v, consume=True)
+        if (grad_free() and isinstance(self.pool, nn.MaxPool2d)
+                and not (h.shape[-1] % 2 or h.shape[-2] % 2)):
             return max_pool_3s2_(s), v
         return self.pool(s), v
 
@@ -142,12 +131,12 @@ class SPS(nn.Module):
         self.rpe = StemStage(embed_dim, embed_dim, None)
 
     def init_state(self, batch: int, device=None, dtype=None) -> State:
-        st = {
-            f"stem.{i}": torch.zeros(batch, *shape, device=device, dtype=dtype)
-            for i, shape in enumerate(self.stage_shapes)
-        }
-        st["stem.rpe"] = torch.zeros(batch, self.embed_dim, *self.grid, device=device, dtype=dtype)
-        return st
+        """`{"stages": [membrane per stage], "rpe": membrane}`, maps `[B, C, H, W]`."""
+        def zeros(*shape: int) -> Tensor:
+            return torch.zeros(batch, *shape, device=device, dtype=dtype)
+
+        return {"stages": [zeros(*shape) for shape in self.stage_shapes],
+                "rpe": zeros(self.embed_dim, *self.grid)}
 
     @staticmethod
     def tokens(x: Tensor) -> Tensor:
@@ -155,11 +144,12 @@ class SPS(nn.Module):
         return x.flatten(-2).transpose(-1, -2)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        new = {}
-        for i, stage in enumerate(self.stages):
-            x, new[f"stem.{i}"] = stage.step(x, state[f"stem.{i}"])
-        r, new["stem.rpe"] = self.rpe.step(x, state["stem.rpe"])
-        return self.tokens(x + r), new
+        stages = []
+        for stage, v in zip(self.stages, state["stages"], strict=True):
+            x, v = stage.step(x, v)
+            stages.append(v)
+        r, rpe = self.rpe.step(x, state["rpe"])
+        return self.tokens(x + r), {"stages": stages, "rpe": rpe}
 
     def forward(self, x: Tensor) -> Tensor:
         for stage in self.stages:
@@ -190,28 +180,23 @@ class Block(nn.Module):
         self.hidden = mlp_ratio * dim
         self.num_tokens = grid[0] * grid[1]
 
-    def init_state(self, batch: int, prefix: str, device=None, dtype=None) -> State:
-        n = self.num_tokens
-        st = {f"{prefix}attn_in": torch.zeros(batch, n, self.dim, device=device, dtype=dtype)}
-        attn = self.attn.init_state(batch, device=device, dtype=dtype)
-        st.update({f"{prefix}attn.{k}": v for k, v in attn.items()})
-        st[f"{prefix}mlp_in"] = torch.zeros(batch, n, self.dim, device=device, dtype=dtype)
-        st[f"{prefix}mlp_hidden"] = torch.zeros(batch, n, self.hidden, device=device, dtype=dtype)
-        return st
+    def init_state(self, batch: int, device=None, dtype=None) -> State:
+        """`{"attn_in", "attn" (the attention's own state), "mlp_in", "mlp_hidden"}`."""
+        def zeros(width: int) -> Tensor:
+            return torch.zeros(batch, self.num_tokens, width, device=device, dtype=dtype)
 
-    def step(self, x: Tensor, state: State, prefix: str) -> tuple[Tensor, State]:
-        new = {}
-        s, new[f"{prefix}attn_in"] = lif_step_lean(self.attn_in, x, state[f"{prefix}attn_in"])
-        pa = f"{prefix}attn."
-        attn_state = {k[len(pa):]: v for k, v in state.items() if k.startswith(pa)}
-        a, attn_state = self.attn.step(s, attn_state)
-        new.update({pa + k: v for k, v in attn_state.items()})
+        return {"attn_in": zeros(self.dim),
+                "attn": self.attn.init_state(batch, device=device, dtype=dtype),
+                "mlp_in": zeros(self.dim), "mlp_hidden": zeros(self.hidden)}
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        s, v_attn_in = self.attn_in.step(x, state["attn_in"])
+        a, attn = self.attn.step(s, state["attn"])
         x = x + a
-        s, new[f"{prefix}mlp_in"] = lif_step_lean(self.mlp_in, x, state[f"{prefix}mlp_in"])
-        h, new[f"{prefix}mlp_hidden"] = lif_step_consuming(
-            self.mlp_lif, self.fc1(s), state[f"{prefix}mlp_hidden"]
-        )
-        return x + self.fc2(h), new
+        s, v_mlp_in = self.mlp_in.step(x, state["mlp_in"])
+        h, v_hidden = self.mlp_lif.step(self.fc1(s), state["mlp_hidden"], consume=True)
+        return x + self.fc2(h), {"attn_in": v_attn_in, "attn": attn, "mlp_in": v_mlp_in,
+                                 "mlp_hidden": v_hidden}
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.attn_in(x))
@@ -256,13 +241,11 @@ class SpikingTransformer(nn.Module):
         return all(b.attn.causal for b in self.blocks)
 
     def init_state(self, batch: int, device=None, dtype=None) -> State:
-        """Zero state for `batch` streams: a flat dict of tensors, constant in size."""
+        """Zero state for `batch` streams, `{"stem": ..., "blocks": [...]}`, constant in size."""
         if device is None:
             device = self.head.weight.device
-        st = self.sps.init_state(batch, device=device, dtype=dtype)
-        for i, block in enumerate(self.blocks):
-            st.update(block.init_state(batch, f"blocks.{i}.", device=device, dtype=dtype))
-        return st
+        return {"stem": self.sps.init_state(batch, device=device, dtype=dtype),
+                "blocks": [b.init_state(batch, device=device, dtype=dtype) for b in self.blocks]}
 
     def _check(self, frames: Tensor, ndim: int) -> None:
         want = (self.in_channels, *self.input_size)
@@ -276,11 +259,12 @@ class SpikingTransformer(nn.Module):
     def step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:
         """One timestep: `frame[B, P, H, W]` -> `(logits[B, C], new state)`."""
         self._check(frame, 4)
-        x, new = self.sps.step(frame, state)
-        for i, block in enumerate(self.blocks):
-            x, st = block.step(x, state, f"blocks.{i}.")
-            new.update(st)
-        return self.head(x.mean(dim=1)), new
+        x, stem = self.sps.step(frame, state["stem"])
+        blocks = []
+        for block, st in zip(self.blocks, state["blocks"], strict=True):
+            x, st = block.step(x, st)
+            blocks.append(st)
+        return self.head(x.mean(dim=1)), {"stem": stem, "blocks": blocks}
 
     def forward(self, frames: Tensor) -> Tensor:
         """Whole sequence: `frames[T, B, P, H, W]` -> `logits[T, B, C]`."""

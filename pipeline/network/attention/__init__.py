@@ -1,6 +1,6 @@
 """Pluggable spiking self-attention mechanisms, registered by key (see DESIGN.md)."""
 
-from spikestream.pipeline.attention import (  # noqa: F401  (importing registers the keys)
+from spikestream.pipeline.network.attention import (  # noqa: F401  (importing registers the keys)
     a2os2a,
     lrf_dyn,
     lrf_ssa,
@@ -9,17 +9,15 @@ from spikestream.pipeline.attention import (  # noqa: F401  (importing registers
     sssa,
     statten,
 )
-from spikestream.pipeline.attention.base import (
+from spikestream.pipeline.network.attention.base import (
     ATTENTION,
     Attention,
     State,
-    TokenBN,
-    TokenLIF,
-    TokenProj,
     create_attention,
     register_attention,
 )
-from spikestream.pipeline.attention.local import LocalRF
+from spikestream.pipeline.network.attention.local import LocalRF
+from spikestream.pipeline.network.layers import TokenBN, TokenLIF, TokenProj
 
 __all__ = [
     "ATTENTION",

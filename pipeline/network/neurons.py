@@ -1,7 +1,9 @@
 """Spiking neurons with explicit state: LIF (on `snntorch.Leaky`) and the ternary LIF of A²OS²A.
 
 Every neuron follows the stateful-layer contract of DESIGN.md: `init_state`, `step(x, v) ->
-(s, v)` and `forward(x[T, ...]) -> s[T, ...]`, where `forward` is the scan of `step`.
+(s, v)` and `forward(x[T, ...]) -> s[T, ...]`, where `forward` is the scan of `step`. The LIF
+update is written once (`lif_update`): the differentiable form, and the same arithmetic in
+place for inference.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import snntorch
 import torch
 from torch import Tensor, nn
+
+from spikestream.pipeline.network.state import scan
 
 
 class SpikeGE(torch.autograd.Function):
@@ -36,6 +40,55 @@ def spike_ge(x: Tensor, alpha: float = 4.0) -> Tensor:
     return SpikeGE.apply(x, alpha)
 
 
+def grad_free() -> bool:
+    """True without autograd (`torch.no_grad` / `torch.inference_mode`): inference paths may
+    then overwrite temporaries and reuse their storage."""
+    return not torch.is_grad_enabled()
+
+
+# Elements per piece of `beta * v` in the in-place update: the temporary stays small.
+_CHUNK = 1 << 15
+
+
+def _add_scaled_(h: Tensor, v: Tensor, beta: Tensor) -> Tensor:
+    """`h += beta * v` with the product rounded on its own, exactly as `beta * v + h` (the
+    fused `add_(v, alpha=beta)` rounds once and can differ), a piece at a time on the CPU."""
+    n = h.numel()
+    if (n <= _CHUNK or h.device.type != "cpu" or h.shape != v.shape
+            or not (h.is_contiguous() and v.is_contiguous())):
+        return h.add_(beta * v)
+    hf, vf = h.view(-1), v.view(-1)
+    for i in range(0, n, _CHUNK):
+        hf[i : i + _CHUNK].add_(vf[i : i + _CHUNK] * beta)
+    return h
+
+
+def lif_update(lif: LIF, x: Tensor, v: Tensor, *, in_place: bool,
+               consume: bool = False) -> tuple[Tensor, Tensor]:
+    """The LIF update: `H = beta V + X / tau`, `S = [H >= v_th]`, `V' = H (1 - S)`.
+
+    `in_place=False`: differentiable, firing through the surrogate and with the reset
+    detached. `in_place=True` (no autograd): the same values, computed in the storage of
+    `X / tau` (of `x` itself when `consume`: pass a fresh temporary nobody else holds), so
+    only the spikes are allocated besides. Exactly equal because `h >= v_th` is
+    `h - v_th >= 0` in floating point, and `h += beta * v` rounds the product on its own.
+    Large tensors form `1 - S` in the spikes' storage and turn it back (`1 - (1 - S) = S`
+    exactly for 0 and 1); small ones multiply by `[H < v_th]` (equal to `1 - S`, and a NaN
+    membrane stays NaN either way), fewer operations. Comparisons written straight into float
+    tensors avoid slow bool conversions."""
+    h = x.div_(lif.tau) if (in_place and consume) else x / lif.tau
+    if not in_place:
+        h = lif.beta * v + h
+        s = lif.spike_grad(h - lif.threshold)
+        return s, h * (1.0 - s.detach())
+    _add_scaled_(h, v, lif.beta)
+    s = torch.ge(h, lif.threshold, out=torch.empty_like(h))
+    if h.numel() <= _CHUNK:
+        return s, h.mul_(torch.lt(h, lif.threshold, out=torch.empty_like(h)))
+    h.mul_(s.neg_().add_(1.0))  # H * (1 - S)
+    return s.neg_().add_(1.0), h
+
+
 class LIF(snntorch.Leaky):
     """The LIF of DESIGN.md: `H = V + (X - V)/tau`, `S = [H >= v_th]`, `V = H (1 - S)`.
 
@@ -60,20 +113,14 @@ class LIF(snntorch.Leaky):
         """Membrane potential of zeros for one timestep's input shape."""
         return torch.zeros(shape, device=device, dtype=dtype)
 
-    def step(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.beta * v + x / self.tau  # == v + (x - v) / tau
-        s = self.spike_grad(h - self.threshold)
-        v = h * (1.0 - s.detach())
-        return s, v
+    def step(self, x: Tensor, v: Tensor, consume: bool = False) -> tuple[Tensor, Tensor]:
+        """`(spikes, new membrane)`; without autograd computed in place (`lif_update`), and
+        with `consume` in `x`'s own storage (a temporary the caller no longer needs)."""
+        return lif_update(self, x, v, in_place=grad_free(), consume=consume)
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         """Scan over the leading time axis: `x[T, ...] -> s[T, ...]`."""
-        v = self.init_state(x.shape[1:], device=x.device, dtype=x.dtype)
-        out = []
-        for x_t in x:
-            s, v = self.step(x_t, v)
-            out.append(s)
-        return torch.stack(out)
+        return scan(self.step, self.init_state(x.shape[1:], x.device, x.dtype), x)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, v_th={self.v_th}"
@@ -100,12 +147,7 @@ class TernaryLIF(nn.Module):
         return s, v
 
     def forward(self, x: Tensor) -> Tensor:
-        v = self.init_state(x.shape[1:], device=x.device, dtype=x.dtype)
-        out = []
-        for x_t in x:
-            s, v = self.step(x_t, v)
-            out.append(s)
-        return torch.stack(out)
+        return scan(self.step, self.init_state(x.shape[1:], x.device, x.dtype), x)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, v_th={self.v_th}"

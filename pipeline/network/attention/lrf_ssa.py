@@ -12,9 +12,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from spikestream.pipeline.attention.base import State, register_attention
-from spikestream.pipeline.attention.local import LocalRF
-from spikestream.pipeline.attention.ssa import SpikingQKV, ssa_product
+from spikestream.pipeline.network.attention.base import State, register_attention
+from spikestream.pipeline.network.attention.local import LocalRF
+from spikestream.pipeline.network.attention.qkv import SpikingQKV, ssa_product
 
 
 @register_attention("lrf_ssa")

@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from spikestream.pipeline.attention.base import State, register_attention
-from spikestream.pipeline.attention.ssa import SpikingQKV
-from spikestream.pipeline.neurons import spike_ge
+from spikestream.pipeline.network.attention.base import State, register_attention
+from spikestream.pipeline.network.attention.qkv import SpikingQKV
+from spikestream.pipeline.network.neurons import spike_ge
 
 
 @register_attention("sssa")

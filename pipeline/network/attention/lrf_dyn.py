@@ -34,10 +34,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from spikestream.pipeline.attention.base import State, grad_free, register_attention
-from spikestream.pipeline.attention.local import LocalRF
-from spikestream.pipeline.attention.ssa import SpikingQKV
-from spikestream.pipeline.neurons import spike_ge
+from spikestream.pipeline.network.attention.base import State, register_attention
+from spikestream.pipeline.network.attention.local import LocalRF
+from spikestream.pipeline.network.attention.qkv import SpikingQKV
+from spikestream.pipeline.network.neurons import grad_free, spike_ge
 
 
 def _round_ste(x: Tensor) -> Tensor:

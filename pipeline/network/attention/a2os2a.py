@@ -11,15 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from spikestream.pipeline.attention.base import (
-    Attention,
-    State,
-    TokenLIF,
-    TokenProj,
-    register_attention,
-)
-from spikestream.pipeline.attention.ssa import ssa_product
-from spikestream.pipeline.neurons import LIF, TernaryLIF
+from spikestream.pipeline.network.attention.base import Attention, State, register_attention
+from spikestream.pipeline.network.attention.qkv import ssa_product
+from spikestream.pipeline.network.layers import TokenLIF, TokenProj
+from spikestream.pipeline.network.neurons import LIF, TernaryLIF
 
 
 @register_attention("a2os2a")
@@ -52,17 +47,10 @@ class A2OS2A(Attention):
         return self.proj(s), {"q": vq, "v": vv, "attn": va}
 
     def forward(self, x: Tensor) -> Tensor:
-        t, b, n, _ = x.shape
-        h, d = self.heads, self.dim // self.heads
-
-        def split(z: Tensor) -> Tensor:
-            return z.reshape(t, b, n, h, d).transpose(2, 3)
-
-        q = split(self.q.lif(self.q.proj(x)))
-        k = split(torch.relu(self.k(x)))
-        v = split(self.v_lif(self.v(x)))
-        a = ssa_product(q, k, v, self.reassociate).transpose(2, 3).reshape(t, b, n, h * d)
-        return self.proj(self.attn_lif(a))
+        q = self.split_seq(self.q(x))
+        k = self.split_seq(torch.relu(self.k(x)))
+        v = self.split_seq(self.v_lif(self.v(x)))
+        return self.proj(self.attn_lif(self.merge_seq(ssa_product(q, k, v, self.reassociate))))
 
     def extra_repr(self) -> str:
         return f"reassociate={self.reassociate}"

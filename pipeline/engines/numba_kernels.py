@@ -1,0 +1,201 @@
+"""Event-driven numba kernels: the layers every part of the numba engine is built from.
+
+The attention kernels are in `numba_attention`, the block and the whole step in
+`numba_network`; `numba_step` packs a model's weights and state for them. Convolutions and
+linear layers are computed by scattering: every non-zero input (an event count in the first layer, a
+spike after it) adds its row of weights, `val * w`, to the outputs it reaches, so the work
+grows with the number of spikes rather than the size of the map, and a spike costs additions
+only. Accumulators are channels-last (`[positions, C]`) so that those additions run over
+contiguous channels, and so are maps and membranes (`[H, W, C]` in the stem, tokens `[N, D]`
+after it: the same layout). Sums run in another order than a dense GEMM's, so results agree
+with `model.step` to float rounding.
+
+Every neuron is `_fire`, which follows `network.neurons.lif_update` operation for operation,
+in float32:
+`h = y / tau`, `h = h + beta * v`, `s = [h >= v_th]`, `v = h * [h < v_th]`, where `y` is the
+batch-normed input `acc * alpha + shift` (ATen's eval batch norm: `alpha = gamma /
+sqrt(var + eps)`, `shift = b - mean * alpha`) or, for neurons on the residual stream, the
+tokens themselves.
+
+Packed parameters (see `numba_step`): `lif[i] = (tau, beta, v_th)`; `bn[i] = [alpha; shift]`
+(`[2, C]`); linear weights `[D_in, D_out]`; stem layers `cfg[i] = (stride, pool)` with pool 0
+none, 1 max 3/2/1, 2 avg 2/2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+ONE = np.float32(1.0)
+ZERO = np.float32(0.0)
+POOL_NONE, POOL_MAX, POOL_AVG = 0, 1, 2
+
+
+@njit(cache=True, nogil=True)
+def _reach(size, out_size, k, stride):  # pragma: no cover - compiled
+    """For each input index, the first and last output index whose window (stride, padding
+    1, kernel k) covers it: output o covers inputs `o * stride - 1 .. o * stride - 2 + k`."""
+    lo = np.empty(size, np.int64)
+    hi = np.empty(size, np.int64)
+    for i in range(size):
+        lo[i] = max(0, -((k - 2 - i) // stride))  # ceil((i + 2 - k) / stride)
+        hi[i] = min(out_size - 1, (i + 1) // stride)
+    return lo, hi
+
+
+@njit(cache=True, nogil=True)
+def conv_scatter(x, w, stride, acc, out_w):  # pragma: no cover - compiled
+    """`acc[Ho * Wo, Co] += conv2d(x[H, W, C], w[C, K, K, Co])` (stride, padding 1)."""
+    h, wd, c_in = x.shape
+    k = w.shape[1]
+    c_out = w.shape[3]
+    out_h = acc.shape[0] // out_w
+    y_lo, y_hi = _reach(h, out_h, k, stride)
+    x_lo, x_hi = _reach(wd, out_w, k, stride)
+    cols = np.empty(wd * c_in, np.int64)
+    chans = np.empty(wd * c_in, np.int64)
+    for y in range(h):
+        n = 0
+        for xx in range(wd):  # the row's non-zero inputs, without a branch per input
+            for c in range(c_in):
+                cols[n] = xx
+                chans[n] = c
+                n += x[y, xx, c] != 0
+        for e in range(n):
+            xx, c = cols[e], chans[e]
+            val = x[y, xx, c]
+            for oy in range(y_lo[y], y_hi[y] + 1):
+                ky = y + 1 - oy * stride
+                for ox in range(x_lo[xx], x_hi[xx] + 1):
+                    kx = xx + 1 - ox * stride
+                    r = oy * out_w + ox
+                    for o in range(c_out):
+                        acc[r, o] += val * w[c, ky, kx, o]
+
+
+@njit(cache=True, nogil=True)
+def linear_scatter(x, wt, acc):  # pragma: no cover - compiled
+    """`acc[N, Do] += x[N, Di] @ wt[Di, Do]`, one row of `wt` per non-zero input."""
+    n, d_in = x.shape
+    d_out = wt.shape[1]
+    cols = np.empty(d_in, np.int64)
+    for i in range(n):
+        m = 0
+        for c in range(d_in):  # the token's non-zero inputs, without a branch per input
+            cols[m] = c
+            m += x[i, c] != 0
+        for e in range(m):
+            c = cols[e]
+            val = x[i, c]
+            for o in range(d_out):
+                acc[i, o] += val * wt[c, o]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _fire(y, tau, beta, v_th, v):  # pragma: no cover - compiled
+    """One neuron: `(spike, new membrane)` for normed input `y` and membrane `v`, without
+    branches (`h * (1 - s)` is `h * [h < v_th]` exactly, NaN included)."""
+    h = y / tau
+    h = h + beta * v
+    s = np.float32(h >= v_th)
+    return s, h * (ONE - s)
+
+
+@njit(cache=True, nogil=True)
+def bn_lif(acc, bn, lif, v, v_new, s):  # pragma: no cover - compiled
+    """Norm and fire `acc[N, D]` with membranes `v, v_new[N, D]` into spikes `s[N, D]`."""
+    n, d = acc.shape
+    tau, beta, v_th = lif[0], lif[1], lif[2]
+    for i in range(n):
+        for o in range(d):
+            s[i, o], v_new[i, o] = _fire(acc[i, o] * bn[0, o] + bn[1, o], tau, beta, v_th,
+                                         v[i, o])
+
+
+@njit(cache=True, nogil=True)
+def lif_tokens(x, lif, v, v_new, s):  # pragma: no cover - compiled
+    """Fire tokens `x[N, D]` as they are (no norm): membranes `v, v_new`, spikes `s`."""
+    n, d = x.shape
+    tau, beta, v_th = lif[0], lif[1], lif[2]
+    for i in range(n):
+        for o in range(d):
+            s[i, o], v_new[i, o] = _fire(x[i, o], tau, beta, v_th, v[i, o])
+
+
+@njit(cache=True, nogil=True)
+def batch_norm(acc, bn):  # pragma: no cover - compiled
+    """In place: `acc[N, D] = acc * alpha + shift`."""
+    n, d = acc.shape
+    for i in range(n):
+        for o in range(d):
+            acc[i, o] = acc[i, o] * bn[0, o] + bn[1, o]
+
+
+@njit(cache=True, nogil=True)
+def max_pool_3s2(x):  # pragma: no cover - compiled
+    """3x3 max-pool, stride 2, padding 1, of `x[H, W, C]` (H and W even)."""
+    h, w, c = x.shape
+    rows = np.empty((h // 2, w, c), np.float32)
+    for oy in range(h // 2):
+        for xx in range(w):
+            for o in range(c):
+                m = max(x[2 * oy, xx, o], x[2 * oy + 1, xx, o])
+                rows[oy, xx, o] = max(m, x[2 * oy - 1, xx, o]) if oy > 0 else m
+    out = np.empty((h // 2, w // 2, c), np.float32)
+    for oy in range(h // 2):
+        for ox in range(w // 2):
+            for o in range(c):
+                m = max(rows[oy, 2 * ox, o], rows[oy, 2 * ox + 1, o])
+                out[oy, ox, o] = max(m, rows[oy, 2 * ox - 1, o]) if ox > 0 else m
+    return out
+
+
+@njit(cache=True, nogil=True)
+def avg_pool_2s2(x):  # pragma: no cover - compiled
+    """2x2 average pool, stride 2, of `x[H, W, C]`."""
+    h, w, c = x.shape
+    out = np.empty((h // 2, w // 2, c), np.float32)
+    for oy in range(h // 2):
+        for ox in range(w // 2):
+            for o in range(c):
+                total = (x[2 * oy, 2 * ox, o] + x[2 * oy, 2 * ox + 1, o]
+                         + x[2 * oy + 1, 2 * ox, o] + x[2 * oy + 1, 2 * ox + 1, o])
+                out[oy, ox, o] = total / np.float32(4.0)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def stem_layer(x, w, bn, lif, stride, pool, v, v_new):  # pragma: no cover - compiled
+    """conv - BN - LIF (- pool) of maps `x[H, W, C]`; membranes `v, v_new[H' * W', C']`."""
+    c = w.shape[3]
+    out_w = x.shape[1] // stride
+    acc = np.zeros(v.shape, np.float32)
+    conv_scatter(x, w, stride, acc, out_w)
+    s = np.empty(v.shape, np.float32)
+    bn_lif(acc, bn, lif, v, v_new, s)
+    s3 = s.reshape((v.shape[0] // out_w, out_w, c))
+    if pool == POOL_MAX:
+        return max_pool_3s2(s3)
+    if pool == POOL_AVG:
+        return avg_pool_2s2(s3)
+    return s3
+
+
+@njit(cache=True, nogil=True)
+def proj(x, wt, bn):  # pragma: no cover - compiled
+    """`BN(W x)` of tokens `x[N, D_in]`: `[N, D_out]`."""
+    acc = np.zeros((x.shape[0], wt.shape[1]), np.float32)
+    linear_scatter(x, wt, acc)
+    batch_norm(acc, bn)
+    return acc
+
+
+@njit(cache=True, nogil=True)
+def proj_fire(x, wt, bn, lif, v, v_new):  # pragma: no cover - compiled
+    """`SN(BN(W x))` of tokens `x[N, D_in]`: spikes `[N, D_out]`, membranes `v -> v_new`."""
+    acc = np.zeros((x.shape[0], wt.shape[1]), np.float32)
+    linear_scatter(x, wt, acc)
+    s = np.empty_like(acc)
+    bn_lif(acc, bn, lif, v, v_new, s)
+    return s

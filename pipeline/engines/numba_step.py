@@ -1,0 +1,183 @@
+"""`model.step` as event-driven numba kernels: the CPU streaming engine for supported models.
+
+`NumbaStep(model)` copies the weights of an eval-mode `SpikingTransformer` into channels-last
+arrays and runs one timestep as one call of `numba_network.step_kernel` (built from
+`numba_kernels` and `numba_attention_kernels`): each conv and linear layer
+adds one row of weights per non-zero input (spikes, or event counts in the first layer)
+instead of multiplying dense maps, and no torch operation runs inside a step. Besides doing
+less work on sparse maps, a step touches a few kilobytes of compiled code rather than the
+dispatch paths of some fifty ATen operations, so it stays fast when it runs once per bin
+after the thread has idled (the live-stream case; see `benchmarks/streaming.py`).
+
+State is one flat array holding the leaves of the model's nested state (`model.init_state`,
+in `torch.utils._pytree` order; stem maps channels-last), and `to_model_state` /
+`from_model_state` convert, so a `NumbaStep` and `model.step` can take over from each other
+mid-stream. Results agree with `model.step` to float rounding (sums run in another order);
+`engines.make_step` checks that over a few steps before it uses one.
+
+Supported: batch 1 on the CPU in float32, LIF neurons, max- or average-pooling stems with any
+stem stride, and the attention mechanisms registered in `numba_attention.NUMBA_ATTENTION`.
+`unsupported(model)` says why another model cannot run here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from numba.typed import List
+from torch import Tensor, nn
+from torch.utils import _pytree as pytree
+
+from spikestream.pipeline.engines import numba_kernels as K
+from spikestream.pipeline.engines.numba_attention import (
+    NUMBA_ATTENTION,
+    f32,
+    pack_bn,
+    pack_lif,
+    pack_proj,
+)
+from spikestream.pipeline.engines.numba_network import step_kernel
+from spikestream.pipeline.network.state import State, named_leaves
+
+__all__ = ["NumbaStep", "unsupported"]
+
+
+def _list(arrays: Iterable[np.ndarray]) -> List:
+    """Arrays of one type as a numba typed list: its type does not depend on the length, so
+    one compiled kernel serves every depth and number of stem stages."""
+    out = List()
+    for a in arrays:
+        out.append(a)
+    return out
+
+
+def unsupported(model: Any) -> str | None:
+    """Why `model` cannot run as a `NumbaStep`, or None when it can (the attention key must
+    have a `NUMBA_ATTENTION` entry whose check passes on every block)."""
+    from spikestream.pipeline.network.model import SpikingTransformer
+
+    if not isinstance(model, SpikingTransformer):
+        return f"{type(model).__name__} is not a SpikingTransformer"
+    entry = NUMBA_ATTENTION.get(model.attention_key)
+    if entry is None:
+        return (f"attention {model.attention_key!r} has no numba kernels "
+                f"(supported: {', '.join(sorted(NUMBA_ATTENTION))})")
+    for block in model.blocks:
+        reason = entry.check(block.attn)
+        if reason is not None:
+            return f"attention {model.attention_key!r}: {reason}"
+    if model.head.weight.device.type != "cpu" or model.head.weight.dtype != torch.float32:
+        return "the model is not float32 on the CPU"
+    return None
+
+
+def _pool_code(pool: nn.Module) -> int:
+    if isinstance(pool, nn.MaxPool2d):
+        return K.POOL_MAX
+    if isinstance(pool, nn.AvgPool2d):
+        return K.POOL_AVG
+    return K.POOL_NONE
+
+
+class NumbaStep:
+    """One timestep of a supported model in numba kernels (module docstring), with the
+    engine interface (`init_state`, `step`, `mode`)."""
+
+    mode = "numba"
+
+    def __init__(self, model: nn.Module) -> None:
+        reason = unsupported(model)
+        if reason is not None:
+            raise ValueError(f"model cannot run in numba kernels: {reason}")
+        model.eval()
+        self.model = model
+        self.num_classes = model.num_classes
+        self.input_size = model.input_size
+        self.in_channels = model.in_channels
+        self.frame_shape = (1, model.in_channels, *model.input_size)
+        stages = [*model.sps.stages, model.sps.rpe]
+        # weights as [C_in, K, K, C_out]: a spike adds contiguous rows
+        self._stem_w = _list(f32(st.conv.weight.permute(1, 2, 3, 0)) for st in stages)
+        self._stem_bn = _list(pack_bn(st.bn) for st in stages)
+        self._stem_lif = np.array([pack_lif(st.lif) for st in stages], np.float32)
+        self._stem_cfg = np.array([(st.conv.stride[0], _pool_code(st.pool)) for st in stages],
+                                  np.int64)
+        self._blk_w = _list(a for b in model.blocks for p in (b.fc1, b.fc2) for a in pack_proj(p))
+        self._blk_lif = np.array([pack_lif(n) for b in model.blocks
+                                  for n in (b.attn_in, b.mlp_in, b.mlp_lif)], np.float32)
+        entry = NUMBA_ATTENTION[model.attention_key]
+        packed = [entry.pack(b.attn) for b in model.blocks]
+        self._kernel = entry.kernel
+        self._attn_w = _list(a for p in packed for a in p.arrays)  # [D_in, D_out] or [rows, C]
+        self._n_aw = len(packed[0].arrays)
+        self._attn_lif = np.array([n for p in packed for n in p.neurons], np.float32)
+        self._n_alif = len(packed[0].neurons)
+        self._attn_i = np.array([p.ints for p in packed], np.int64)
+        self._attn_f = np.array([p.floats for p in packed], np.float32)
+        self._n_av = len(list(named_leaves(model.blocks[0].attn.init_state(1))))
+        self._head_w, self._head_b = f32(model.head.weight), f32(model.head.bias)
+
+        # the model's state leaves in pytree order; stem maps [1, C, H, W] kept as [H * W, C]
+        # (channels-last), every other leaf as [rows, last axis]
+        zeros = model.init_state(1)
+        self._spec = pytree.tree_structure(zeros)
+        leaves = list(named_leaves(zeros))
+        self._shapes = [tuple(t.shape) for _, t in leaves]
+        self._dtypes = [t.dtype for _, t in leaves]  # held as float32 (e.g. a step counter)
+        self._maps = [name.startswith("stem.") and t.dim() == 4 for name, t in leaves]
+        self._rows = [(sh[2] * sh[3], sh[1]) if m else (int(np.prod(sh[:-1])), sh[-1])
+                      if sh else (1, 1) for sh, m in zip(self._shapes, self._maps, strict=True)]
+        sizes = [r * c for r, c in self._rows]
+        self._offsets = np.cumsum([0, *sizes])
+        self._layout = np.array([(o, r, c) for o, (r, c) in zip(self._offsets[:-1], self._rows,
+                                                                   strict=True)], np.int64)
+
+    def init_state(self, batch: int = 1) -> np.ndarray:
+        """Zero membranes: one flat float32 array (`to_model_state` names its parts)."""
+        if batch != 1:
+            raise ValueError(f"the numba step runs one stream (batch 1), got batch {batch}")
+        return np.zeros(int(self._offsets[-1]), np.float32)
+
+    def to_model_state(self, state: np.ndarray) -> State:
+        """The flat state as `model.step`'s nested state of tensors (copies)."""
+        leaves = []
+        for sh, dtype, is_map, a, b in zip(self._shapes, self._dtypes, self._maps,
+                                           self._offsets[:-1], self._offsets[1:], strict=True):
+            part = state[a:b]
+            if is_map:  # [H, W, C] -> [1, C, H, W]
+                part = part.reshape(sh[2], sh[3], sh[1]).transpose(2, 0, 1)
+            leaves.append(torch.from_numpy(np.ascontiguousarray(part).reshape(sh)).to(dtype))
+        return pytree.tree_unflatten(leaves, self._spec)
+
+    def from_model_state(self, state: State) -> np.ndarray:
+        """A state of `model.init_state`'s layout as this step's flat state."""
+        leaves, spec = pytree.tree_flatten(state)
+        if spec != self._spec:
+            raise ValueError("state does not have the layout of model.init_state")
+        parts = []
+        for t, is_map in zip(leaves, self._maps, strict=True):
+            t = t.detach().cpu().to(torch.float32)
+            parts.append((t.permute(0, 2, 3, 1) if is_map else t).reshape(-1).numpy())
+        return np.concatenate(parts)
+
+    def step(self, frame: Tensor, state: np.ndarray) -> tuple[Tensor, np.ndarray]:
+        """One timestep: `frame[1, P, H, W]` -> `(logits[1, C], new flat state)`."""
+        if frame.shape != self.frame_shape:
+            raise ValueError(f"numba step expects frames of shape {self.frame_shape}, "
+                             f"got {tuple(frame.shape)}")
+        if frame.dtype != torch.float32 or frame.device.type != "cpu":
+            frame = frame.to("cpu", torch.float32)
+        new = np.empty_like(state)
+        logits = np.empty((1, self.num_classes), np.float32)
+        step_kernel(
+            frame.detach().numpy()[0].transpose(1, 2, 0), self._stem_w, self._stem_bn,
+            self._stem_lif, self._stem_cfg, self._blk_w, self._blk_lif, self._kernel,
+            self._attn_w, self._n_aw, self._attn_lif, self._n_alif, self._attn_i, self._attn_f,
+            self._n_av, self._head_w, self._head_b, self._layout, state, new, logits[0],
+        )  # fmt: skip
+        return torch.from_numpy(logits), new
+
+    __call__ = step
