@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench lint clean rtl-test rtl-report
 
 install: $(STAMP)
 
@@ -29,6 +29,16 @@ demo: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	for b in benchmarks/*.py; do echo "== $$b"; OMP_NUM_THREADS=1 $(PY) $$b $(BENCH_ARGS) || exit 1; done
+
+# The LRF-Dyn core as RTL (firmware_bridge/rtl): bit-exact simulation against the numpy core,
+# and synthesis for an iCE40 UP5K with yosys + nextpnr-ice40 (RTL_ARGS, e.g. "--dim 256").
+RTL_ARGS ?=
+rtl-test: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests/test_rtl.py
+
+rtl-report: $(STAMP)
+	$(PY) -m pip install -q -e ".[rtl]"
+	$(PY) -m spikestream.firmware_bridge.rtl.report $(RTL_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
