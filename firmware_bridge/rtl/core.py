@@ -12,13 +12,16 @@ Pipeline, one item per (token, channel, compartment j), in the order IntCore def
 
     0  issue: state and parameter reads of (c, j)
     1  old[j] leaves the state memory
-    2  window: old[j] registered
-    3  old[j-1], old[j], old[j+1] in registers: decay, both couplings, charge
-    4  sum, sat16 -> new[j]
-    5  C[j] * new[j]; theta read
-    6  soma sum y += C[j] * new[j]; C[0] * theta
-    7  write new[j] (j >= 1); on the last compartment: fire and reset of the soma
-    8  write the soma (in the slot the next channel's j = 0 leaves free); spike to the packer
+    2  window: old[j] registered; old[j] >> S[j] and the charge G[j] << GS[j]
+    3  old[j-1], old[j], old[j+1] in registers: decay, both couplings
+    4  two partial sums
+    5  the full sum
+    6  sat16 -> new[j]; theta read
+    7  C[j] * new[j]; C[0] * theta
+    8  soma sum less the fire level: y - C[0] * theta += C[j] * new[j]
+    9  write new[j] (j >= 1); on the last compartment: fire, and the soma less theta
+    10 write the soma, reset where it fired (in the slot the next channel's j = 0 leaves
+       free); spike to the packer
 
 The state is one memory of D * k int16 words (address c * k + j); the parameters are written
 through a byte port whose addresses are the offsets of the parameter blob's body
@@ -37,9 +40,13 @@ STATE_MIN, STATE_MAX = -32768, 32767
 COUPLING_SHIFT = 8
 #: Per-compartment parameter fields in blob order; each is one byte lane of the parameter word.
 FIELDS = ("decay_shift", "lower", "upper", "gamma", "gamma_shift", "readout")
-#: Issue-to-last-write distance beyond k: the next token may read a channel only this many
-#: clocks (plus k) after it read it last.
-PIPELINE_GAP = 7
+#: The next token may read a channel only k + PIPELINE_GAP clocks after it read it last: its
+#: soma is written k - 1 + DEPTH clocks after the first read, and the state memory's read port
+#: is not transparent (a bypass mux there cost 10% of the clock), so one clock more. The
+#: tests show that one clock less gives wrong results at D = 1.
+PIPELINE_GAP = 10
+#: Pipeline stages after issue (the last one writes the soma and packs the spike).
+DEPTH = 10
 
 
 def channel_spacing(dim: int, k: int) -> int:
@@ -53,9 +60,13 @@ def cycles_per_step(n_tokens: int, dim: int, k: int) -> int:
 
 
 def _sat16(v):
-    """`min(32767, max(-32768, v))` as a 16-bit signed value."""
-    return Mux(v > STATE_MAX, Const(STATE_MAX, signed(16)),
-               Mux(v < STATE_MIN, Const(STATE_MIN, signed(16)), v[:16].as_signed()))
+    """`min(32767, max(-32768, v))` as a 16-bit signed value (v signed, wider than 16 bits).
+
+    In range iff the bits from 15 up are all equal; no comparator carry chains."""
+    top = v[15:]
+    inside = (top == 0) | (top == (1 << len(top)) - 1)
+    rail = Mux(v[-1], Const(STATE_MIN, signed(16)), Const(STATE_MAX, signed(16)))
+    return Mux(inside, v[:16].as_signed(), rail)
 
 
 class LRFDynCoreRTL(wiring.Component):
@@ -116,7 +127,7 @@ class LRFDynCoreRTL(wiring.Component):
         m.submodules.pmem = pmem = Memory(shape=8 * len(FIELDS), depth=HK, init=[])
         m.submodules.tmem = tmem = Memory(shape=16, depth=H, init=[])
         st_w = state.write_port()
-        st_r = state.read_port(transparent_for=(st_w,))
+        st_r = state.read_port()
         p_w = pmem.write_port(granularity=8)
         p_r = pmem.read_port()
         t_w = tmem.write_port(granularity=8)
@@ -128,27 +139,35 @@ class LRFDynCoreRTL(wiring.Component):
         for port in (st_r, p_r, t_r):
             m.d.comb += port.en.eq(en)
 
-        # ---- parameter write port: blob-body offset -> field lane and index -----------------
-        with m.If(self.p_addr < len(FIELDS) * HK):
-            for f in range(len(FIELDS)):
-                with m.If((self.p_addr >= f * HK) & (self.p_addr < (f + 1) * HK)):
-                    m.d.comb += [
-                        p_w.addr.eq(self.p_addr - f * HK),
-                        p_w.en.eq(self.p_we << f),
-                    ]
-            m.d.comb += p_w.data.eq(self.p_data.replicate(len(FIELDS)))
-        with m.Else():
+        # ---- parameter write port: blob-body offset -> field lane and index. Two register
+        # stages (compare; then select and subtract), so the decode never limits the clock.
+        nf = len(FIELDS)
+        a_addr = Signal.like(self.p_addr, reset_less=True)
+        a_data = Signal(8, reset_less=True)
+        a_we = Signal()
+        above = Signal(nf + 1)  # above[f]: the offset is at or past field f (f = nf: theta)
+        m.d.sync += [a_addr.eq(self.p_addr), a_data.eq(self.p_data), a_we.eq(self.p_we),
+                     above.eq(Cat(self.p_addr >= f * HK for f in range(nf + 1)))]
+        pw_addr, tw_addr = Signal(range(HK), reset_less=True), Signal(range(H), reset_less=True)
+        pw_en, tw_en = Signal(nf), Signal(2)
+        pw_data = Signal(8, reset_less=True)
+        m.d.sync += [pw_en.eq(0), tw_en.eq(0), pw_data.eq(a_data)]
+        for f in range(nf):
+            with m.If(above[f] & ~above[f + 1]):
+                m.d.sync += [pw_addr.eq(a_addr - f * HK), pw_en.eq(a_we << f)]
+        with m.If(above[nf]):
             off = Signal(range(2 * H))
-            m.d.comb += [
-                off.eq(self.p_addr - len(FIELDS) * HK),
-                t_w.addr.eq(off >> 1),
-                t_w.en.eq(self.p_we << off[0]),
-                t_w.data.eq(self.p_data.replicate(2)),
-            ]
+            m.d.comb += off.eq(a_addr - nf * HK)
+            m.d.sync += [tw_addr.eq(off >> 1), tw_en.eq(a_we << off[0])]
+        m.d.comb += [
+            p_w.addr.eq(pw_addr), p_w.en.eq(pw_en), p_w.data.eq(pw_data.replicate(nf)),
+            t_w.addr.eq(tw_addr), t_w.en.eq(tw_en), t_w.data.eq(pw_data.replicate(2)),
+        ]
 
         # ---- stage 0: input word buffer and issue sequencer ---------------------------------
         ubuf = Signal(W)
         ucnt = Signal(range(W + 1))
+        has = Signal()  # ucnt != 0, as a register: it gates the whole sequencer
         ucur = Signal()  # the u bit of the channel being issued
         mid = Signal()   # issuing compartments 1..k-1 of a channel
         jc = Signal(range(k))
@@ -158,9 +177,9 @@ class LRFDynCoreRTL(wiring.Component):
         ic = Signal(range(d))
         cc = Signal(range(D))
         nc = Signal(range(N))
-        m.d.comb += self.u_ready.eq(ucnt == 0)
+        m.d.comb += self.u_ready.eq(~has)
         with m.If(self.u_valid & self.u_ready):
-            m.d.sync += [ubuf.eq(self.u_data), ucnt.eq(W)]
+            m.d.sync += [ubuf.eq(self.u_data), ucnt.eq(W), has.eq(1)]
 
         # Channels start at least `spacing` clocks apart, so that a channel is read again (next
         # token, D channels later) only after its last write: D * spacing >= k + PIPELINE_GAP.
@@ -175,7 +194,7 @@ class LRFDynCoreRTL(wiring.Component):
         issue = Signal()
         step_end = Signal()
         m.d.comb += [
-            start.eq(~mid & (ucnt != 0) & gap_ok),
+            start.eq(~mid & has & gap_ok),
             issue.eq(mid | start),
             step_end.eq((nc == N - 1) & (cc == D - 1)),
         ]
@@ -193,9 +212,9 @@ class LRFDynCoreRTL(wiring.Component):
             with m.If(start):
                 m.d.sync += ucur.eq(ubuf[0])
                 with m.If(step_end):
-                    m.d.sync += ucnt.eq(0)  # the rest of the word is padding
+                    m.d.sync += [ucnt.eq(0), has.eq(0)]  # the rest of the word is padding
                 with m.Else():
-                    m.d.sync += [ucnt.eq(ucnt - 1), ubuf.eq(ubuf >> 1)]
+                    m.d.sync += [ucnt.eq(ucnt - 1), ubuf.eq(ubuf >> 1), has.eq(ucnt != 1)]
                 if spacing > k:
                     m.d.sync += since.eq(1)
             with m.If(jc == k - 1):
@@ -215,72 +234,81 @@ class LRFDynCoreRTL(wiring.Component):
             with m.If(en & ~start & (since < spacing)):
                 m.d.sync += since.eq(since + 1)
 
+        def reg(shape, name):
+            return Signal(shape, name=name, reset_less=True)
+
         # ---- stages 1..3: tags follow the state words through a three-word window ----------
-        t1, t2, t3, t4, t5, t6, t7, t8 = (Signal(tag, name=f"t{i}") for i in range(1, 9))
-        p2, p3, p4, p5 = (Signal(pword, name=f"p{i}") for i in range(2, 6))
-        w0, w1, w2 = (Signal(signed(16), name=f"w{i}") for i in range(3))
+        # t[s] is the tag of the item in stage s; r[s] its readout weight C[j] (s >= 4)
+        t = [t0] + [Signal(tag, name=f"t{i}") for i in range(1, DEPTH + 1)]
+        p2, p3 = (Signal(pword, name=f"p{i}", reset_less=True) for i in range(2, 4))
+        r = {i: reg(signed(8), f"r{i}") for i in range(4, 8)}
+        w0, w1, w2 = (reg(signed(16), f"w{i}") for i in range(3))
         with m.If(en):
-            m.d.sync += [t1.eq(t0), t2.eq(t1), t3.eq(t2), t4.eq(t3), t5.eq(t4), t6.eq(t5),
-                         t7.eq(t6), t8.eq(t7),
-                         p2.eq(p_r.data), p3.eq(p2), p4.eq(p3), p5.eq(p4),
+            m.d.sync += [t[i].eq(t[i - 1]) for i in range(1, DEPTH + 1)]
+            m.d.sync += [r[i].eq(r[i - 1]) for i in range(5, 8)]
+            m.d.sync += [p2.eq(p_r.data), p3.eq(p2), r[4].eq(p3.readout),
                          w0.eq(st_r.data), w1.eq(w0), w2.eq(w1)]
+
+        # stage 2: w0 = old[j]: its decay shift and the charge, both by variable shifts
+        sh3, chg3 = reg(signed(16), "sh3"), reg(signed(16), "chg3")
+        with m.If(en):
+            m.d.sync += [
+                sh3.eq(w0 >> p2.decay_shift[:4]),
+                # G << GS fits int16 for GS <= 8, the specification's limit
+                chg3.eq(Mux(t[2].u, (p2.gamma << p2.gamma_shift[:4])[:16], 0)),
+            ]
         # stage 3: w2 = old[j-1], w1 = old[j], w0 = old[j+1] (zero beyond the ends, as IntCore)
-        dec4 = Signal(signed(17))
-        lo4 = Signal(signed(16))
-        up4 = Signal(signed(16))
-        chg4 = Signal(signed(24))
+        dec4, lo4, up4, chg4 = (reg(signed(17), "dec4"), reg(signed(16), "lo4"),
+                                reg(signed(16), "up4"), reg(signed(16), "chg4"))
         with m.If(en):
             m.d.sync += [
-                dec4.eq(w1 - (w1 >> p3.decay_shift[:4])),
-                lo4.eq(Mux(t3.j == 0, 0, (p3.lower * w2) >> COUPLING_SHIFT)),
-                up4.eq(Mux(t3.j == k - 1, 0, (p3.upper * w0) >> COUPLING_SHIFT)),
-                chg4.eq(Mux(t3.u, p3.gamma << p3.gamma_shift[:4], 0)),
+                dec4.eq(w1 - sh3),
+                lo4.eq(Mux(t[3].j == 0, 0, (p3.lower * w2) >> COUPLING_SHIFT)),
+                up4.eq(Mux(t[3].j == k - 1, 0, (p3.upper * w0) >> COUPLING_SHIFT)),
+                chg4.eq(chg3),
             ]
-        # stage 4: the full sum, saturated once
-        new5 = Signal(signed(16))
+        # stage 4: two partial sums; 5: the full sum; 6: saturated once
+        sa5, sb5 = reg(signed(18), "sa5"), reg(signed(17), "sb5")
+        sum6, new7 = reg(signed(19), "sum6"), reg(signed(16), "new7")
         with m.If(en):
-            m.d.sync += new5.eq(_sat16(dec4 + lo4 + up4 + chg4))
-        # stage 5: readout product; theta of the head
-        prod6 = Signal(signed(24))
-        new6, new7 = Signal(signed(16)), Signal(signed(16))
-        c6 = Signal(signed(8))
-        m.d.comb += t_r.addr.eq(t5.h)
+            m.d.sync += [sa5.eq(dec4 + lo4), sb5.eq(up4 + chg4), sum6.eq(sa5 + sb5),
+                         new7.eq(_sat16(sum6))]
+        # stage 7: readout product; the fire level C[0] * theta (used from the channel's j = 0)
+        prod8, fire_at8 = reg(signed(24), "prod8"), reg(signed(24), "fire_at8")
+        theta8, theta9 = reg(signed(16), "theta8"), reg(signed(16), "theta9")
+        new8, new9 = reg(signed(16), "new8"), reg(signed(16), "new9")
+        m.d.comb += t_r.addr.eq(t[6].h)
         with m.If(en):
-            m.d.sync += [prod6.eq(p5.readout * new5), new6.eq(new5), c6.eq(p5.readout)]
-        # stage 6: soma sum; fire level C[0] * theta
-        y7 = Signal(signed(32))
-        c0 = Signal(signed(8))
-        fire_at7 = Signal(signed(24))
-        theta7 = Signal(signed(16))
-        c0_now = Mux(t6.first, c6, c0)
+            m.d.sync += [prod8.eq(r[7] * new7), new8.eq(new7),
+                         fire_at8.eq(r[7] * t_r.data.as_signed()),
+                         theta8.eq(t_r.data.as_signed())]
+        # stage 8: the soma potential less the fire level, y - C[0] * theta: it fires when >= 0
+        excess9 = reg(signed(25 + k.bit_length()), "excess9")
         with m.If(en):
             m.d.sync += [
-                y7.eq(Mux(t6.first, prod6, y7 + prod6)),
-                new7.eq(new6),
-                fire_at7.eq(c0_now * t_r.data.as_signed()),
-                theta7.eq(t_r.data.as_signed()),
+                excess9.eq(Mux(t[8].first, prod8 - fire_at8, excess9 + prod8)),
+                new9.eq(new8),
+                theta9.eq(theta8),
             ]
-            with m.If(t6.first):
-                m.d.sync += c0.eq(c6)
-        # stage 7: write new[j] for j >= 1; fire and reset the soma on the last compartment
-        soma = Signal(signed(16))  # new[0] of the channel, held until its fire is known
-        soma_now = Mux(t7.first, new7, soma)
-        fire8 = Signal()
-        soma8 = Signal(signed(16))
-        fire = Signal()
-        m.d.comb += fire.eq(y7 >= fire_at7)
+        # stage 9: write new[j] for j >= 1; fire and the lowered soma on the last compartment
+        soma = reg(signed(16), "soma")  # new[0] of the channel, held until its fire is known
+        soma_now = Mux(t[9].first, new9, soma)
+        fire10 = Signal()
+        keep10, lowered10 = reg(signed(16), "keep10"), reg(signed(16), "lowered10")
         with m.If(en):
-            with m.If(t7.first):
-                m.d.sync += soma.eq(new7)
+            with m.If(t[9].first):
+                m.d.sync += soma.eq(new9)
             m.d.sync += [
-                fire8.eq(fire),
-                soma8.eq(Mux(fire, _sat16(soma_now - theta7), soma_now)),
+                fire10.eq(~excess9[-1]),
+                keep10.eq(soma_now),
+                lowered10.eq(_sat16(soma_now - theta9)),
             ]
-        # stage 8 writes the soma into the slot left free by the next channel's j = 0
-        with m.If(en & t8.valid & t8.last):
-            m.d.comb += [st_w.addr.eq(t8.addr - (k - 1)), st_w.data.eq(soma8), st_w.en.eq(1)]
-        with m.Elif(en & t7.valid & (t7.j != 0)):
-            m.d.comb += [st_w.addr.eq(t7.addr), st_w.data.eq(new7), st_w.en.eq(1)]
+        # stage 10 writes the soma into the slot left free by the next channel's j = 0
+        with m.If(en & t[10].valid & t[10].last):
+            m.d.comb += [st_w.addr.eq(t[10].addr - (k - 1)),
+                         st_w.data.eq(Mux(fire10, lowered10, keep10)), st_w.en.eq(1)]
+        with m.Elif(en & t[9].valid & (t[9].j != 0)):
+            m.d.comb += [st_w.addr.eq(t[9].addr), st_w.data.eq(new9), st_w.en.eq(1)]
         with m.Elif(self.st_we):
             m.d.comb += [st_w.addr.eq(self.st_addr), st_w.data.eq(self.st_wdata),
                          st_w.en.eq(1)]
@@ -289,15 +317,15 @@ class LRFDynCoreRTL(wiring.Component):
         obuf = Signal(W)
         ocnt = Signal(range(W))
         word = Signal(W)
-        m.d.comb += word.eq(obuf | (fire8 << ocnt))
+        m.d.comb += word.eq(obuf | (fire10 << ocnt))
         with m.If(self.s_valid & self.s_ready):
             m.d.sync += self.s_valid.eq(0)
-        with m.If(en & t8.valid & t8.last):
-            with m.If((ocnt == W - 1) | t8.step_end):
+        with m.If(en & t[DEPTH].valid & t[DEPTH].last):
+            with m.If((ocnt == W - 1) | t[DEPTH].step_end):
                 m.d.sync += [self.s_data.eq(word), self.s_valid.eq(1),
-                             self.s_last.eq(t8.step_end), obuf.eq(0), ocnt.eq(0)]
+                             self.s_last.eq(t[DEPTH].step_end), obuf.eq(0), ocnt.eq(0)]
             with m.Else():
                 m.d.sync += [obuf.eq(word), ocnt.eq(ocnt + 1)]
 
-        m.d.comb += self.busy.eq(mid | Cat(t.valid for t in (t1, t2, t3, t4, t5, t6, t7, t8)).any())
+        m.d.comb += self.busy.eq(mid | Cat(x.valid for x in t[1:]).any())
         return m
