@@ -33,8 +33,10 @@ bench: $(STAMP)
 # The LRF-Dyn core as RTL (firmware_bridge/rtl): bit-exact simulation against the numpy core,
 # and synthesis for an iCE40 UP5K with yosys + nextpnr-ice40 (RTL_ARGS, e.g. "--dim 256").
 RTL_ARGS ?=
+# rtl-test also runs the emitted Verilog in Icarus (slow tests; needs iverilog).
 rtl-test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests/test_rtl.py
+	$(PY) -m pip install -q -e ".[rtl]"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "slow or not slow" tests/test_rtl.py
 
 rtl-report: $(STAMP)
 	$(PY) -m pip install -q -e ".[rtl]"
