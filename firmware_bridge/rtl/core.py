@@ -40,13 +40,13 @@ STATE_MIN, STATE_MAX = -32768, 32767
 COUPLING_SHIFT = 8
 #: Per-compartment parameter fields in blob order; each is one byte lane of the parameter word.
 FIELDS = ("decay_shift", "lower", "upper", "gamma", "gamma_shift", "readout")
-#: The next token may read a channel only k + PIPELINE_GAP clocks after it read it last: its
-#: soma is written k - 1 + DEPTH clocks after the first read, and the state memory's read port
-#: is not transparent (a bypass mux there cost 10% of the clock), so one clock more. The
-#: tests show that one clock less gives wrong results at D = 1.
-PIPELINE_GAP = 10
 #: Pipeline stages after issue (the last one writes the soma and packs the spike).
 DEPTH = 10
+#: The next token may read a channel only k + PIPELINE_GAP clocks after it read it first: the
+#: soma is written k - 1 + DEPTH clocks after that read, and the state memory's read port is
+#: not transparent (a bypass mux there cost 10% of the clock), so the read comes one clock
+#: after the write. The tests show that one clock less gives wrong results at D = 1.
+PIPELINE_GAP = DEPTH
 
 
 def channel_spacing(dim: int, k: int) -> int:
@@ -80,7 +80,8 @@ class LRFDynCoreRTL(wiring.Component):
     - `st_addr/st_wdata/st_we/st_rdata`: the state word `X[h][j][i]` at address
       `(h * head_dim + i) * k + j`, read one clock after the address; to be used only while
       `busy` is low (reset is writing zeros, READ_STATE reading them out);
-    - `busy`: a channel is being issued or is in the pipeline.
+    - `busy`: a channel is being issued or is in the pipeline, or a parameter write (which
+      lands two clocks after `p_we`) is pending.
 
     Parameters and state are written only between steps; the core does not validate them
     (`CoreParams` does, on the host).
@@ -108,7 +109,7 @@ class LRFDynCoreRTL(wiring.Component):
         """Clocks between channel starts (`channel_spacing(D, k)`)."""
         return channel_spacing(self.dim, self.k)
 
-    def elaborate(self, platform) -> Module:  # noqa: C901 - one pipeline, stage by stage
+    def elaborate(self, platform) -> Module:
         m = Module()
         H, d, k, N, W = self.heads, self.head_dim, self.k, self.n_tokens, self.word
         D, HK = self.dim, self.heads * self.k
@@ -327,5 +328,6 @@ class LRFDynCoreRTL(wiring.Component):
             with m.Else():
                 m.d.sync += [obuf.eq(word), ocnt.eq(ocnt + 1)]
 
-        m.d.comb += self.busy.eq(mid | Cat(x.valid for x in t[1:]).any())
+        m.d.comb += self.busy.eq(mid | Cat(x.valid for x in t[1:]).any()
+                                 | a_we | pw_en.any() | tw_en.any())
         return m

@@ -80,6 +80,8 @@ def simulate(
             ctx.set(dut.p_we, 1)
             await ctx.tick()
         ctx.set(dut.p_we, 0)
+        while ctx.get(dut.busy):
+            await ctx.tick()
         if initial_state is not None:
             for a, v in enumerate(state_to_memory(initial_state)):
                 ctx.set(dut.st_addr, a)

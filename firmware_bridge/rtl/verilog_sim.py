@@ -53,11 +53,13 @@ module tb;
       p_addr = i; p_data = pmem[i]; p_we = 1; @(negedge clk);
     end
     p_we = 0;
+    @(negedge clk);
+    while (busy) @(negedge clk);
     for (i = 0; i < {NS}; i = i + 1) begin
       st_addr = i; st_wdata = smem[i]; st_we = 1; @(negedge clk);
     end
     st_we = 0;
-    repeat (3) @(negedge clk);
+    while (busy) @(negedge clk);
     while (got < {NOUT}) begin
       u_valid = (sent < {NU}) && ({GAPS} == 0 || ($random(seed) & 3) != 0);
       u_data = umem[sent < {NU} ? sent : 0];
