@@ -1,7 +1,7 @@
 """The LRF-Dyn core as RTL against the numpy reference `IntCore`, bit for bit.
 
 Amaranth's own Python simulator runs the core: about 8,000 clocks/s here, so the ~2,600 steps
-below (~110,000 clocks) take well under a minute on one core and the default suite needs
+below (~130,000 clocks) take well under a minute on one core and the default suite needs
 nothing beyond amaranth (no Verilog toolchain, no cocotb).
 """
 
