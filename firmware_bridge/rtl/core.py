@@ -80,8 +80,8 @@ class LRFDynCoreRTL(wiring.Component):
     - `st_addr/st_wdata/st_we/st_rdata`: the state word `X[h][j][i]` at address
       `(h * head_dim + i) * k + j`, read one clock after the address; to be used only while
       `busy` is low (reset is writing zeros, READ_STATE reading them out);
-    - `busy`: a channel is being issued or is in the pipeline, or a parameter write (which
-      lands two clocks after `p_we`) is pending.
+    - `busy`: a channel is being issued or is in the pipeline, a spike word waits to be
+      taken, or a parameter write (which lands two clocks after `p_we`) is pending.
 
     Parameters and state are written only between steps; the core does not validate them
     (`CoreParams` does, on the host).
@@ -328,6 +328,6 @@ class LRFDynCoreRTL(wiring.Component):
             with m.Else():
                 m.d.sync += [obuf.eq(word), ocnt.eq(ocnt + 1)]
 
-        m.d.comb += self.busy.eq(mid | Cat(x.valid for x in t[1:]).any()
+        m.d.comb += self.busy.eq(mid | Cat(x.valid for x in t[1:]).any() | self.s_valid
                                  | a_we | pw_en.any() | tw_en.any())
         return m
