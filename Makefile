@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench lint clean firmware firmware-tools
+.PHONY: install test demo bench lint clean firmware firmware-tools rtl-test rtl-report
 
 install: $(STAMP)
 
@@ -47,6 +47,17 @@ firmware-tools:
 	else \
 		echo "firmware: arm-none-eabi-gcc or qemu-system-arm missing and apt-get unusable: the QEMU target is skipped"; \
 	fi
+# The LRF-Dyn core as RTL (firmware_bridge/rtl): bit-exact simulation against the numpy core,
+# and synthesis for an iCE40 UP5K with yosys + nextpnr-ice40 (RTL_ARGS, e.g. "--dim 256").
+RTL_ARGS ?=
+# rtl-test also runs the emitted Verilog in Icarus (slow tests; needs iverilog).
+rtl-test: $(STAMP)
+	$(PY) -m pip install -q -e ".[rtl]"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "slow or not slow" tests/test_rtl.py
+
+rtl-report: $(STAMP)
+	$(PY) -m pip install -q -e ".[rtl]"
+	$(PY) -m spikestream.firmware_bridge.rtl.report $(RTL_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache firmware_bridge/firmware/build
