@@ -73,12 +73,16 @@ def scan_forward(u, diag, lower, upper, gamma, c, theta, x0, resets, s_out, y_ou
             if keep:
                 xs[i, hh] = xv
             _charge(diag[hh], lower[hh], upper[hh], gamma[hh], xv, u[i, hh], nxt)
+            yv = y_out[i, hh]
             for col in range(m):
-                y = ch[0] * nxt[0, col]
-                for j in range(1, k):
-                    y += ch[j] * nxt[j, col]
-                y = y - theta
-                y_out[i, hh, col] = y
+                yv[col] = ch[0] * nxt[0, col]
+            for j in range(1, k):
+                cj = ch[j]
+                for col in range(m):
+                    yv[col] += cj * nxt[j, col]
+            for col in range(m):
+                y = yv[col] - theta
+                yv[col] = y
                 fired = y >= 0
                 s_out[i, hh, col] = 1 if fired else 0
                 if resets and fired:
