@@ -143,6 +143,9 @@ def test_step_equals_forward(grid: tuple[int, int], train: bool) -> None:
     randomize(att.core, seed=11)
     lively(att)
     att.train(train)
+    for m in att.modules():  # batch statistics span T x B in `forward`, B in `step`: use the
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):  # running ones for both
+            m.eval()
     x = (torch.rand(t_steps, batch, grid[0] * grid[1], dim) < 0.3).float()
     with torch.set_grad_enabled(train):
         whole = att(x)
@@ -166,15 +169,14 @@ def test_attention_spikes_against_numpy() -> None:
     lively(att)
     x = (torch.rand(4, 1, 4, 8, dtype=torch.float64) < 0.5).double()
     seen: list[torch.Tensor] = []
-    orig = att.core.step
+    orig = att.core.forward_seq
 
-    def spy(u, st):
-        seen.append(u)
+    def spy(u, st):  # u[T, 1, N, D]: the T * N tokens in order as [1, T * N, D]
         s, st = orig(u, st)
-        seen.append(s)
+        seen.extend(t.transpose(0, 1).flatten(1, 2) for t in (u, s))
         return s, st
 
-    att.core.step = spy
+    att.core.forward_seq = spy
     with torch.no_grad():
         att(x)
     u = torch.cat(seen[0::2], 1).numpy()

@@ -29,12 +29,14 @@ can replace it: the integer core of `spikestream.firmware_bridge` is injected th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from spikestream.pipeline.network.attention.base import State, register_attention
+from spikestream.pipeline.network.attention.dendritic_scan import dendritic_scan
 from spikestream.pipeline.network.attention.local import LocalRF
 from spikestream.pipeline.network.attention.qkv import SpikingQKV
 from spikestream.pipeline.network.neurons import grad_free, spike_ge
@@ -69,6 +71,8 @@ class DendriticCore(nn.Module):
         self.max_shift = int(max_shift)
         self.quantize_decay = bool(quantize_decay)
         self.alpha = float(alpha)
+        #: run `scan` as the compiled loop on the CPU (False: always `scan_loop`)
+        self.compiled_scan = True
         self.register_buffer("theta", torch.tensor(float(theta)))
         # time constants spread over 2**1 .. 2**8 tokens (1 .. 8 shifts)
         shifts = torch.linspace(1.0, min(8.0, float(self.max_shift)), k) if k > 1 else torch.ones(1)
@@ -132,7 +136,53 @@ class DendriticCore(nn.Module):
     def scan(
         self, u: Tensor, x: Tensor, keep_potential: bool = False
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """`step`, optionally also returning the soma potentials `y[B, N, D]` before firing."""
+        """`step`, optionally also returning the soma potentials `y[B, N, D]` before firing.
+
+        On the CPU (without `keep_potential`) the recurrence runs as one compiled loop with
+        its own backward (`dendritic_scan`); elsewhere, and as the reference, `scan_loop`."""
+        if keep_potential or not self._compiled_for(u):
+            return self.scan_loop(u, x, keep_potential)
+        s, x = self._scan_compiled(u, x, 1)
+        return s, x, None
+
+    def forward_seq(self, u: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """All timesteps of `u[T, B, N, D]` from state `x`: `(s[T, B, N, D], X)`, equal to
+        stepping through them. The state carries from each timestep's last token to the
+        next one's first, so the compiled path scans the T * N tokens in one call."""
+        if not self._compiled_for(u):
+            out = []
+            for u_t in u:
+                s, x = self.step(u_t, x)
+                out.append(s)
+            return torch.stack(out), x
+        t, b, n, d = u.shape
+        s, x = self._scan_compiled(u.transpose(0, 1).reshape(b, t * n, d), x, t)
+        return s.reshape(b, t, n, d).transpose(0, 1), x
+
+    def _compiled_for(self, u: Tensor) -> bool:
+        return (self.compiled_scan and u.device.type == "cpu"
+                and u.dtype in (torch.float32, torch.float64))
+
+    def _scan_compiled(self, u: Tensor, x: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+        """The compiled scan of `u[B, L, D]`, L tokens being `steps` timesteps."""
+        b, n, _ = u.shape
+        h, k, d = self.heads, self.k, self.head_dim
+        theta = float(self.theta)
+        us = u.reshape(b, n, h, d).permute(1, 2, 0, 3).reshape(n, h, b * d)
+        x = x.permute(1, 2, 0, 3).reshape(h, k, b * d)
+        lower, upper = self.couplings()
+        s, x, peaks = dendritic_scan(
+            us, *(p.to(u.dtype) for p in (self.decays(), lower, upper, self.gamma,
+                                          self.readout())),
+            x, theta, self.alpha, math.isfinite(theta), steps,
+        )  # fmt: skip
+        self._track_peak(peaks)
+        return self._tokens(s, b), self._unfold_state(x, b)
+
+    def scan_loop(
+        self, u: Tensor, x: Tensor, keep_potential: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """`scan` as a Python loop of batched torch operations, one token at a time."""
         b, n, _ = u.shape
         h, k, d = self.heads, self.k, self.head_dim
         a = self.transition().to(u.dtype)  # [h, k, k]
@@ -163,17 +213,26 @@ class DendriticCore(nn.Module):
                 s = torch.ge(y, 0, out=out[i])  # fire, as float 0/1 into the buffer
             if resets:
                 x = x - reset * s.detach()  # subtractive reset
+        spikes = out if isinstance(out, Tensor) else torch.stack(out, dim=0)
+        self._track_peak(x.detach().abs().amax(dim=(1, 2))[None])
+        return (self._tokens(spikes, b), self._unfold_state(x, b),
+                (self._tokens(torch.stack(pots), b) if keep_potential else None))
+
+    def _track_peak(self, peaks: Tensor) -> None:
+        """In training, fold each timestep's largest |state| per head (`peaks[T, h]`) into
+        the running peak, which forgets 1% per timestep."""
         if self.training:
             with torch.no_grad():
-                peak = x.detach().abs().amax(dim=(1, 2)).to(self.state_peak.dtype)
-                torch.maximum(self.state_peak * 0.99, peak, out=self.state_peak)
-        x = x.reshape(h, k, b, d).permute(2, 0, 1, 3)
-        return self._tokens(out, b), x, (self._tokens(pots, b) if keep_potential else None)
+                for peak in peaks.to(self.state_peak.dtype):
+                    torch.maximum(self.state_peak * 0.99, peak, out=self.state_peak)
 
-    def _tokens(self, per_token: list[Tensor] | Tensor, b: int) -> Tensor:
-        """Stack N tensors `[h, 1, B*d]` (or take them stacked) into `[B, N, D]`."""
-        n = len(per_token)
-        t = per_token if isinstance(per_token, Tensor) else torch.stack(per_token, dim=0)
+    def _unfold_state(self, x: Tensor, b: int) -> Tensor:
+        """`[h, k, B*d] -> [B, h, k, d]`."""
+        return x.reshape(self.heads, self.k, b, self.head_dim).permute(2, 0, 1, 3)
+
+    def _tokens(self, t: Tensor, b: int) -> Tensor:
+        """Per-token values `[N, h, (1,) B*d]` as `[B, N, D]`."""
+        n = t.shape[0]
         t = t.reshape(n, self.heads, b, self.head_dim)
         return t.permute(2, 0, 1, 3).reshape(b, n, self.heads * self.head_dim)
 
@@ -222,6 +281,24 @@ class LRFDyn(SpikingQKV):
         y, st = self.fire(a, state)
         st.update(q=vq, k=vk, v=vv, core=xc)
         return y, st
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Whole sequence `x[T, B, N, D]`: projections, norms and the local field run over all
+        T x B at once, the neurons scan over time, and the core scans the T * N tokens
+        (`DendriticCore.forward_seq`; an injected core without it is stepped)."""
+        q, k, v = (m.lif(m.proj(x)) for m in (self.q, self.k, self.v))
+        local = self.local(v)
+        u = k * v
+        state = self.core.init_state(x.shape[1], device=x.device, dtype=x.dtype)
+        if isinstance(self.core, DendriticCore):
+            s, _ = self.core.forward_seq(u, state)
+        else:
+            out = []
+            for u_t in u:
+                s_t, state = self.core.step(u_t, state)
+                out.append(s_t.to(u.dtype))
+            s = torch.stack(out)
+        return self.fire_seq(q * s + local)
 
     def _step_lean(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """`step` without autograd, ordered so that temporaries die early: V, its local field,
