@@ -173,3 +173,61 @@ def test_options_from_url() -> None:
         Link("spikeemu://?core=gpu")
     with pytest.raises(LinkClosed, match="fault"):
         Link("spikeemu://?faults=nonsense=1")
+
+
+def test_window_never_runs_past_an_unanswered_request() -> None:
+    """A device on a real pty answers every PING at once except the first, whose answer is
+    lost three times. The host must not send a sequence number `window` or more past that
+    unanswered request: a device caches only 2 x window answers, so running further ahead
+    would let the lost answer fall out of its cache (a fatal STALE on the resend)."""
+    import os
+    import threading
+
+    from spikestream.firmware_bridge.link.channel import FrameChannel
+    from spikestream.firmware_bridge.protocol import (
+        FLAG_RESPONSE,
+        Deframer,
+        Frame,
+        MsgType,
+        decode_frame,
+        encode_frame,
+    )
+
+    master, slave = os.openpty()
+    window, first_seq, lost = 4, 100, 3
+    sent: list[tuple[int, bool]] = []  # (seq, whether the first request was still unanswered)
+    done = threading.Event()
+
+    def device() -> None:
+        deframer, drops, answered_first = Deframer(), 0, False
+        while not done.is_set():
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                return
+            for raw in deframer.feed(data):
+                f = decode_frame(raw)
+                sent.append((f.seq, not answered_first))
+                if f.seq == first_seq and drops < lost:
+                    drops += 1
+                    continue
+                answered_first |= f.seq == first_seq
+                reply = Frame(MsgType.PONG, f.seq, ack=f.seq, flags=FLAG_RESPONSE,
+                              payload=f.payload)
+                os.write(master, encode_frame(reply))
+
+    thread = threading.Thread(target=device, daemon=True)
+    thread.start()
+    ch = FrameChannel(os.ttyname(slave), timeout=0.05, max_retries=10, first_seq=first_seq)
+    ch.window = window
+    try:
+        replies = ch.exchange([(MsgType.PING, bytes([i])) for i in range(24)])
+    finally:
+        done.set()
+        ch.close()
+        os.close(slave)
+        os.close(master)
+    assert [r.payload for r in replies] == [bytes([i]) for i in range(24)]
+    ahead = [seq - first_seq for seq, pending in sent if pending]
+    assert sum(1 for seq, _ in sent if seq == first_seq) == lost + 1  # resent until answered
+    assert max(ahead) == window - 1, ahead  # it filled the window, and went no further

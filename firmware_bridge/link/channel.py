@@ -180,7 +180,11 @@ class FrameChannel:
         nxt = done = 0
         started = time.monotonic()  # silence before this exchange does not count
         while done < n:
-            while nxt < n and len(outstanding) < self.window:
+            # at most `window` frames in flight, and none more than `window - 1` past the oldest
+            # unanswered one: the device caches 2 x window answers, so an answer lost while
+            # later ones keep coming must still be in its cache when the request is resent
+            while nxt < n and len(outstanding) < self.window and (
+                    not outstanding or nxt - next(iter(outstanding.values())).index < self.window):
                 mtype, payload = requests[nxt]
                 self.seq = seq = (self.seq + 1) % SEQ_MOD
                 raw = encode_frame(Frame(mtype, seq, 0, 0, payload))
