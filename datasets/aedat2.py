@@ -21,6 +21,7 @@ import numpy as np
 
 from spikestream.datasets.formats import Format, register_format
 from spikestream.datasets.textheader import aedat_version, read_text_header
+from spikestream.datasets.timestamps import MAX_STEP_32BIT_US, check_steps
 from spikestream.events import EVENT_DTYPE, EventFormatError, SensorSize
 
 #: jAER AEChip class-name fragments -> (width, height), for chips with the DAVIS address layout.
@@ -63,7 +64,8 @@ def decode_words(
     a = addr[keep]
     ts = words["ts"][keep].astype(np.int64)
     # jAER timestamps are int32 µs and wrap after 2^32 µs (as unsigned); a drop of more than half
-    # the range is a wrap (defined by the format), any other drop is left for the order check.
+    # the range is a wrap (defined by the format), any other drop is left for the order check,
+    # and the caller refuses a step over half the range (`timestamps.check_steps`).
     if len(ts):
         prev = np.concatenate(([ts[0] if prev_ts is None else prev_ts], ts[:-1]))
         wraps = np.cumsum((prev - ts) > (1 << 31))
@@ -121,6 +123,7 @@ def open_source(
 
     def packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         base, prev = 0, None
+        last_t: int | None = None
         pos = start
         mx = my = n = 0
         with open(path, "rb") as f:
@@ -137,9 +140,11 @@ def open_source(
                         path, f"DVS address x={(a >> 12) & 0x3FF}, y={(a >> 22) & 0x1FF} "
                         f"outside the sensor of the chip assumed, {assumed}",
                         offset=int(offs[i]), expected=f"x < {w}, y < {h}")
+                check_steps(path, ev["t"], last_t, MAX_STEP_32BIT_US, first=n, offsets=offs)
                 if len(ev):
                     mx, my = max(mx, int(ev["x"].max())), max(my, h - 1 - int(ev["y"].min()))
                     n += len(ev)
+                    last_t = int(ev["t"][-1])
                 pos += len(buf)
                 yield ev, offs
         _warn_if_smaller_chip(path, chip_key, (w, h), mx, my, n)

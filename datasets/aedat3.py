@@ -10,7 +10,8 @@ following the cAER specification:
   eventSize:i32, eventTSOffset:i32, eventTSOverflow:i32, eventCapacity:i32, eventNumber:i32,
   eventValid:i32` followed by `eventCapacity * eventSize` bytes of events;
 - polarity events (type 1) are 8 bytes: a 32-bit word (bit 0 valid, bit 1 polarity, bits 2-16 y,
-  bits 17-31 x) and an int32 timestamp; the full timestamp is `eventTSOverflow << 31 | ts`.
+  bits 17-31 x) and an int32 timestamp; the full timestamp is `eventTSOverflow << 31 | ts`
+  (a step over 2^31 µs between events, e.g. a corrupt overflow count, is an error).
 Other packet types (special, frame, IMU, ...) are skipped; invalid events (valid bit 0) dropped.
 """
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from spikestream.datasets.formats import Format, register_format
 from spikestream.datasets.textheader import aedat_version, read_text_header
+from spikestream.datasets.timestamps import MAX_STEP_32BIT_US, check_steps
 from spikestream.events import EVENT_DTYPE, EventFormatError, SensorSize
 
 HEADER = np.dtype(
@@ -86,6 +88,7 @@ def open_source(
 
     def packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         pos = start
+        n, last_t = 0, None
         with open(path, "rb") as f:
             f.seek(start)
             while pos < file_size:
@@ -125,7 +128,10 @@ def open_source(
                                            expected="int32 timestamp >= 0")
                 pos = body_at + nbytes
                 if len(ev):
-                    yield ev, body_at + keep.astype(np.int64) * _POLARITY.itemsize
+                    offs = body_at + keep.astype(np.int64) * _POLARITY.itemsize
+                    check_steps(path, ev["t"], last_t, MAX_STEP_32BIT_US, first=n, offsets=offs)
+                    n, last_t = n + len(ev), int(ev["t"][-1])
+                    yield ev, offs
 
     meta: dict[str, Any] = {"source": name, "header_bytes": start}
     return ((wh[0], wh[1], 2) if wh else None), packets(), meta

@@ -3,11 +3,13 @@
 Each event is 5 bytes: x (byte 0), y (byte 1), polarity (bit 7 of byte 2) and a 23-bit timestamp
 in µs (bits 0-6 of byte 2, bytes 3 and 4, big-endian). A record with y == 240 marks an overflow
 of the 23-bit timestamp counter and carries no event: every later timestamp gains 2^23 µs.
-(Tonic's `read_mnist_file`, after Orchard's `eventvision.py`, adds 2^13 per overflow record; that
-cannot be the wrap of a 23-bit counter, and the real N-MNIST / N-Caltech101 samples have no
-overflow records, so both agree on every real file.) There is no header, hence no magic: the
-format is recognised by extension, and the sensor size is 34x34 (N-MNIST) when every event fits,
-otherwise inferred from the events.
+A step over 2^23 µs between events (an overflow record where the counter did not wrap, or two
+with no event between them: 8.4 s of silence in a saccade recording) is an error naming the
+record. (Tonic's `read_mnist_file`, after Orchard's `eventvision.py`, adds 2^13 per overflow
+record; that cannot be the wrap of a 23-bit counter, and the real N-MNIST / N-Caltech101
+samples have no overflow records, so both agree on every real file.) There is no header, hence
+no magic: the format is recognised by extension, and the sensor size is 34x34 (N-MNIST) when
+every event fits, otherwise inferred from the events.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from spikestream.datasets.formats import Format, register_format
+from spikestream.datasets.timestamps import check_steps
 from spikestream.events import EVENT_DTYPE, EventFormatError, SensorSize
 
 RECORD = 5
@@ -57,14 +60,21 @@ def open_source(
 
     def packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         ovf = 0
-        pos = 0
+        pos = n = 0
+        last_t: int | None = None
         with open(path, "rb") as f:
             while True:
                 buf = f.read(chunk_events * RECORD)
                 if not buf:
                     return
                 ev, keep, ovf = decode(np.frombuffer(buf, dtype=np.uint8), ovf)
-                yield ev, pos + keep.astype(np.int64) * RECORD
+                offs = pos + keep.astype(np.int64) * RECORD
+                check_steps(path, ev["t"], last_t, OVERFLOW_US, first=n, offsets=offs,
+                            records=offs // RECORD)
+                if len(ev):
+                    last_t = int(ev["t"][-1])
+                n += len(ev)
+                yield ev, offs
                 pos += len(buf)
 
     return None, packets(), {}

@@ -25,6 +25,7 @@ import numpy as np
 from spikestream.datasets.formats import Format, register_format
 from spikestream.datasets.native_output import quiet_next
 from spikestream.datasets.textheader import read_text_header
+from spikestream.datasets.timestamps import MAX_STEP_32BIT_US, check_steps
 from spikestream.events import EventFormatError, SensorSize, checked_events
 
 #: Prophesee HAL plugin-name fragments -> (width, height).
@@ -94,25 +95,6 @@ def _first_bad_word(path: Path, start: int, encoding: str) -> int | None:
     return None
 
 
-#: Largest step between consecutive events that a timestamp-overflow repair may produce: half
-#: the 32-bit µs range (36 min). A larger step comes from a repair applied where the counter did
-#: not wrap (a zeroed or corrupt run), and is an error rather than hours added to every event.
-MAX_STEP_US = 1 << 31
-
-
-def _check_steps(path: Path, t: np.ndarray, last_t: int | None, first: int) -> None:
-    if not len(t):
-        return
-    prev = np.concatenate(([t[0] if last_t is None else last_t], t[:-1]))
-    jump = np.flatnonzero(t - prev > MAX_STEP_US)
-    if jump.size:
-        i = int(jump[0])
-        raise EventFormatError(
-            path, f"timestamp jumps from {int(prev[i])} to {int(t[i])} µs: an implausible "
-            "timestamp-overflow repair (a zeroed or corrupt run?)", record=first + i,
-            expected=f"steps of at most {MAX_STEP_US} µs between events")
-
-
 def open_source(
     path: Path, chunk_events: int, encoding: str | None = None
 ) -> tuple[SensorSize | None, Iterator[tuple[np.ndarray, np.ndarray | None]], dict[str, Any]]:
@@ -157,7 +139,7 @@ def open_source(
             while (arr := quiet_next(chunks)) is not None:  # it prints warnings on stdout
                 ev = checked_events(arr["x"], arr["y"], arr["t"], arr["p"] > 0, source=path,
                                     first=first)
-                _check_steps(path, ev["t"], last_t, first)
+                check_steps(path, ev["t"], last_t, MAX_STEP_32BIT_US, first=first)
                 if len(ev):
                     last_t = int(ev["t"][-1])
                 first += len(ev)

@@ -13,6 +13,8 @@ import numpy as np
 
 from spikestream import SensorSize, as_events
 
+from .render import check_image_size
+
 
 class EventSummary:
     """Accumulates rate bins, a per-pixel count and the last `surface_us` of events."""
@@ -21,6 +23,7 @@ class EventSummary:
                  surface_us: int = 50_000, name: str = "") -> None:
         if bin_us <= 0 or surface_us <= 0:
             raise ValueError(f"bin_us and surface_us must be positive ({bin_us}, {surface_us})")
+        check_image_size(sensor_size)
         self.sensor_size = tuple(int(s) for s in sensor_size)
         self.bin_us = int(bin_us)
         self.surface_us = int(surface_us)

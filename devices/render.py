@@ -24,6 +24,18 @@ from spikestream import SensorSize, as_events
 
 RGB = tuple[int, int, int]
 
+#: Largest sensor drawn as a picture (4096 x 4096): a frame's memory follows the sensor's area,
+#: which a header or a corrupt coordinate can make up to 65535 x 65535.
+MAX_IMAGE_PIXELS = 1 << 24
+
+
+def check_image_size(sensor_size: SensorSize) -> None:
+    """`ValueError` for a sensor larger than `MAX_IMAGE_PIXELS` (it would not be drawn)."""
+    w, h = int(sensor_size[0]), int(sensor_size[1])
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ValueError(f"a {w}x{h} sensor is too large to draw (over {MAX_IMAGE_PIXELS:,} "
+                         "pixels)")
+
 #: faery's default-like palette: dark background, ON in light blue, OFF in dark purple-red
 ON_COLOR: RGB = (90, 200, 255)
 OFF_COLOR: RGB = (255, 80, 60)
@@ -166,6 +178,7 @@ def iter_rendered(events: np.ndarray, sensor_size: SensorSize, timing: FrameTimi
     default 1). Time-ordered events. `chunk_frames` defaults to about 4 M pixels a chunk."""
     if mode not in ("accumulate", "decay"):
         raise ValueError(f"unknown render mode {mode!r}; use accumulate or decay")
+    check_image_size(sensor_size)
     on, off, bg = colors if colors is not None else (ON_COLOR, OFF_COLOR, BACKGROUND)
     ev = as_events(np.asarray(events))
     t = ev["t"]

@@ -4,13 +4,15 @@ timestep with the numpy reference IntCore.
 Inputs are the attention core's device input u = k AND v (bool [N, D] per timestep). They come
 either from a seeded Bernoulli source or from a real event recording: events are binned into
 timesteps and a tokens x channels grid, then k and v are two fixed seeded channel permutations
-of that spike map, so u keeps the recording's spatial and temporal structure.
+of that spike map, so u keeps the recording's spatial and temporal structure. A run takes its
+inputs as an array or as batches made on demand, so its memory follows the batch, not the
+number of timesteps.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -53,14 +55,26 @@ def random_core_params(
     )
 
 
+def bernoulli_batches(
+    steps: int, n_tokens: int, dim: int, rate: float = 0.3, seed: int = 0, batch: int = 64
+) -> Iterator[np.ndarray]:
+    """u = k AND v with k, v independent Bernoulli(rate) spikes, made `batch` timesteps at a
+    time: bool [b, N, D] arrays, `steps` timesteps in all."""
+    rng = np.random.default_rng(seed)
+    for i in range(0, steps, batch):
+        b = min(batch, steps - i)
+        k = rng.random((b, n_tokens, dim)) < rate
+        v = rng.random((b, n_tokens, dim)) < rate
+        yield k & v
+
+
 def bernoulli_kv(
     steps: int, n_tokens: int, dim: int, rate: float = 0.3, seed: int = 0
 ) -> np.ndarray:
-    """u = k AND v with k, v independent Bernoulli(rate) spikes: bool [steps, N, D]."""
-    rng = np.random.default_rng(seed)
-    k = rng.random((steps, n_tokens, dim)) < rate
-    v = rng.random((steps, n_tokens, dim)) < rate
-    return k & v
+    """u = k AND v with k, v independent Bernoulli(rate) spikes: bool [steps, N, D] (one batch
+    of `bernoulli_batches`)."""
+    return next(bernoulli_batches(steps, n_tokens, dim, rate, seed, batch=max(1, steps)),
+                np.zeros((0, n_tokens, dim), dtype=bool))
 
 
 def events_kv(
@@ -116,41 +130,65 @@ class HilResult:
         return asdict(self)
 
 
+def _batches(inputs: np.ndarray | Iterable[np.ndarray], batch: int) -> Iterator[np.ndarray]:
+    if isinstance(inputs, np.ndarray):
+        for i in range(0, len(inputs), batch):
+            yield inputs[i : i + batch]
+    else:
+        yield from inputs
+
+
 def run_conformance(
     link: Link,
     params: CoreParams,
-    inputs: np.ndarray,
+    inputs: np.ndarray | Iterable[np.ndarray],
     batch: int = 64,
     load: bool = True,
     progress: Callable[[int, int, Link], None] | None = None,
+    total: int | None = None,
 ) -> HilResult:
-    """Handshake, load `params`, run `inputs` [T, N, D] in batches of `batch` timesteps and
-    compare each output with IntCore. Timing covers the device run only. `progress(done, total,
-    link)` is called after each batch (the link's `stats` say what it cost)."""
+    """Handshake, load `params`, run `inputs` and compare each output with IntCore.
+
+    `inputs` is an array [T, N, D] (run in batches of `batch` timesteps) or an iterable of
+    [b, N, D] batches, taken one at a time (made on demand, memory follows one batch). Timing
+    covers the device's steps only. `progress(done, total, link)` is called after each batch
+    (`total`: the timesteps announced, default the array's length; the link's `stats` say what
+    it cost)."""
     caps = link.hello()
     if load:
         link.load(params)
     else:
         link.reset_state()
+    if total is None:
+        total = len(inputs) if isinstance(inputs, np.ndarray) else 0
     ref = IntCore(params)
-    expected = np.stack([ref.step(u) for u in inputs]) if len(inputs) else inputs.copy()
-    got: list[np.ndarray] = []
+    n = done = mism = per_step = 0
+    spikes_in = spikes_out = 0
+    wall = cpu = 0.0
     s0 = link.stats.bytes_sent + link.stats.bytes_received
-    cpu0, t0 = time.thread_time(), time.perf_counter()
-    for i in range(0, len(inputs), batch):
-        got.extend(link.step(inputs[i : i + batch]))
+    for u in _batches(inputs, batch):
+        expected = np.stack([ref.step(x) for x in u]) if len(u) else u
+        cpu0, t0 = time.thread_time(), time.perf_counter()
+        got = link.step(u)
+        wall += time.perf_counter() - t0
+        cpu += time.thread_time() - cpu0
+        n += len(u)
+        spikes_in += int(np.count_nonzero(u))
+        per_step = int(u[0].size) if len(u) else per_step
+        if got:
+            out = np.stack(got)
+            k = min(len(out), len(expected))
+            mism += int(np.any(out[:k] != expected[:k], axis=(1, 2)).sum())
+            spikes_out += int(np.count_nonzero(out))
+            done += len(out)
         if progress is not None:
-            progress(len(got), len(inputs), link)
-    wall, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
+            progress(done, max(total, n), link)
     nbytes = link.stats.bytes_sent + link.stats.bytes_received - s0
-    n = len(inputs)
-    out = np.stack(got) if got else np.zeros_like(inputs)
-    mism = int(np.any(out[: len(expected)] != expected, axis=(1, 2)).sum()) if got else 0
     return HilResult(
-        steps=len(got),
-        bit_exact=len(got) == n and mism == 0,
+        steps=done,
+        bit_exact=done == n and mism == 0,
         mismatched_steps=mism,
-        lost=n - len(got),
+        lost=n - done,
         retransmits=link.retransmits,
         frames_lost=link.lost,
         naks=link.naks,
@@ -158,8 +196,8 @@ def run_conformance(
         steps_per_s=n / wall if wall > 0 else float("inf"),
         host_cpu_ms_per_step=1e3 * cpu / max(1, n),
         bytes_per_step=nbytes / max(1, n),
-        input_rate=float(inputs.mean()) if n else 0.0,
-        output_rate=float(out.mean()) if got else 0.0,
+        input_rate=spikes_in / (n * per_step) if n and per_step else 0.0,
+        output_rate=spikes_out / (done * per_step) if done and per_step else 0.0,
         device=f"{link.port} (protocol {caps.version}, arith {caps.arith_id}, "
         f"boot {caps.boot_counter}, mtu {caps.mtu}, window {caps.window})",
     )

@@ -30,10 +30,18 @@ CONFIG_LIMITS: dict[str, int] = {
     "heads": 256,
     "num_classes": 100_000,
     "in_channels": 16,
-    "time_steps": 1_000_000,
+    "time_steps": 4096,
     "mlp_ratio": 64,
     "input_side": 4096,
+    "stem_stages": 16,
+    "attention_int": 4096,  # any integer among the attention's options (k, chunk, dilations)
+    "attention_list": 64,  # any list among them
 }
+#: Largest number of activations one timestep's stem may hold (1 GiB of float32): a config
+#: describing more (a huge input with a wide stem) is refused before anything is built.
+MAX_STEP_ACTIVATIONS = 1 << 28
+#: Bytes a parameter takes at least in a weights file (half precision).
+MIN_BYTES_PER_PARAMETER = 2
 
 
 class CheckpointError(ValueError):
@@ -121,7 +129,63 @@ def validate_config(config: Any, where: str = "config") -> dict[str, Any]:
                 or not all(1 <= s <= CONFIG_LIMITS["input_side"] for s in size)):
             raise CheckpointError(f"{where}: input_size must be two integers in "
                                   f"1..{CONFIG_LIMITS['input_side']}, got {size!r}")
+    _check_sizes(config, where)
     return config
+
+
+def _check_sizes(config: dict[str, Any], where: str) -> None:
+    """The stem's stages and activations and the attention's options within limits."""
+    from spikestream.pipeline.network.model import normalize_config
+
+    stem = config.get("stem_pool", ())
+    if not isinstance(stem, (list, tuple)) or len(stem) > CONFIG_LIMITS["stem_stages"]:
+        raise CheckpointError(f"{where}: stem_pool must be a list of at most "
+                              f"{CONFIG_LIMITS['stem_stages']} flags")
+    kwargs = config.get("attention_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{where}: attention_kwargs must be an object")
+    for key, v in kwargs.items():
+        items = v if isinstance(v, (list, tuple)) else [v]
+        if len(items) > CONFIG_LIMITS["attention_list"] or any(
+                isinstance(i, (int, float)) and not isinstance(i, bool)
+                and not abs(i) <= CONFIG_LIMITS["attention_int"] for i in items):
+            raise CheckpointError(f"{where}: attention_kwargs.{key} = {v!r} outside the limits "
+                                  f"(numbers up to {CONFIG_LIMITS['attention_int']}, lists up "
+                                  f"to {CONFIG_LIMITS['attention_list']})")
+    try:
+        cfg = normalize_config(config)
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{where}: bad model config ({e})") from None
+    n = len(cfg["stem_pool"])
+    h, w = (s // cfg["stem_stride"] for s in cfg["input_size"])
+    acts = 0
+    for i, down in enumerate(cfg["stem_pool"]):
+        acts += max(1, cfg["embed_dim"] // 2 ** (n - 1 - i)) * h * w
+        h, w = (h // 2, w // 2) if down else (h, w)
+    if acts > MAX_STEP_ACTIVATIONS:
+        raise CheckpointError(f"{where}: a timestep of this model's stem holds {acts} "
+                              f"activations (input {cfg['input_size']}, embed_dim "
+                              f"{cfg['embed_dim']}); the limit is {MAX_STEP_ACTIVATIONS}")
+
+
+def min_parameters(config: dict[str, Any]) -> int:
+    """A lower bound of the parameters of the model `config` describes (its MLPs and head)."""
+    from spikestream.pipeline.network.model import normalize_config
+
+    cfg = normalize_config(config)
+    d = cfg["embed_dim"]
+    return cfg["depth"] * 2 * cfg["mlp_ratio"] * d * d + d * cfg["num_classes"]
+
+
+def check_weights_size(path: Path, config: dict[str, Any]) -> None:
+    """Refuse a config whose model could not fit in the weights file at `path` (before it is
+    built: the memory a model takes follows the weights present, not what the JSON claims)."""
+    need = min_parameters(config)
+    have = path.stat().st_size
+    if need * MIN_BYTES_PER_PARAMETER > have:
+        raise CheckpointError(
+            f"{path}: not loadable as the weights of {config_path(path).name}: it holds {have} "
+            f"bytes, and the config describes a model of at least {need} parameters")
 
 
 def read_checkpoint_json(path: str | Path) -> dict[str, Any]:
@@ -131,6 +195,9 @@ def read_checkpoint_json(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint config not found: {cpath} (written beside {path})")
     try:
         meta = json.loads(cpath.read_text())
+    except RecursionError:
+        raise CheckpointError(f"{cpath}: not a spikestream checkpoint config (nested too "
+                              "deeply)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{cpath}: not a spikestream checkpoint config ({e})") from None
     if not isinstance(meta, dict) or "config" not in meta:
@@ -145,9 +212,10 @@ def checkpoint_recipe(meta: dict[str, Any], config: dict[str, Any]) -> InputReci
     parameters), with no live equivalent of per-sample binnings."""
     if meta.get("recipe") is not None:
         try:
-            return InputRecipe.from_dict(meta["recipe"])
-        except (KeyError, TypeError, ValueError) as e:
+            recipe = InputRecipe.from_dict(meta["recipe"])
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise CheckpointError(f"bad input recipe ({e})") from None
+        return check_recipe(recipe, config)
     info = (meta.get("extra") or {}).get("meta") or {}
     binning = dict(info.get("binning") or {})
     frame_size = binning.pop("frame_size", None) or config.get("input_size")
@@ -166,6 +234,26 @@ def checkpoint_recipe(meta: dict[str, Any], config: dict[str, Any]) -> InputReci
         raise CheckpointError(f"cannot derive an input recipe ({e})") from None
 
 
+def check_recipe(recipe: InputRecipe, config: dict[str, Any]) -> InputRecipe:
+    """The recipe must feed this model: frames of its input size, a sensor the event fields can
+    address, and at most `CONFIG_LIMITS["time_steps"]` bins per sample."""
+    from spikestream.events import check_sensor_size
+    from spikestream.pipeline.network.model import normalize_config
+
+    size = list(normalize_config(config)["input_size"])
+    if list(recipe.frame_size) != size:
+        raise CheckpointError(f"the input recipe's frame size {list(recipe.frame_size)} is not "
+                              f"the model's input size {size}")
+    try:
+        check_sensor_size(recipe.sensor_size, source="the input recipe")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    if recipe.per_sample and recipe.value > CONFIG_LIMITS["time_steps"]:
+        raise CheckpointError(f"the input recipe cuts a sample into {recipe.value} bins; the "
+                              f"limit is {CONFIG_LIMITS['time_steps']}")
+    return recipe
+
+
 def load_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[Any, dict[str, Any]]:
@@ -176,6 +264,7 @@ def load_checkpoint(
 
     path = resolve_checkpoint(path)
     meta = read_checkpoint_json(path)
+    check_weights_size(path, meta["config"])
     try:
         model = SpikingTransformer(meta["config"])
     except (TypeError, ValueError, KeyError) as e:

@@ -218,6 +218,39 @@ def test_hil_cli_quantized_lrf_dyn_and_link_failure(capsys) -> None:
     assert rc == EXIT_DEVICE and "LinkTimeout" in err and out == ""  # errors go to stderr
 
 
+def _hil_peak_rss_after(steps: int, batches: int) -> tuple[int, str]:
+    """Peak RSS (VmHWM, bytes) of `spikestream hil --steps STEPS` on the in-process emulator once
+    `batches` batches are done (then it is stopped), and its last progress line."""
+    proc = subprocess.Popen(
+        [*CLI, "hil", "--port", "spikeemu://?seed=1", "--steps", str(steps), "--input", "random",
+         "--tokens", "8", "--heads", "2", "--head-dim", "4", "--progress", "lines"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    guard = threading.Timer(240, proc.kill)
+    guard.start()
+    try:
+        assert proc.stderr is not None
+        lines = [proc.stderr.readline() for _ in range(batches)]
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        hwm = next(int(ln.split()[1]) * 1024 for ln in status.splitlines()
+                   if ln.startswith("VmHWM"))
+    finally:
+        guard.cancel()
+        proc.kill()
+        proc.wait(timeout=30)
+    return hwm, lines[-1]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+def test_hil_memory_does_not_grow_with_steps() -> None:
+    """Inputs are made batch by batch: 2,000,000 timesteps (2 GiB of random draws if made up
+    front at this small shape, 61 GiB at the default one) cost what 2,000 do."""
+    small, line_small = _hil_peak_rss_after(2_000, 6)
+    large, line_large = _hil_peak_rss_after(2_000_000, 6)
+    assert line_small.startswith("hil: 384/2000 steps") and \
+        line_large.startswith("hil: 384/2000000 steps"), (line_small, line_large)
+    assert large - small < 32 << 20, (small, large)
+
+
 @pytest.mark.parametrize("where", ["--pty", "--tcp=127.0.0.1:0"])
 def test_device_vanishing_raises_a_link_error(where: str) -> None:
     from spikestream.firmware_bridge.link import LinkClosed, LinkTimeout

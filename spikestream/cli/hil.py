@@ -1,7 +1,8 @@
 """`spikestream hil --port PORT [--steps N] [--json]`: conformance run of a device.
 
 Handshake, parameter upload, N timesteps of inputs, each output compared bit for bit with the
-numpy reference core. PORT is anything pyserial opens: /dev/ttyACM0, a pty path,
+numpy reference core. Inputs are made batch by batch as the run goes, so memory does not grow
+with N. PORT is anything pyserial opens: /dev/ttyACM0, a pty path,
 socket://HOST:PORT or spikeemu://?faults=...&seed=.... Inputs come from real N-MNIST recordings
 when they are found (--input auto), else from a seeded Bernoulli source. Parameters are seeded
 random integers within the arithmetic specification (--params random), or the quantized core of
@@ -22,7 +23,7 @@ import numpy as np
 from serial import SerialException
 
 from spikestream.firmware_bridge.hil import (
-    bernoulli_kv,
+    bernoulli_batches,
     events_kv,
     random_core_params,
     run_conformance,
@@ -72,8 +73,10 @@ def _nmnist_dir() -> Path | None:
     return None
 
 
-def nmnist_inputs(folder: Path, steps: int, n_tokens: int, dim: int) -> tuple[np.ndarray, str]:
-    """Inputs from consecutive N-MNIST samples, STEPS_PER_SAMPLE timesteps each."""
+def nmnist_batches(folder: Path, steps: int, n_tokens: int, dim: int
+                   ) -> tuple[Iterator[np.ndarray], str]:
+    """Inputs from consecutive N-MNIST samples (cycling through the folder), STEPS_PER_SAMPLE
+    timesteps each, read one sample per batch as the run asks for them; and their description."""
     from spikestream.datasets import read_events
 
     files = sorted(
@@ -82,12 +85,21 @@ def nmnist_inputs(folder: Path, steps: int, n_tokens: int, dim: int) -> tuple[np
     )
     if not files:
         raise FileNotFoundError(f"{folder}: no N-MNIST .bs2/.bin files")
-    chunks, used = [], 0
-    while sum(len(c) for c in chunks) < steps:
-        rec = read_events(files[used % len(files)])
-        chunks.append(events_kv(rec.events, rec.sensor_size, STEPS_PER_SAMPLE, n_tokens, dim))
-        used += 1
-    return np.concatenate(chunks)[:steps], f"N-MNIST {folder} ({used} samples)"
+
+    def batches() -> Iterator[np.ndarray]:
+        for used, start in enumerate(range(0, steps, STEPS_PER_SAMPLE)):
+            rec = read_events(files[used % len(files)])
+            u = events_kv(rec.events, rec.sensor_size, STEPS_PER_SAMPLE, n_tokens, dim)
+            yield u[: steps - start]
+
+    used = -(-steps // STEPS_PER_SAMPLE)
+    return batches(), f"N-MNIST {folder} ({used} samples)"
+
+
+def nmnist_inputs(folder: Path, steps: int, n_tokens: int, dim: int) -> tuple[np.ndarray, str]:
+    """`nmnist_batches` as one array [steps, N, D] (for short runs)."""
+    batches, source = nmnist_batches(folder, steps, n_tokens, dim)
+    return np.concatenate(list(batches)), source
 
 
 def lrf_dyn_params(heads: int, head_dim: int, k: int, n_tokens: int, seed: int) -> CoreParams:
@@ -150,10 +162,10 @@ def run(args: argparse.Namespace) -> int:
         folder = Path(args.input)
         if not folder.is_dir():
             raise FileNotFoundError(f"--input {args.input}: not a folder")
-    if folder is not None:
-        inputs, source = nmnist_inputs(folder, args.steps, args.tokens, dim)
+    if folder is not None:  # inputs made batch by batch: memory does not grow with --steps
+        inputs, source = nmnist_batches(folder, args.steps, args.tokens, dim)
     else:
-        inputs = bernoulli_kv(args.steps, args.tokens, dim, seed=args.seed)
+        inputs = bernoulli_batches(args.steps, args.tokens, dim, seed=args.seed)
         source = f"Bernoulli k AND v, rate 0.3, seed {args.seed}"
     mode = args.progress
     if mode == "auto":
@@ -163,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             Link(args.port, timeout=args.timeout, window=args.window, baudrate=args.baud) as link,
             progress_reporter(mode) as progress,
         ):
-            result = run_conformance(link, params, inputs, progress=progress)
+            result = run_conformance(link, params, inputs, progress=progress, total=args.steps)
     except (LinkError, SerialException) as e:
         from spikestream.cli import EXIT_DEVICE, error_line
 

@@ -17,6 +17,8 @@ from spikestream.pipeline import SpikingTransformer, create_model, list_configs
 from spikestream.pipeline.network.energy import E_AC_PJ, E_MAC_PJ, energy_report
 
 DEFAULT_RECORDING = Path("aedat4") / "sample.aedat4"
+#: Timesteps measured unless --timesteps says otherwise: the model's T up to this many.
+DEFAULT_MAX_STEPS = 256
 
 
 def default_recording() -> Path | None:
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = create_model(args.config, args.attention)
         name = args.config
-    steps = args.timesteps or model.time_steps
+    steps = args.timesteps or min(model.time_steps, DEFAULT_MAX_STEPS)
     if args.random is not None:
         g = torch.Generator().manual_seed(0)
         shape = (steps, 1, model.in_channels, *model.input_size)
@@ -134,6 +136,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="event recording to measure on (default: the real DVXplorer sample)")
     p.add_argument("--random", type=float, default=None, metavar="RATE",
                    help="use random spike frames of this rate instead of a recording")
-    p.add_argument("--timesteps", type=int, default=None, help="default: the model's T")
+    p.add_argument("--timesteps", type=int, default=None,
+                   help=f"default: the model's T, at most {DEFAULT_MAX_STEPS}")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
