@@ -117,3 +117,29 @@ def test_stream_forwards_every_event_over_udp(real_data, capsys):
         got = [p for p in src if len(p)]
     np.testing.assert_array_equal(np.concatenate(got), read_events(path).events)
     assert src.ended
+
+
+def test_stream_seconds_bounds_the_whole_command_with_a_silent_udp_source():
+    """`--seconds 4` on a UDP port nobody sends to returns after about 4 s of wall time: the
+    limit counts from the command's start (loading included), so the run does not add its 4 s
+    to the start-up's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    t0 = time.monotonic()
+    cli = [sys.executable, "-c", "import sys; from spikestream.cli import main; sys.exit(main())"]
+    out = subprocess.run([*cli, "stream", "--source",
+                          f"udp:{port}", "--seconds", "4", "--engine", "eager", "--json"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    wall = time.monotonic() - t0
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["events"] == 0
+    assert 3.5 <= wall < 7.0, wall

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 from collections.abc import Iterable
 
 from spikestream import __version__
@@ -115,9 +116,11 @@ def _command_in(argv: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()  # `stream --seconds` counts from here, loading included
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command_in(argv)
     args = build_parser([command] if command else []).parse_args(argv)
+    args.started = started
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"spikestream stream: warning: {note}", file=sys.stderr)
     if not args.json:
         print(describe_start(prep))
+    if args.seconds is not None:
+        # the wall-time limit is the command's: loading the checkpoint and compiling the step
+        # took part of it already
+        spent = time.monotonic() - getattr(args, "started", time.monotonic())
+        prep.policy = replace(prep.policy, max_seconds=max(args.seconds - spent, 0.0))
     if args.record:
         Path(args.record).parent.mkdir(parents=True, exist_ok=True)
     result = run_with_view(prep, json_out=args.json, record=args.record, forward=args.forward)
@@ -240,7 +246,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--record", metavar="OUT.h5", help="also record the incoming events to HDF5")
     p.add_argument("--forward", metavar="udp:[HOST:]PORT",
                    help="also send the incoming events on as UDP datagrams (our format)")
-    p.add_argument("--seconds", type=float, help="stop after this many seconds of wall time")
+    p.add_argument("--seconds", type=float,
+                   help="stop this many seconds of wall time after the command started "
+                        "(loading the checkpoint included)")
     p.add_argument("--speed", type=float, default=None,
                    help="pacing of sim/file sources: 1 real time, 0 as fast as possible "
                         "(default: sim 1; files 0, lossless)")
