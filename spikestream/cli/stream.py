@@ -13,7 +13,7 @@ from typing import Any
 
 from spikestream.pipeline import ENGINES, LoadedCheckpoint
 from spikestream.pipeline.recipe import StreamBinning
-from spikestream.pipeline.streaming import Sink, StepInfo, StreamPolicy, StreamResult
+from spikestream.pipeline.streaming import Sink, StreamPolicy, StreamResult
 
 
 @dataclass
@@ -96,50 +96,6 @@ def prepare(checkpoint: str, source_spec: str, *, speed: float | None, realtime:
     return Prepared(ck, step, source, binning, policy, notes)
 
 
-class LiveView:
-    """A rich live view: class probabilities, event rate, step latency and drops."""
-
-    def __init__(self, class_names: list[str] | None, every: int = 1) -> None:
-        from rich.console import Console
-        from rich.live import Live
-
-        self.names = class_names
-        self.every = max(1, every)
-        self.console = Console(stderr=True)
-        self.live = Live(console=self.console, refresh_per_second=8, transient=False)
-        self._last_events = 0
-        self._last_t: int | None = None
-
-    def __enter__(self) -> LiveView:
-        self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.live.__exit__(*exc)
-
-    def update(self, info: StepInfo) -> None:
-        from rich.table import Table
-
-        rate = None
-        if info.t_us is not None and self._last_t is not None and info.t_us > self._last_t:
-            rate = (info.events - self._last_events) / ((info.t_us - self._last_t) * 1e-6)
-        self._last_events, self._last_t = info.events, info.t_us
-        if info.step % self.every:
-            return
-        table = Table(title=f"step {info.step}  decision: {info.name or info.label} "
-                      f"({info.confidence:.0%})", expand=False)
-        table.add_column("class")
-        table.add_column("p", justify="right")
-        table.add_column("")
-        for i, p in enumerate(info.probs):
-            name = self.names[i] if self.names and i < len(self.names) else str(i)
-            table.add_row(name, f"{p:.2f}", "█" * int(round(float(p) * 30)))
-        rate_s = f"{rate / 1e3:.1f} kev/s" if rate is not None else "-"
-        table.caption = (f"events {info.events}  rate {rate_s}  step {info.latency_ms:.2f} ms  "
-                         f"lag {info.lag_ms:.1f} ms  queue {info.queue_len}  drops {info.drops}")
-        self.live.update(table)
-
-
 def udp_address(spec: str) -> tuple[str, int]:
     """`udp:[HOST:]PORT` -> (host, port), host 127.0.0.1 unless given."""
     kind, _, rest = spec.partition(":")
@@ -172,7 +128,10 @@ def run_with_view(prep: Prepared, *, json_out: bool, record: str | None = None,
             udp = stack.enter_context(UDPSink(host, port, src.sensor_size))
             sinks.append(Sink(on_packet=udp.send))
         if not json_out and sys.stderr.isatty():
-            view = stack.enter_context(LiveView(prep.ck.classes))
+            from spikestream.cli.stream_view import LiveView
+
+            truth = getattr(src, "label_at", None)  # the simulated camera knows its labels
+            view = stack.enter_context(LiveView(prep.ck.classes, prep.binning, truth))
             sinks.append(Sink(on_step=view.update))
         if on_step is not None:
             sinks.append(Sink(on_step=on_step))
