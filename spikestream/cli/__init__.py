@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model-info": ("model_info",
                    "parameters, synaptic operations (AC/MAC) and energy per timestep of a model"),
     "info": ("info", "describe an event file (format, events, size, time span)"),
-    "convert": ("convert", "convert an event file to HDF5 (.h5) or numpy (.npy)"),
+    "convert": ("convert", "convert an event file to another format (by extension)"),
     "render": ("render", "render events to a PNG, GIF or MP4 (optionally with decisions)"),
     "simulate": ("simulate", "video or image folder to simulated DVS events (HDF5)"),
     "emulator": ("emulator", "serve an emulated LRF-Dyn device on a pty or a TCP port"),
