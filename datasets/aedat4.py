@@ -19,7 +19,7 @@ import numpy as np
 from spikestream.datasets.formats import Format, register_format
 from spikestream.datasets.native_output import captured_native_output, quiet_next
 from spikestream.datasets.textheader import aedat_version
-from spikestream.events import EVENT_DTYPE, EventFormatError, SensorSize
+from spikestream.events import EVENT_DTYPE, EventFormatError, Recording, SensorSize
 
 MAGIC = b"#!AER-DAT4.0\r\n"
 
@@ -172,6 +172,22 @@ def open_source(
     return (w, h, 2), packets(), meta
 
 
+def write_aedat4(path: Path, recording: Recording) -> None:
+    """One event stream of the recording's sensor size, LZ4-compressed packets, through faery.
+
+    Chosen over dv-processing's `MonoCameraWriter` (the `inivation` extra): dv-processing's
+    Python API fills an `EventStore` one event at a time, 2.66 s per million events against
+    faery's 0.13 s (1 M random events at 640x480, both read back equal by our reader)."""
+    import faery  # 0.2 s to import: only when a file is written
+
+    ev = recording.events
+    arr = np.empty(len(ev), dtype=faery.EVENTS_DTYPE)
+    arr["t"], arr["x"], arr["y"], arr["on"] = ev["t"], ev["x"], ev["y"], ev["p"] > 0
+    w, h = int(recording.sensor_size[0]), int(recording.sensor_size[1])
+    faery.events_stream_from_array(arr, (w, h)).to_file(path, file_type="aedat")
+
+
 register_format(Format(
     "aedat4", (".aedat4",), "#!AER-DAT4", "aedat", "packet by packet",
-    open=open_source, sniff=lambda path, head: aedat_version(path, head) == "4"))
+    open=open_source, sniff=lambda path, head: aedat_version(path, head) == "4",
+    write=write_aedat4))

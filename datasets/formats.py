@@ -25,7 +25,7 @@ Sniffer = Callable[[Path, bytes], bool]
 Writer = Callable[[Path, Recording], None]
 
 #: Modules that register the built-in formats, in detection order.
-BUILTIN_MODULES = ("aedat2", "aedat3", "aedat4", "prophesee", "nbin", "hdf5", "npy")
+BUILTIN_MODULES = ("aedat2", "aedat3", "aedat4", "prophesee", "nbin", "hdf5", "npy", "csv_text")
 
 #: Bytes of a file's start that sniffers see.
 HEAD_BYTES = 4096

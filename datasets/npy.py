@@ -167,6 +167,13 @@ def open_source(
     return None, packets(), {}
 
 
+def write_npy(path: Path, recording: Recording) -> None:
+    """The events as an `EVENT_DTYPE` structured array (no sensor size: readers take the
+    events' extent)."""
+    with open(path, "wb") as f:
+        np.save(f, np.asarray(recording.events), allow_pickle=False)
+
+
 def write_npz(path: Path, recording: Recording) -> None:
     """`events` (EVENT_DTYPE) and `sensor_size` (W, H, P) in a compressed `.npz`."""
     with open(path, "wb") as f:
@@ -176,7 +183,7 @@ def write_npz(path: Path, recording: Recording) -> None:
 
 register_format(Format(
     "npy", (".npy",), "\\x93NUMPY", "numpy", "memory-mapped",
-    open=open_source, sniff=lambda path, head: head.startswith(b"\x93NUMPY")))
+    open=open_source, sniff=lambda path, head: head.startswith(b"\x93NUMPY"), write=write_npy))
 register_format(Format(
     "npz", (".npz",), "PK\\x03\\x04", "numpy/zipfile", "inflated chunk by chunk",
     open=open_source, write=write_npz,

@@ -26,7 +26,7 @@ from spikestream.datasets.formats import Format, register_format
 from spikestream.datasets.native_output import quiet_next
 from spikestream.datasets.textheader import read_text_header
 from spikestream.datasets.timestamps import MAX_STEP_32BIT_US, check_steps
-from spikestream.events import EventFormatError, SensorSize, checked_events
+from spikestream.events import EventFormatError, Recording, SensorSize, checked_events
 
 #: Prophesee HAL plugin-name fragments -> (width, height).
 PLUGINS: dict[str, tuple[int, int]] = {
@@ -77,6 +77,17 @@ def header_size(lines: list[str]) -> tuple[int, int] | None:
     return None
 
 
+def header_t0(lines: list[str]) -> int:
+    """The time origin a `% t0 N` (EVT) or `% T0 N` (DAT) line names, added to every
+    timestamp (as Metavision and faery write it for recordings past the 32-bit µs range); 0
+    without one."""
+    for ln in lines:
+        m = re.fullmatch(r"t0\s+(\d+)", ln.strip(), re.I)
+        if m:
+            return int(m.group(1))
+    return 0
+
+
 def _first_bad_word(path: Path, start: int, encoding: str) -> int | None:
     """Byte offset of the first word whose type expelliarmus does not decode (read in chunks)."""
     if encoding == "evt3":
@@ -119,6 +130,7 @@ def open_source(
         raise EventFormatError(path, f"truncated: {size - bad} stray bytes after the last record",
                                offset=bad, expected=f"{unit}-byte words")
     wh = header_size(lines)
+    t0 = header_t0(lines)
 
     def packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         suffix = ".dat" if enc == "dat" else ".raw"
@@ -138,7 +150,7 @@ def open_source(
             chunks = wizard.read_chunk()
             while (arr := quiet_next(chunks)) is not None:  # it prints warnings on stdout
                 ev = checked_events(arr["x"], arr["y"], arr["t"], arr["p"] > 0, source=path,
-                                    first=first)
+                                    first=first, t_offset=t0)
                 check_steps(path, ev["t"], last_t, MAX_STEP_32BIT_US, first=first)
                 if len(ev):
                     last_t = int(ev["t"][-1])
@@ -149,7 +161,7 @@ def open_source(
                 raise EventFormatError(path, f"{enc.upper()} decoding stopped early", offset=at,
                                        expected=f"valid {enc.upper()} words")
 
-    meta: dict[str, Any] = {"encoding": enc, "header": lines}
+    meta: dict[str, Any] = {"encoding": enc, "header": lines, "t0_us": t0}
     return ((wh[0], wh[1], 2) if wh else None), packets(), meta
 
 
@@ -165,10 +177,67 @@ def sniff_encoding(path: Path, head: bytes) -> str | None:
     return enc
 
 
+#: Largest coordinate each written encoding can hold (EVT 2.0: 11 bits; DAT: 14 bits), and the
+#: largest timestamp we write (DAT: 32-bit µs; EVT 2.0 kept to the same range).
+MAX_COORD = {"evt2": 2047, "dat": (1 << 14) - 1}
+MAX_T = (1 << 32) - 1
+
+
+def header_lines(encoding: str, width: int, height: int, t0: int = 0) -> list[str]:
+    """The `%` header we write: the encoding, the geometry and the time origin, as Metavision
+    (and faery) write them."""
+    if encoding == "dat":
+        return ["Data file containing Event2D events.", "Version 2", f"Width {width}",
+                f"Height {height}", f"geometry {width}x{height}"] + ([f"T0 {t0}"] if t0 else [])
+    return (["evt 2.0", f"format EVT2;width={width};height={height}",
+             f"geometry {width}x{height}"] + ([f"t0 {t0}"] if t0 else []) + ["end"])
+
+
+def write_prophesee(path: Path, recording: Recording, encoding: str) -> None:
+    """EVT 2.0 `.raw` or DAT, encoded by expelliarmus behind our `%` header (the geometry,
+    which expelliarmus's own header leaves out).
+
+    Chosen over faery's writer: expelliarmus writes 1 M events in 39 ms (EVT 2.0) and 41 ms
+    (DAT) against faery's 104 and 75 ms, and it is the decoder our reader uses; the files of
+    either read back equal through both libraries.
+
+    EVT 3.0 has no writer: expelliarmus's EVT 3.0 encoder leaves out the TIME_HIGH word when
+    the 12-bit time-low counter wraps, and its decoder counts a wrap whenever time-low goes
+    down, so a gap of 4,096 µs or more between two events loses 4,096 µs in its own round
+    trip; a file written to the format (faery's, which emits every TIME_HIGH) is read by that
+    decoder with a wrap counted twice. A writer waits for an EVT 3.0 decoder that follows the
+    format."""
+    ev = recording.events
+    w, h = int(recording.sensor_size[0]), int(recording.sensor_size[1])
+    if max(w, h) - 1 > MAX_COORD[encoding]:
+        raise ValueError(f"{path}: a {w}x{h} sensor does not fit {encoding.upper()} "
+                         f"(coordinates up to {MAX_COORD[encoding]})")
+    # timestamps past the 32-bit range (epoch times of AEDAT 4) are written from the first
+    # event's time, which the header names as t0
+    t0 = int(ev["t"][0]) if len(ev) and int(ev["t"][-1]) > MAX_T else 0
+    if len(ev) and int(ev["t"][-1]) - t0 > MAX_T:
+        raise ValueError(f"{path}: the recording spans {int(ev['t'][-1]) - t0} µs, more than "
+                         f"{encoding.upper()}'s 32-bit µs timestamps hold ({MAX_T})")
+    from expelliarmus import Wizard
+
+    arr = np.empty(len(ev), dtype=[("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "u1")])
+    arr["t"], arr["x"], arr["y"], arr["p"] = ev["t"] - t0, ev["x"], ev["y"], ev["p"]
+    suffix = ".dat" if encoding == "dat" else ".raw"
+    with tempfile.TemporaryDirectory(prefix="spikestream-", dir=path.parent) as tmp:
+        body = Path(tmp) / f"events{suffix}"  # expelliarmus insists on the suffix
+        Wizard(encoding=encoding).save(body, arr)
+        start, _ = parse_header(body)
+        with open(path, "wb") as out, open(body, "rb") as src:
+            out.write("".join(f"% {ln}\n" for ln in header_lines(encoding, w, h, t0)).encode())
+            src.seek(start)
+            shutil.copyfileobj(src, out, 1 << 20)
+
+
 for _enc, _ext, _magic in (("evt2", ".raw", "% header naming evt 2.0"),
                            ("evt3", ".raw", "% header naming evt 3.0"),
                            ("dat", ".dat", "% header, then type/size bytes")):
     register_format(Format(
         _enc, (_ext,), _magic, "expelliarmus", "chunked",
         open=functools.partial(open_source, encoding=_enc),
-        sniff=lambda path, head, enc=_enc: sniff_encoding(path, head) == enc))
+        sniff=lambda path, head, enc=_enc: sniff_encoding(path, head) == enc,
+        write=None if _enc == "evt3" else functools.partial(write_prophesee, encoding=_enc)))

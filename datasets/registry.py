@@ -121,6 +121,38 @@ def create_dataset(name: str, root: str | Path | None = None, *, part: str = "tr
     return entry.factory(None if root is None else Path(root), part, download=download, **picked)
 
 
+class SampleSubset:
+    """The samples `indices` of an event dataset, as a dataset of their own (e.g. a stratified
+    `--limit`): the same protocol (`load`, `sample_key`, `targets`, `files`), so frames cached
+    for a sample are shared with the whole dataset."""
+
+    def __init__(self, dataset: Any, indices: list[int]) -> None:
+        self.dataset = dataset
+        self.indices = [int(i) for i in indices]
+        self.sensor_size = dataset.sensor_size
+        self.classes = list(dataset.classes)
+        self.targets = [dataset.targets[i] for i in self.indices]
+        self.transform = getattr(dataset, "transform", None)
+        files = getattr(dataset, "files", None)
+        self.files = [files[i] for i in self.indices] if files is not None else None
+        self.event_params = getattr(dataset, "event_params", {})
+        for attr in ("duration_s", "event_filters"):
+            if hasattr(dataset, attr):
+                setattr(self, attr, getattr(dataset, attr))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, index: int) -> Any:
+        return self.dataset.load(self.indices[index])
+
+    def sample_key(self, index: int) -> str:
+        return self.dataset.sample_key(self.indices[index])
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return self.load(index), self.targets[index]
+
+
 class JoinedParts:
     """Two parts of a dataset (e.g. train and test) as one: `all` for datasets whose parts are
     separate folders or seeded splits. Samples of `first` come first."""

@@ -197,29 +197,79 @@ def evaluate(
     )
 
 
-def plot_confusion(result: EvalResult, path: str | Path) -> Path:
-    """Write the confusion matrix (rows: true class, columns: predicted) as a PNG."""
+def confusion_rows(result: EvalResult) -> np.ndarray:
+    """The confusion matrix with each row (a true class) divided by its sample count: cell
+    (i, j) is the fraction of class i's samples decided as j; a class without samples is a
+    row of NaN."""
+    cm = np.asarray(result.confusion, dtype=np.float64)
+    totals = cm.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, cm / totals, np.nan)
+
+
+@dataclass(frozen=True)
+class TimeAxis:
+    """How evaluation steps map to stream time: `bin_ms` per step (None: steps only) and what
+    that length is."""
+
+    bin_ms: float | None
+    description: str
+
+
+def time_axis(recipe: Any) -> TimeAxis:
+    """The step length of a checkpoint's `InputRecipe`: its time window, or for n equal-time
+    bins per sample the training samples' mean bin length (the live equivalent, where training
+    measured it); event-count bins have no fixed length."""
+    if recipe is None:
+        return TimeAxis(None, "timesteps")
+    if recipe.mode == "time_window":
+        ms = recipe.value / 1000
+        return TimeAxis(ms, f"time windows of {ms:g} ms")
+    if recipe.mode == "n_time_bins" and recipe.live_time_window_us:
+        ms = recipe.live_time_window_us / 1000
+        return TimeAxis(ms, f"{recipe.value} equal bins per sample, {ms:g} ms each on average "
+                            "(the live equivalent)")
+    return TimeAxis(None, f"timesteps ({recipe.mode.replace('_', ' ')} {recipe.value})")
+
+
+def accuracy_over_time(result: EvalResult, axis: TimeAxis
+                       ) -> tuple[np.ndarray, np.ndarray, float]:
+    """`(x, accuracy, chance)`: the end of each step (ms when the axis has a bin length, else
+    the step number), the accuracy of the running decision there, and chance (1 / classes)."""
+    acc = np.asarray(result.accuracy_per_step, dtype=np.float64)
+    steps = np.arange(1, len(acc) + 1, dtype=np.float64)
+    x = steps * axis.bin_ms if axis.bin_ms else steps
+    return x, acc, 1.0 / max(1, len(result.classes))
+
+
+def plot_confusion(result: EvalResult, path: str | Path, title: str | None = None) -> Path:
+    """Write the row-normalised confusion matrix (rows: true class, columns: predicted; each
+    row sums to 1) with a colour bar as a PNG; `title` names the checkpoint and dataset."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cm = np.asarray(result.confusion)
-    n = cm.shape[0]
-    size = max(4.0, min(16.0, 0.45 * n + 2))
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(cm, cmap="Blues")
+    rows = confusion_rows(result)
+    n = rows.shape[0]
+    size = max(4.5, min(16.0, 0.45 * n + 3))
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(rows, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     if n <= 30:
         ax.set_xticks(range(n), result.classes, rotation=90, fontsize=7)
         ax.set_yticks(range(n), result.classes, fontsize=7)
         for i in range(n):
             for j in range(n):
-                if cm[i, j]:
-                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6,
-                            color="white" if cm[i, j] > cm.max() / 2 else "black")
+                if rows[i, j] > 0:
+                    ax.text(j, i, f"{rows[i, j]:.2f}".lstrip("0") if rows[i, j] < 1 else "1",
+                            ha="center", va="center", fontsize=6,
+                            color="white" if rows[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"accuracy {result.accuracy:.2%} on {result.samples} samples")
+    head = f"{title}\n" if title else ""
+    ax.set_title(f"{head}accuracy {result.accuracy:.2%} on {result.samples} samples "
+                 "(rows normalised)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -227,23 +277,32 @@ def plot_confusion(result: EvalResult, path: str | Path) -> Path:
 
 
 def plot_accuracy_over_time(result: EvalResult, path: str | Path,
-                            bin_ms: float | None = None) -> Path:
-    """Write accuracy after each timestep (how early the streaming model decides) as a PNG."""
+                            axis: TimeAxis | float | None = None,
+                            title: str | None = None, *, bin_ms: float | None = None) -> Path:
+    """Write the accuracy of the running decision after each step (how early the streaming
+    model decides) against stream time in ms where bins are timed (`axis`, from `time_axis`,
+    or a plain `bin_ms`), with the chance line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    acc = np.asarray(result.accuracy_per_step)
-    steps = np.arange(1, len(acc) + 1)
-    x = steps * bin_ms if bin_ms else steps
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(x, acc, marker="o", ms=3)
+    if not isinstance(axis, TimeAxis):
+        ms = axis if axis is not None else bin_ms
+        axis = TimeAxis(ms, f"bins of {ms:g} ms" if ms else "timesteps")
+    x, acc, chance = accuracy_over_time(result, axis)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.plot(x, acc, marker="o", ms=3, label="running decision")
+    ax.axhline(chance, color="grey", ls="--", lw=1, label=f"chance (1/{len(result.classes)})")
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("time into the stream (ms)" if bin_ms else "timestep")
+    ax.set_xlim(0, x[-1] * 1.02)
+    ax.set_xlabel(f"time into the stream (ms): {axis.description}" if axis.bin_ms
+                  else axis.description, fontsize=8)
     ax.set_ylabel("accuracy of the running decision")
     ax.grid(alpha=0.3)
-    ax.set_title(f"final {acc[-1]:.2%}, {result.samples} samples")
+    ax.legend(loc="lower right", fontsize=8)
+    head = f"{title}\n" if title else ""
+    ax.set_title(f"{head}final {acc[-1]:.2%}, {result.samples} samples", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -337,6 +337,7 @@ class StepInfo:
     queue_len: int
     drops: int
     events: int
+    frame: np.ndarray | None = None  # the bin as the model saw it, [P, H, W]
 
 
 @dataclass
@@ -638,7 +639,7 @@ def _run(source: Iterable[np.ndarray], model: StepModel, binner: StreamBinner,
                         result.steps - 1, item.index, item.t_end_us, z, probs, label,
                         decider.name(label), conf, (t_done - t_start) * 1e3,
                         (t_done - item.done_at) * 1e3, len(queue), queue.drops,
-                        binner.events_in,
+                        binner.events_in, item.frame,
                     )
                     for sink in step_sinks:
                         sink(info)

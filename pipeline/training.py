@@ -8,19 +8,26 @@ Under `torchrun` it trains with DistributedDataParallel (gloo on CPU, nccl on CU
 writes files. Every epoch it saves `last.pt`/`last.json` (weights + JSON config, loadable with
 `weights_only=True`), `best.pt`/`best.json` when validation accuracy improves, and
 `train_state.pt` (optimizer, schedule, scaler, history) so that `resume=True` continues exactly
-where it stopped. Data order depends only on the seed and the epoch. After every epoch the
-BatchNorm running statistics are re-estimated with the epoch's final weights
+where it stopped, and `metrics.csv` (one row per epoch) and `train.log` (every line it logs).
+A Ctrl-C (SIGINT) finishes the batch in flight, saves `train_state.pt` at that batch (with the
+position in the epoch and the random state) and `last.pt`, and raises `KeyboardInterrupt`;
+`resume=True` continues from that batch. Data order depends only on the seed and the epoch.
+After every epoch the BatchNorm running statistics are re-estimated with the epoch's final weights
 (`recalibrate_bn`), so validation and the saved checkpoint see the statistics of the weights
 they hold.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import math
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +35,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -173,19 +187,20 @@ class _EpochSampler(torch.utils.data.Sampler[int]):
     def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1) -> None:
         self.n, self.seed, self.rank, self.world = n, seed, rank, world
         self.epoch = 0
+        self.skip = 0  # samples of this epoch already trained on (a resumed interruption)
         self.per_rank = math.ceil(n / world)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.n, generator=g).tolist()
         order += order[: self.per_rank * self.world - self.n]
-        return iter(order[self.rank :: self.world])
+        return iter(order[self.rank :: self.world][self.skip:])
 
     def __len__(self) -> int:
-        return self.per_rank
+        return self.per_rank - self.skip
 
 
 # --- the loop ------------------------------------------------------------------------------
@@ -203,8 +218,44 @@ def _progress(enabled: bool) -> Progress:
         MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         disable=not enabled,
     )
+
+
+@contextlib.contextmanager
+def _deferred_sigint() -> Iterator[threading.Event]:
+    """Inside the block a first SIGINT only sets the event (the loop stops at the next batch
+    boundary, where the state is whole); a second one interrupts at once. Outside the main
+    thread, where signal handlers cannot be set, the event is never set."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    before = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    """One row per epoch with every logged value, written to a temporary file and renamed."""
+    if not history:
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)
 
 
 def _to_time_major(frames: torch.Tensor) -> torch.Tensor:
@@ -324,8 +375,19 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
     result = TrainResult(out_dir=out)
-    start_epoch = 0
+    start_epoch, start_step = 0, 0
+    partial: list[float] = [0.0, 0.0, 0.0]  # loss sum, samples, correct of a started epoch
+    rng_state: torch.Tensor | None = None
     state_path = out / "train_state.pt"
+    log_file = open(out / "train.log", "a") if info.main else None  # noqa: SIM115
+
+    def say(line: str) -> None:
+        if log_file is not None:
+            log_file.write(line + "\n")
+            log_file.flush()
+        if log and info.main:
+            log(line)
+
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -333,13 +395,33 @@ def fit(
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch = int(state["epoch"]) + 1
+        start_step = int(state.get("step", 0))
+        if start_step:
+            partial = [float(v) for v in state["partial"]]
+            rng_state = state["rng"]
         result.history = json.loads(state["history"])
         result.best_accuracy = float(state["best_accuracy"])
         result.best_epoch = int(state["best_epoch"])
-        if log and info.main:
-            log(f"resumed from {state_path} at epoch {start_epoch + 1}")
-    elif resume and log and info.main:
-        log(f"nothing to resume in {out}: starting afresh")
+        say(f"resumed from {state_path} at epoch {start_epoch + 1}"
+            + (f", batch {start_step + 1}" if start_step else ""))
+    elif resume:
+        say(f"nothing to resume in {out}: starting afresh")
+
+    def save_state(epoch_done: int, step: int = 0, sums: list[float] | None = None) -> None:
+        """`train_state.pt` after `epoch_done` (0-based; -1 none) and `step` more batches."""
+        torch.save({
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch_done,
+            "step": step,
+            "partial": torch.tensor(sums or [0.0, 0.0, 0.0], dtype=torch.float64),
+            "rng": torch.get_rng_state(),
+            "history": json.dumps(result.history),
+            "best_accuracy": result.best_accuracy,
+            "best_epoch": result.best_epoch,
+        }, state_path)
 
     def checkpoint_json(epoch: int, acc: float) -> dict[str, Any]:
         return {
@@ -352,13 +434,22 @@ def fit(
         }
 
     t0 = time.perf_counter()
-    with _progress(progress and info.main) as bar:
+    with _progress(progress and info.main) as bar, _deferred_sigint() as stop:
+        overall = bar.add_task("all epochs", info="", total=(cfg.epochs - start_epoch)
+                               * steps_per_epoch - start_step)
         for epoch in range(start_epoch, cfg.epochs):
-            sampler.set_epoch(epoch)
-            torch.manual_seed(cfg.seed * 1_000_003 + epoch * 101 + info.rank)
+            skip = start_step if epoch == start_epoch else 0
+            sampler.set_epoch(epoch, skip * cfg.batch_size)
+            if skip and rng_state is not None:
+                torch.set_rng_state(rng_state)  # as it was at the interrupted batch
+            else:
+                torch.manual_seed(cfg.seed * 1_000_003 + epoch * 101 + info.rank)
             net.train()
-            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, info="")
-            loss_sum, seen, correct = 0.0, 0, 0
+            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch,
+                                completed=skip, info="")
+            loss_sum, seen, correct = (partial[0], int(partial[1]), int(partial[2])) if skip \
+                else (0.0, 0, 0)
+            step = skip
             for frames, target in train_loader:
                 frames = _to_time_major(frames.to(device, non_blocking=True))
                 target = target.to(device, non_blocking=True)
@@ -378,8 +469,21 @@ def fit(
                 loss_sum += float(loss.detach()) * b
                 seen += b
                 correct += int((logits.detach().float().mean(0).argmax(-1) == target).sum())
+                step += 1
                 bar.update(task, advance=1,
                            info=f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
+                bar.update(overall, advance=1)
+                if stop.is_set() and not info.distributed:
+                    if info.main:
+                        save_state(epoch - 1, step, [loss_sum, seen, correct])
+                        save_checkpoint(out / "last.pt", model, {
+                            **checkpoint_json(epoch - 1, float("nan")),
+                            "interrupted": {"epoch": epoch + 1, "batch": step}}, recipe)
+                    say(f"interrupted in epoch {epoch + 1} after batch {step}/"
+                        f"{steps_per_epoch}: {state_path} saved; continue with --resume")
+                    if log_file is not None:
+                        log_file.close()
+                    raise KeyboardInterrupt
             recalibrate_bn(model, calib_loader, device, cfg.amp, cfg.bn_recalibrate_batches, info)
             stats = torch.tensor([loss_sum, seen, correct], dtype=torch.float64, device=device)
             if info.distributed:
@@ -407,18 +511,11 @@ def fit(
                 if val_loader is None or improved:
                     save_checkpoint(out / "best.pt", model, checkpoint_json(epoch, val_acc),
                                     recipe)
-                torch.save({
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": epoch,
-                    "history": json.dumps(result.history),
-                    "best_accuracy": result.best_accuracy,
-                    "best_epoch": result.best_epoch,
-                }, state_path)
-                if log:
-                    log(json.dumps(row))
+                save_state(epoch)
+                write_metrics_csv(out / "metrics.csv", result.history)
+            say(json.dumps(row))
+    if log_file is not None:
+        log_file.close()
     result.wall_s = time.perf_counter() - t0
     if info.distributed:
         dist.barrier()

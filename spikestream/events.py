@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,13 +143,37 @@ def _first_bad_py(t, x, y, p, w, h, last_t, has_last):  # pragma: no cover - com
     return -1, 0
 
 
+def _first_bad_numpy(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray, w: int,
+                     h: int, last_t: int, has_last: bool) -> tuple[int, int]:
+    """`_first_bad_py` in numpy passes: the same answer, no compiler (6 ms per million events
+    against numba's 1.7 ms, but no 0.37 s to import numba)."""
+    n = len(t)
+    back = np.flatnonzero(t[1:] < t[:-1])
+    ib = int(back[0]) + 1 if back.size else n
+    if has_last and n and t[0] < last_t:
+        ib = 0
+    bad = np.flatnonzero((x >= w) | (y >= h) | (p > 1))
+    io = int(bad[0]) if bad.size else n
+    if ib == n and io == n:
+        return -1, _OK
+    return (ib, _BACK) if ib <= io else (io, _OUTSIDE)
+
+
+#: events checked in numpy before the check switches to numba (whose import then costs less
+#: than the numpy passes it saves); at once where numba is already imported
+NUMBA_AFTER_EVENTS = 64_000_000
 _compiled: list[Any] = []
+_numpy_events = [0]
 
 
 def _first_bad(*args: Any) -> tuple[int, int]:
-    """`_first_bad_py` compiled with numba on first use (so that importing the core, as
-    `spikestream --help` does, does not import numba)."""
+    """`_first_bad_py` compiled with numba where numba is already loaded (streaming, training)
+    or the process has checked `NUMBA_AFTER_EVENTS` events; numpy before that, so that `info`,
+    `convert` and `--help` never import numba."""
     if not _compiled:
+        if "numba" not in sys.modules and _numpy_events[0] < NUMBA_AFTER_EVENTS:
+            _numpy_events[0] += len(args[0])
+            return _first_bad_numpy(*args)
         import numba
 
         _compiled.append(numba.njit(cache=True, nogil=True)(_first_bad_py))

@@ -1,5 +1,5 @@
-"""`spikestream --version`, and light starts: `--help` and `info` import neither torch nor numba
-(checked in fresh interpreters, not by timing)."""
+"""`spikestream --version`, and light starts: `--help` and `info` import neither torch nor numba,
+and `info` loads h5py only for an HDF5 file (checked in fresh interpreters, not by timing)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ try:
     code = main(sys.argv[1:])
 except SystemExit as e:
     code = e.code
-print("HEAVY", sorted(m for m in ("torch", "numba", "expelliarmus") if m in sys.modules))
+print("HEAVY", sorted(m for m in ("torch", "numba", "expelliarmus", "h5py") if m in sys.modules))
 sys.exit(code)
 """
 
@@ -49,15 +49,21 @@ def test_help_imports_no_command() -> None:
 
 
 def test_info_imports_no_torch(tmp_path: Path) -> None:
-    """`info` reads and checks events (the one event check is compiled with numba) but never
-    loads torch or a decoder its file does not need."""
+    """`info` reads and checks events (in numpy: the numba check is for processes that have
+    numba loaded already) and never loads torch, numba or a decoder its file does not need."""
     ev = make_events([1, 2, 3], [4, 5, 6], [10, 20, 30], [1, 0, 1])
     path = tmp_path / "e.h5"
     write_events(path, Recording(ev, (8, 8, 2)))
     out = probe("info", str(path), "--json")
     assert out.returncode == 0, out.stderr
     assert '"events": 3' in out.stdout
-    assert "HEAVY ['numba']" in out.stdout
+    assert "HEAVY ['h5py']" in out.stdout
+    npy = tmp_path / "e.npy"
+    write_events(npy, Recording(ev, (8, 8, 2)))
+    out = probe("info", str(npy), "--json")
+    assert out.returncode == 0, out.stderr
+    assert '"events": 3' in out.stdout
+    assert "HEAVY []" in out.stdout
     bad = probe("info", str(tmp_path / "missing.h5"))
     assert bad.returncode == 3 and "HEAVY []" in bad.stdout  # 3: a missing path
 

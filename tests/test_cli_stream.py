@@ -117,3 +117,42 @@ def test_stream_forwards_every_event_over_udp(real_data, capsys):
         got = [p for p in src if len(p)]
     np.testing.assert_array_equal(np.concatenate(got), read_events(path).events)
     assert src.ended
+
+
+def test_stream_seconds_bounds_the_whole_command_with_a_silent_udp_source():
+    """`--seconds 4` on a UDP port nobody sends to returns after about 4 s of wall time: the
+    limit counts from the command's start (loading included), so the run does not add its 4 s
+    to the start-up's. The start-up is measured by the same command with `--seconds 0` (on a
+    busy machine it alone can take several seconds): a run that added its 4 s to it takes
+    4 s longer than that and reports a 4 s stream; this one at most max(start-up, 4 s) and
+    the slack, its stream the 4 s less the loading."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cli = [sys.executable, "-c", "import sys; from spikestream.cli import main; sys.exit(main())"]
+
+    def timed(seconds: str) -> tuple[float, dict]:
+        t0 = time.monotonic()
+        out = subprocess.run([*cli, "stream", "--source", f"udp:{port}", "--seconds", seconds,
+                              "--engine", "eager", "--json"],
+                             capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return time.monotonic() - t0, json.loads(out.stdout.strip().splitlines()[-1])
+
+    startup, _ = timed("0")
+    wall, summary = timed("4")
+    assert summary["events"] == 0
+    assert wall >= 3.9, wall
+    # the stream itself ran for what was left of the 4 s after loading (over a second of
+    # imports and checkpoint loading at the least), not for 4 s more
+    assert summary["wall_s"] < 3.6, summary["wall_s"]
+    assert wall < max(startup, 4.0) + 3.0, (wall, startup)
+    if startup < 3.0:  # an idle machine: the bound the command promises
+        assert wall < 7.0, wall

@@ -48,7 +48,7 @@ def test_a_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path: Path):
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]
     with pytest.raises(ValueError, match="no writer"):
-        write_events(tmp_path / "x.aedat4", _rec())
+        write_events(tmp_path / "x.aedat", _rec())  # AEDAT 2.0 / 3.1: read only
 
 
 def test_a_new_format_is_one_registered_entry(tmp_path: Path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 from collections.abc import Iterable
 
 from spikestream import __version__
@@ -26,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model-info": ("model_info",
                    "parameters, synaptic operations (AC/MAC) and energy per timestep of a model"),
     "info": ("info", "describe an event file (format, events, size, time span)"),
-    "convert": ("convert", "convert an event file to HDF5 (.h5) or numpy (.npy)"),
+    "convert": ("convert", "convert an event file to another format (by extension)"),
     "render": ("render", "render events to a PNG, GIF or MP4 (optionally with decisions)"),
     "simulate": ("simulate", "video or image folder to simulated DVS events (HDF5)"),
     "emulator": ("emulator", "serve an emulated LRF-Dyn device on a pty or a TCP port"),
@@ -115,9 +116,11 @@ def _command_in(argv: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()  # `stream --seconds` counts from here, loading included
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command_in(argv)
     args = build_parser([command] if command else []).parse_args(argv)
+    args.started = started
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -1,6 +1,9 @@
-"""`spikestream convert IN OUT`: stream any supported event file into our HDF5 layout
-(`OUT.h5`/`.hdf5`) or a numpy structured array (`OUT.npy`; it holds no sensor size, so
-readers take it from the events' extent). Any other output extension is refused.
+"""`spikestream convert IN OUT`: any supported event file into any format with a writer, chosen
+by OUT's extension (or `--to FORMAT`): our HDF5 layout (`.h5`/`.hdf5`, streamed packet by
+packet), `.npy`, `.npz`, AEDAT 4 (`.aedat4`), Prophesee EVT 2.0 (`.raw`) and DAT (`.dat`), and
+plain CSV (`.csv`: `t,x,y,p` with a header). EVT 3.0 is read, not written (see
+`datasets/prophesee.py`).
+Formats without a sensor size (`.npy`, `.csv`) are read back at the events' extent.
 
 The output is written to a temporary file in the same folder and renamed on success: a failure
 never leaves a partial file, nor clobbers an existing one."""
@@ -15,26 +18,33 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from spikestream.datasets import Recorder, iter_events
+from spikestream import Recording
+from spikestream.datasets import Recorder, iter_events, write_events
+from spikestream.datasets.formats import FORMATS, writable_format
 from spikestream.events import EVENT_DTYPE
 
-OUTPUTS = {".h5": "hdf5", ".hdf5": "hdf5", ".npy": "npy"}
+
+def writable_extensions() -> list[str]:
+    """Every output extension some registered writer takes."""
+    return sorted({e for f in FORMATS.values() if f.write is not None for e in f.extensions})
 
 
-def output_format(dst: str | Path) -> str:
-    """`hdf5` or `npy` by the output's extension; a clear error for anything else."""
+def output_format(dst: str | Path, to: str | None = None) -> str:
+    """The format `dst` is written in: `to`, else the first writer of its extension; a clear
+    error for an extension no writer takes."""
     ext = Path(dst).suffix.lower()
-    if ext not in OUTPUTS:
+    if to is None and ext not in writable_extensions():
         raise ValueError(f"{dst}: cannot write {ext or 'files without an extension'}; "
-                         f"convert writes {', '.join(OUTPUTS)}")
-    return OUTPUTS[ext]
+                         f"convert writes {', '.join(writable_extensions())}")
+    return writable_format(dst, to).name
 
 
-def convert(src: str, dst: str, *, format: str | None = None, chunk_events: int = 1 << 20,
-            progress: bool = True) -> int:
-    """Copy `src` into `dst` (HDF5 streamed packet by packet, or `.npy`); returns the event
-    count. Written to a temporary file beside `dst` and renamed when complete."""
-    kind = output_format(dst)
+def convert(src: str, dst: str, *, format: str | None = None, to: str | None = None,
+            chunk_events: int = 1 << 20, progress: bool = True) -> int:
+    """Copy `src` into `dst` in the format `output_format(dst, to)` names; returns the event
+    count. HDF5 is streamed packet by packet into a temporary file beside `dst`; the other
+    writers take the whole recording (`write_events`, also through a temporary file)."""
+    kind = output_format(dst, to)
     src_p, dst_p = Path(src), Path(dst)
     if dst_p.exists() and src_p.exists() and os.path.samefile(src_p, dst_p):
         raise ValueError(f"{dst}: the output is the input file; choose another output")
@@ -57,33 +67,36 @@ def convert(src: str, dst: str, *, format: str | None = None, chunk_events: int 
                         rec.append(packet)
                         bar.advance(task, len(packet))
                     n = len(rec)
+                os.replace(tmp, dst_p)
             else:
                 packets = []
                 for packet in stream:
                     packets.append(np.asarray(packet, dtype=EVENT_DTYPE))
                     bar.advance(task, len(packet))
                 events = np.concatenate(packets) if packets else np.zeros(0, EVENT_DTYPE)
-                with open(tmp, "wb") as f:
-                    np.save(f, events, allow_pickle=False)
+                write_events(dst_p, Recording(events, stream.sensor_size), format=kind)
                 n = len(events)
-        os.replace(tmp, dst_p)
     finally:
         tmp.unlink(missing_ok=True)
     return n
 
 
 def run(args: argparse.Namespace) -> int:
-    n = convert(args.input, args.output, format=args.format,
+    n = convert(args.input, args.output, format=args.format, to=args.to,
                 progress=not args.quiet and sys.stderr.isatty())
-    print(f"wrote {n} events to {args.output} ({output_format(args.output)})")
+    print(f"wrote {n} events to {args.output} ({output_format(args.output, args.to)})")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert an event file to HDF5 (.h5) or numpy (.npy)",
+    p = sub.add_parser("convert", help="convert an event file to another format (by extension)",
                        description=__doc__)
     p.add_argument("input", help="event file in any supported format")
-    p.add_argument("output", help="output file: .h5 / .hdf5 (our HDF5 layout) or .npy")
+    p.add_argument("output", help="output file: .h5/.hdf5 (our HDF5 layout), .npy, .npz, "
+                                  ".aedat4, .raw (EVT 2.0), .dat, .csv")
     p.add_argument("--format", default=None, help="force the input format")
+    p.add_argument("--to", default=None, metavar="FORMAT",
+                   help="output format instead of the extension's: hdf5, npy, npz, aedat4, "
+                        "evt2, dat, csv")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         plot_accuracy_over_time,
         plot_confusion,
         stratified_subset,
+        time_axis,
     )
     from spikestream.pipeline.recipe import default_cache, frames_dataset
 
@@ -80,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     scored = [{"index": i, "file": str(files[i]) if files is not None else None,
                "label": int(y), "predicted": int(p)}
               for i, y, p in zip(indices, result.targets, result.predictions, strict=True)]
-    bin_ms = recipe.value / 1000 if recipe.mode == "time_window" else None
+    axis = time_axis(recipe)
+    bin_ms = axis.bin_ms
     if args.out is not None:
         out = args.out
     elif path.parent.resolve() == WEIGHTS_DIR.resolve():
@@ -88,13 +90,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         out = path.parent / f"eval-{path.stem}"
     out.mkdir(parents=True, exist_ok=True)
-    cm_png = plot_confusion(result, out / "confusion.png")
-    t_png = plot_accuracy_over_time(result, out / "accuracy_over_time.png", bin_ms)
+    title = f"{path.name} on {name} ({args.split}" + (f", {len(indices)} drawn" if args.limit
+                                                       else "") + ")"
+    cm_png = plot_confusion(result, out / "confusion.png", title)
+    t_png = plot_accuracy_over_time(result, out / "accuracy_over_time.png", axis, title)
     obj = result.to_json()
     del obj["predictions"], obj["targets"]
     obj.update(checkpoint=str(path), dataset=name, split=args.split, limit=args.limit,
                recipe=recipe.to_dict(), confusion_png=str(cm_png),
-               accuracy_over_time_png=str(t_png), bin_ms=bin_ms, scored=scored)
+               accuracy_over_time_png=str(t_png), bin_ms=bin_ms, time_axis=axis.description,
+               scored=scored)
     (out / "eval.json").write_text(json.dumps(obj, indent=2) + "\n")
     if args.json:
         print(json.dumps(obj))

@@ -6,13 +6,14 @@ import argparse
 import contextlib
 import json
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from spikestream.pipeline import ENGINES, LoadedCheckpoint
 from spikestream.pipeline.recipe import StreamBinning
-from spikestream.pipeline.streaming import Sink, StepInfo, StreamPolicy, StreamResult
+from spikestream.pipeline.streaming import Sink, StreamPolicy, StreamResult
 
 
 @dataclass
@@ -95,50 +96,6 @@ def prepare(checkpoint: str, source_spec: str, *, speed: float | None, realtime:
     return Prepared(ck, step, source, binning, policy, notes)
 
 
-class LiveView:
-    """A rich live view: class probabilities, event rate, step latency and drops."""
-
-    def __init__(self, class_names: list[str] | None, every: int = 1) -> None:
-        from rich.console import Console
-        from rich.live import Live
-
-        self.names = class_names
-        self.every = max(1, every)
-        self.console = Console(stderr=True)
-        self.live = Live(console=self.console, refresh_per_second=8, transient=False)
-        self._last_events = 0
-        self._last_t: int | None = None
-
-    def __enter__(self) -> LiveView:
-        self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.live.__exit__(*exc)
-
-    def update(self, info: StepInfo) -> None:
-        from rich.table import Table
-
-        rate = None
-        if info.t_us is not None and self._last_t is not None and info.t_us > self._last_t:
-            rate = (info.events - self._last_events) / ((info.t_us - self._last_t) * 1e-6)
-        self._last_events, self._last_t = info.events, info.t_us
-        if info.step % self.every:
-            return
-        table = Table(title=f"step {info.step}  decision: {info.name or info.label} "
-                      f"({info.confidence:.0%})", expand=False)
-        table.add_column("class")
-        table.add_column("p", justify="right")
-        table.add_column("")
-        for i, p in enumerate(info.probs):
-            name = self.names[i] if self.names and i < len(self.names) else str(i)
-            table.add_row(name, f"{p:.2f}", "█" * int(round(float(p) * 30)))
-        rate_s = f"{rate / 1e3:.1f} kev/s" if rate is not None else "-"
-        table.caption = (f"events {info.events}  rate {rate_s}  step {info.latency_ms:.2f} ms  "
-                         f"lag {info.lag_ms:.1f} ms  queue {info.queue_len}  drops {info.drops}")
-        self.live.update(table)
-
-
 def udp_address(spec: str) -> tuple[str, int]:
     """`udp:[HOST:]PORT` -> (host, port), host 127.0.0.1 unless given."""
     kind, _, rest = spec.partition(":")
@@ -171,7 +128,10 @@ def run_with_view(prep: Prepared, *, json_out: bool, record: str | None = None,
             udp = stack.enter_context(UDPSink(host, port, src.sensor_size))
             sinks.append(Sink(on_packet=udp.send))
         if not json_out and sys.stderr.isatty():
-            view = stack.enter_context(LiveView(prep.ck.classes))
+            from spikestream.cli.stream_view import LiveView
+
+            truth = getattr(src, "label_at", None)  # the simulated camera knows its labels
+            view = stack.enter_context(LiveView(prep.ck.classes, prep.binning, truth))
             sinks.append(Sink(on_step=view.update))
         if on_step is not None:
             sinks.append(Sink(on_step=on_step))
@@ -207,6 +167,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"spikestream stream: warning: {note}", file=sys.stderr)
     if not args.json:
         print(describe_start(prep))
+    if args.seconds is not None:
+        # the wall-time limit is the command's: loading the checkpoint and compiling the step
+        # took part of it already
+        spent = time.monotonic() - getattr(args, "started", time.monotonic())
+        prep.policy = replace(prep.policy, max_seconds=max(args.seconds - spent, 0.0))
     if args.record:
         Path(args.record).parent.mkdir(parents=True, exist_ok=True)
     result = run_with_view(prep, json_out=args.json, record=args.record, forward=args.forward)
@@ -240,7 +205,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--record", metavar="OUT.h5", help="also record the incoming events to HDF5")
     p.add_argument("--forward", metavar="udp:[HOST:]PORT",
                    help="also send the incoming events on as UDP datagrams (our format)")
-    p.add_argument("--seconds", type=float, help="stop after this many seconds of wall time")
+    p.add_argument("--seconds", type=float,
+                   help="stop this many seconds of wall time after the command started "
+                        "(loading the checkpoint included)")
     p.add_argument("--speed", type=float, default=None,
                    help="pacing of sim/file sources: 1 real time, 0 as fast as possible "
                         "(default: sim 1; files 0, lossless)")

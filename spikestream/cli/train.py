@@ -1,5 +1,7 @@
 """`spikestream train`: train the spiking transformer on DVS-Gesture, N-Caltech101, N-MNIST or
-synthetic gestures; checkpoints (weights + JSON) go to `--out`. Runs under `torchrun` for DDP.
+synthetic gestures; checkpoints (weights + JSON) go to `--out`, with `metrics.csv` (a row per
+epoch) and `train.log`. Ctrl-C saves the run at the current batch: `--resume` continues it.
+Runs under `torchrun` for DDP.
 
 Each dataset's defaults (frame size, binning, augmentation) come from the dataset registry; the
 input recipe (sensor, frame size, binning and its live equivalent, filters) and the dataset
@@ -15,6 +17,17 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help lines that name a default only where there is one to name (no "(default: None)",
+    nor a second default where the text already gives it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
 
 
 def add_data_arguments(p: argparse.ArgumentParser, *, train: bool) -> None:
@@ -49,7 +62,8 @@ def add_data_arguments(p: argparse.ArgumentParser, *, train: bool) -> None:
 
 def dataset_options(args: argparse.Namespace, stored: dict[str, Any] | None = None
                     ) -> dict[str, Any]:
-    """Dataset options from the command line, falling back to `stored` (a checkpoint's)."""
+    """Dataset options from the command line, falling back to `stored` (a checkpoint's) and
+    then to the defaults; every option of every dataset (`create_dataset` picks its own)."""
     stored = stored or {}
 
     def pick(name: str, default: Any) -> Any:
@@ -66,6 +80,23 @@ def dataset_options(args: argparse.Namespace, stored: dict[str, Any] | None = No
     }
 
 
+def own_options(name: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """The options dataset `name` reads, of `opts` (what a checkpoint stores)."""
+    from spikestream.datasets.registry import get_dataset_entry
+
+    return {k: v for k, v in opts.items() if k in get_dataset_entry(name).options}
+
+
+def limited(ds: Any, limit: int | None, seed: int) -> Any:
+    """`ds`, or at most `limit` of its samples drawn evenly from the classes."""
+    if limit is None or limit >= len(ds):
+        return ds
+    from spikestream.datasets.registry import SampleSubset
+    from spikestream.pipeline.evaluation import stratified_subset
+
+    return SampleSubset(ds, stratified_subset(list(ds.targets), limit, seed))
+
+
 def prepare_frames(ds: Any, label: str, progress: bool = True) -> None:
     """Bin (or load from the cache) every sample once, with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -80,21 +111,30 @@ def prepare_frames(ds: Any, label: str, progress: bool = True) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the spiking transformer (BPTT, AdamW + cosine)",
-                       description=__doc__,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description=__doc__, formatter_class=HelpFormatter)
     add_data_arguments(p, train=True)
-    p.add_argument("--config", default="tiny", help="model config name (tiny, small, "
-                   "spikformer-2-256)")
-    p.add_argument("--attention", default="ssa", help="attention key")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--out", type=Path, required=True, help="output folder for checkpoints")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--loss", choices=("rate", "tet"), default="rate")
-    p.add_argument("--tet-lambda", type=float, default=0.0)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="at most N samples of each part, drawn evenly from the classes (seeded "
+                        "by --split-seed)")
+    p.add_argument("--config", default="tiny",
+                   help="model config name (tiny, small, spikformer-2-256)")
+    p.add_argument("--attention", default="ssa",
+                   help="attention key (ssa, sdsa, statten, a2os2a, sssa, lrf_ssa, lrf_dyn)")
+    p.add_argument("--epochs", type=int, default=10, help="passes over the training part")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: checkpoints, train_state.pt, metrics.csv, train.log")
+    p.add_argument("--batch-size", type=int, default=16, help="samples per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
+    p.add_argument("--warmup-epochs", type=float, default=1.0,
+                   help="linear warm-up before the cosine decay, in epochs")
+    p.add_argument("--loss", choices=("rate", "tet"), default="rate",
+                   help="rate: cross-entropy of the time-averaged logits; tet: mean of each "
+                        "step's cross-entropy")
+    p.add_argument("--tet-lambda", type=float, default=0.0,
+                   help="weight of TET's MSE regulariser (with --loss tet)")
+    p.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="label smoothing of the cross-entropy")
     p.add_argument("--time-bins", type=int, help="T (bins per sample); default per dataset")
     p.add_argument("--bin-by", choices=("time", "events"),
                    help="with --time-bins: equal-duration or equal-event-count bins")
@@ -104,16 +144,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--binary", action="store_true", help="binary spike frames instead of counts")
     p.add_argument("--augment", help="comma list of flip, roll, drop, or 'none' "
                    "(default per dataset)")
-    p.add_argument("--stem-pool", help="stem down-sampling per stage, e.g. 111 or 11")
-    p.add_argument("--embed-dim", type=int)
-    p.add_argument("--depth", type=int)
-    p.add_argument("--heads", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--stem-pool", help="stem down-sampling per stage, e.g. 111 or 11 "
+                                       "(default per config)")
+    p.add_argument("--embed-dim", type=int, help="channels of the blocks (default per config)")
+    p.add_argument("--depth", type=int, help="number of blocks (default per config)")
+    p.add_argument("--heads", type=int, help="attention heads (default per config)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights and data order")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/train_state.pt (after an epoch, or at the batch "
+                        "where Ctrl-C stopped it)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
@@ -154,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
                                   download=args.download, **opts)
         val_ev = create_dataset(args.dataset, args.root, part="test", download=args.download,
                                 **opts)
+        train_ev = limited(train_ev, args.limit, opts["split_seed"])
+        val_ev = limited(val_ev, args.limit, opts["split_seed"])
         binning = binning_from_args(args, spec.binning)
         frame_size = tuple(args.frame_size) if args.frame_size else spec.frame_size
         cache = args.cache or default_cache()
@@ -184,17 +229,22 @@ def run(args: argparse.Namespace) -> int:
         )
         meta = {
             "dataset": args.dataset,
-            "dataset_options": opts,
+            "dataset_options": own_options(args.dataset, opts),
             "classes": list(train_ev.classes),
             "sensor_size": list(train_ev.sensor_size),
             "binning": {**binning, "frame_size": list(frame_size)},
             "frame_params": {k: (list(v) if isinstance(v, tuple) else v)
                              for k, v in train_ds.params.items()},
             "augment": repr(augment),
+            "limit": args.limit,
             "train_samples": len(train_ds),
             "val_samples": len(val_ds),
             "command": "spikestream " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         }
+        if info.main:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            with open(Path(args.out) / "train.log", "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {meta['command']}\n")
         result = fit(model, train_ds, val_ds, cfg, args.out,
                      model_name={"config": args.config, "attention": args.attention},
                      meta=meta, recipe=recipe, resume=args.resume, progress=progress, info=info,
@@ -205,6 +255,8 @@ def run(args: argparse.Namespace) -> int:
                        "total_s": round(time.perf_counter() - t_start, 1),
                        "checkpoint": str(Path(args.out) / "best.pt")}
             print(json.dumps(summary))
+            with open(Path(args.out) / "train.log", "a") as f:
+                f.write(json.dumps(summary) + "\n")
     finally:
         shutdown_distributed()
     return 0
