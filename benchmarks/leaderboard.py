@@ -189,16 +189,15 @@ def _train_worker(key: str, protocol: Protocol, root: str, out_dir: str) -> dict
 
 # --- measurements ------------------------------------------------------------------------
 
-def step_peak_bytes(model: Any, frame: torch.Tensor, state: Any) -> int:
-    """Peak bytes live during one eager `model.step(frame, state)` above those live before it:
-    the maximum of the CPU allocator's running total over the step, as torch's profiler
-    records every allocation and free."""
+def profiled_peak_bytes(fn: Any) -> int:
+    """Peak bytes live while `fn()` runs above those live before it: the maximum of the CPU
+    allocator's running total, as torch's profiler records every allocation and free."""
     from torch.profiler import ProfilerActivity, profile
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            out = model.step(frame, state)
+            out = fn()
     del out
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trace.json"
@@ -210,6 +209,26 @@ def step_peak_bytes(model: Any, frame: torch.Tensor, state: Any) -> int:
         return 0
     before = mem[0]["args"]["Total Allocated"] - mem[0]["args"]["Bytes"]
     return int(max(e["args"]["Total Allocated"] for e in mem) - before)
+
+
+def step_peak_bytes(model: Any, frame: torch.Tensor, state: Any) -> tuple[int, int]:
+    """Peak bytes of one eager `model.step(frame, state)`, and of its first block's attention
+    step alone (on the input and state that step gave it), by `profiled_peak_bytes`."""
+    attn = model.blocks[0].attn
+    seen: dict[str, Any] = {}
+    step = attn.step
+
+    def spy(x: torch.Tensor, st: Any) -> Any:
+        seen.setdefault("args", (x, st))
+        return step(x, st)
+
+    attn.step = spy  # an instance attribute shadows the method for this one call
+    try:
+        whole = profiled_peak_bytes(lambda: model.step(frame, state))
+    finally:
+        del attn.step
+    x, st = seen["args"]
+    return whole, profiled_peak_bytes(lambda: attn.step(x, st))
 
 
 def engine_latency(model: Any, seqs: list[torch.Tensor], engine: str, warmup: int,
@@ -256,7 +275,7 @@ def score_key(key: str, checkpoint: Path, test: Dataset, protocol: Protocol,
     state = model.init_state(1)
     with torch.no_grad():
         _, state = model.step(seqs[0][0], state)  # warm-up; the measured step is the second
-    peak = step_peak_bytes(model, seqs[0][1], state)
+    peak, attn_peak = step_peak_bytes(model, seqs[0][1], state)
     row: dict[str, Any] = {
         "key": key,
         "epoch": extra.get("epoch"),
@@ -273,6 +292,7 @@ def score_key(key: str, checkpoint: Path, test: Dataset, protocol: Protocol,
         "mac_per_step": energy.mac_per_step,
         "energy_uj_per_step": energy.energy_uj_per_step,
         "peak_step_bytes": peak,
+        "peak_attention_bytes": attn_peak,
         "state_bytes": state_nbytes(model.init_state(1)),
         "latency_ms": {},
         "engine_mode": {},
@@ -296,19 +316,22 @@ def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_board(keys: list[str], protocol: Protocol, splits: Splits, out_dir: Path, *,
-              engines: tuple[str, ...] = ENGINES, jobs: int = 1,
-              root: Path | None = None) -> list[dict[str, Any]]:
-    """Train every key (in `jobs` processes when `root` names the N-MNIST folder), then score
-    them one at a time; one row per key, in `keys` order."""
+              engines: tuple[str, ...] = ENGINES, jobs: int = 1, root: Path | None = None,
+              trained: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Train every key (in `jobs` processes when `root` names the N-MNIST folder) except
+    those in `trained` (finished runs of the same protocol), then score them one at a time;
+    one row per key, in `keys` order."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    if jobs > 1 and root is not None and len(keys) > 1:
+    trained = dict(trained or {})
+    todo = [k for k in keys if k not in trained]
+    if jobs > 1 and root is not None and len(todo) > 1:
         ctx = get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             futures = {k: pool.submit(_train_worker, k, protocol, str(root), str(out_dir))
-                       for k in keys}
-            trained = {k: f.result() for k, f in futures.items()}
+                       for k in todo}
+            trained.update({k: f.result() for k, f in futures.items()})
     else:
-        trained = {k: train_key(k, protocol, splits, out_dir) for k in keys}
+        trained.update({k: train_key(k, protocol, splits, out_dir) for k in todo})
     rows = []
     for k in keys:
         t = trained[k]
@@ -328,8 +351,8 @@ def run_board(keys: list[str], protocol: Protocol, splits: Splits, out_dir: Path
 # --- report ------------------------------------------------------------------------------
 
 COLUMNS = ("key", "val acc", "held-out acc", "after 1 / 2 / 4 steps", "params", "AC / step",
-           "MAC / step", "energy / step", "peak step memory", "state", "eager", "torchscript",
-           "numba", "train time")
+           "MAC / step", "energy / step", "peak step memory", "peak attention memory", "state",
+           "eager", "torchscript", "numba", "train time")
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
@@ -351,6 +374,7 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
             f"{r['mac_per_step'] / 1e3:,.1f} k",
             f"{r['energy_uj_per_step']:.3f} µJ",
             f"{r['peak_step_bytes'] / 1024:,.0f} KiB",
+            f"{r['peak_attention_bytes'] / 1024:,.1f} KiB",
             f"{r['state_bytes'] / 1024:,.1f} KiB",
             *lat,
             f"{r['train_cpu_s'] / 60:.1f} min",
@@ -368,7 +392,7 @@ def markdown(rows: list[dict[str, Any]], protocol: Protocol, splits_meta: dict[s
     return f"""# Attention leaderboard (N-MNIST)
 
 Every attention mechanism trained and measured under one protocol, by
-`benchmarks/leaderboard.py` (a run of {protocol.epochs} epochs per key); ![held-out accuracy
+`benchmarks/leaderboard.py` ({protocol.epochs} epochs per key); ![held-out accuracy
 against energy per step](leaderboard.png).
 
 **Protocol.** Data: the 1,000 real N-MNIST recordings of `nmnist-small/train`, split by the
@@ -376,11 +400,12 @@ dataset registry's seeded stratified split (`val_fraction` {protocol.held_out_fr
 `split_seed` {protocol.split_seed}) into a training part and {n_test} held-out samples; a
 validation part of {n_val} samples is carved from the training part by the same stratified
 split (seed {protocol.split_seed}), leaving {n_tr} to train on. Each key is trained for
-{protocol.epochs} epochs with the shipped `nmnist` checkpoint's settings: config
+{protocol.epochs} epoch(s) with the shipped `nmnist` checkpoint's settings: config
 `{protocol.config}`, 32x32 frames of 8 equal time bins per digit, stem pool
 {protocol.stem_pool} (8x8 = 64 tokens, 64 channels, 1 block, 4 heads), batch
-{protocol.batch_size}, AdamW at {protocol.lr:g} with {protocol.warmup_epochs:g} warm-up epoch
-and a cosine decay, rate loss, `{protocol.augment}` augmentation, seed {protocol.seed}, CPU,
+{protocol.batch_size}, AdamW at {protocol.lr:g} with a linear warm-up over the first
+{protocol.warmup_epochs:g} epoch and a cosine decay, rate loss, `{protocol.augment}`
+augmentation, seed {protocol.seed}, CPU,
 {protocol.threads} torch thread per run. The epoch kept is the one with the best validation
 accuracy; the held-out part is scored once, at the end, and chose nothing. `statten` runs in
 its causal mode (so it can stream). Machine: {machine}. Date: {when}.
@@ -391,7 +416,9 @@ operations and energy per step from `pipeline/network/energy.py` (0.9 pJ per acc
 4.6 pJ per multiply-accumulate, 45 nm) averaged over the held-out samples; peak step memory:
 the most bytes live during one eager `model.step` (batch 1) above those live before it
 (activations and the new state, not the weights, the old state or the input), from torch's
-profiler's record of every CPU allocation and free; state: the bytes of the model's state;
+profiler's record of every CPU allocation and free; peak attention memory: the same for the
+first block's attention step alone, on the input and state the step gave it; state: the
+bytes of the model's state;
 eager / torchscript / numba: the median time of one step of each engine (`make_step`) at
 batch 1 on one thread, {protocol.latency_steps} timed steps after {protocol.latency_warmup}
 warm-up steps, on a 2-core machine shared with other jobs (compare within a column; a
@@ -410,16 +437,21 @@ def verdicts(rows: list[dict[str, Any]], pick: dict[str, Any], shipped: bool) ->
         acc = ("higher than" if d["test_correct"] > s["test_correct"] else
                "equal to" if d["test_correct"] == s["test_correct"] else "lower than")
         mem = d["peak_step_bytes"] / s["peak_step_bytes"] if s["peak_step_bytes"] else float("nan")
+        amem = (d["peak_attention_bytes"] / s["peak_attention_bytes"]
+                if s["peak_attention_bytes"] else float("nan"))
         out.append(
             f"LRF-Dyn against SSA: held-out accuracy {d['test_accuracy']:.2%} "
             f"({d['test_correct']}/{d['test_samples']}) is {acc} SSA's {s['test_accuracy']:.2%} "
             f"({s['test_correct']}/{s['test_samples']}); validation {d['val_accuracy']:.2%} vs "
             f"{s['val_accuracy']:.2%}; peak step memory {d['peak_step_bytes'] / 1024:,.0f} vs "
-            f"{s['peak_step_bytes'] / 1024:,.0f} KiB ({mem:.2f}x), state "
+            f"{s['peak_step_bytes'] / 1024:,.0f} KiB ({mem:.2f}x), attention alone "
+            f"{d['peak_attention_bytes'] / 1024:,.1f} vs {s['peak_attention_bytes'] / 1024:,.1f} "
+            f"KiB ({amem:.2f}x), state "
             f"{d['state_bytes'] / 1024:,.1f} vs {s['state_bytes'] / 1024:,.1f} KiB; energy "
             f"{d['energy_uj_per_step']:.3f} vs {s['energy_uj_per_step']:.3f} µJ per step. At 64 "
-            "tokens the N x N matrix is small beside the stem's maps, so the memory claim is "
-            "not exercised here (see `benchmarks/attention_memory.py` for N up to 4096); one "
+            "tokens the attention's working memory is small beside the stem's maps, so the whole "
+            "step's peak is set by the stem (see `benchmarks/attention_memory.py` for N up to "
+            "4096, where the N x N matrix dominates); one "
             f"held-out sample is {100 / max(1, s['test_samples']):.2f} points, so differences "
             "of a few samples are within the noise of one seed.")
     shipped_acc = SHIPPED_CORRECT / SHIPPED_SAMPLES
@@ -518,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ship", action="store_true",
                     help="replace pipeline/weights/nmnist.* when the validation-chosen key "
                          "beats it on the held-out part")
+    ap.add_argument("--reuse", action="store_true",
+                    help="score again, without training, the keys a finished run in --out "
+                         "trained under the same protocol (its leaderboard.json)")
     ap.add_argument("--from-json", type=Path, default=None,
                     help="only write the docs from a finished run's leaderboard.json")
     args = ap.parse_args(argv)
@@ -546,7 +581,16 @@ def main(argv: list[str] | None = None) -> int:
             part[i]
     print(f"data: {len(splits.train)} train / {len(splits.val)} validation / "
           f"{len(splits.test)} held out; runs in {out}", flush=True)
-    rows = run_board(keys, protocol, splits, out, jobs=args.jobs, root=root)
+    trained = {}
+    if args.reuse and (out / "leaderboard.json").is_file():
+        before = json.loads((out / "leaderboard.json").read_text())
+        if before["protocol"]["epochs"] == protocol.epochs:
+            keep = ("key", "best_epoch", "val_accuracy", "val_samples", "history",
+                    "train_wall_s", "train_cpu_s", "checkpoint")
+            trained = {r["key"]: {k: r[k] for k in keep} for r in before["rows"]
+                       if r["key"] in keys and Path(r["checkpoint"]).is_file()}
+        print(f"reusing the trained runs of {', '.join(trained) or 'no key'}", flush=True)
+    rows = run_board(keys, protocol, splits, out, jobs=args.jobs, root=root, trained=trained)
     pick = choose(rows)
     shipped = False
     if args.ship and pick["beats_shipped"] and not args.quick:
