@@ -1,0 +1,616 @@
+"""One leaderboard of every attention mechanism, trained and measured under one fixed protocol.
+
+Every key (`ssa`, `sdsa`, `statten` in its causal mode, `a2os2a`, `sssa`, `lrf_ssa`,
+`lrf_dyn`) is trained on the 1,000 real N-MNIST recordings of `nmnist-small/train` with the
+shipped `nmnist` checkpoint's settings (`tiny`, 32x32 frames, 8 equal time bins, stem pool
+110, batch 32, AdamW at 2e-3 with one warm-up epoch and a cosine decay, roll + drop
+augmentation, seed 0, CPU, one torch thread per run). Data: the dataset registry's seeded
+stratified split (801 train / 199 held out); a validation part is carved from the training
+part with the same stratified split (`--val-fraction`, seed 0) and picks the epoch of each run
+(`best.pt`) and the mechanism that would be shipped; the held-out part is only scored.
+
+Per key: validation and held-out accuracy (running decision after 1, 2, 4 and 8 steps, as
+`spikestream eval` decides), parameters, synaptic operations and energy per step
+(`network.energy`, over every held-out sample), the peak memory of one eager `model.step` (the
+allocator's running total of live bytes, from torch's profiler, above what was live before the
+step: activations and the new state on top of weights, old state and input), the state's bytes,
+and the step latency of each engine (`make_step`: eager, torchscript, numba; batch 1, one
+thread, median of timed steps after a warm-up; a fallback shows as the mode that ran).
+
+Writes `docs/leaderboard.md` (the protocol above a table) and `docs/leaderboard.png`
+(held-out accuracy against energy per step). Training runs in `--jobs` processes at once;
+every measurement runs afterwards, one at a time, in this process.
+
+    SPIKESTREAM_REAL_DATA=/work/shared/data OMP_NUM_THREADS=1 \\
+        .venv/bin/python benchmarks/leaderboard.py [--epochs N] [--keys ssa,lrf_dyn] [--quick]
+        [--jobs 2] [--out DIR] [--ship]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+KEYS = ("ssa", "sdsa", "statten", "a2os2a", "sssa", "lrf_ssa", "lrf_dyn")
+ATTENTION_KWARGS: dict[str, dict[str, Any]] = {"statten": {"mode": "causal"}}
+ENGINES = ("eager", "torchscript", "numba")
+DEFAULT_EPOCHS = 10
+QUICK_EPOCHS = 2
+# the shipped `nmnist` checkpoint's held-out score under the same split (README)
+SHIPPED_CORRECT, SHIPPED_SAMPLES = 195, 199
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Protocol:
+    """What every run shares (the shipped `nmnist` checkpoint's training settings)."""
+
+    epochs: int = DEFAULT_EPOCHS
+    config: str = "tiny"
+    stem_pool: str = "110"
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    augment: str = "roll,drop"
+    held_out_fraction: float = 0.2  # the registry's split (`--val-fraction` of `train`)
+    val_fraction: float = 0.2  # of the training part, for model selection
+    split_seed: int = 0
+    threads: int = 1
+    latency_warmup: int = 20
+    latency_steps: int = 200
+
+
+@dataclass
+class Splits:
+    """Frames of the three parts, the input recipe and the class names."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    classes: list[str]
+    recipe: Any = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Part(Subset):
+    """A subset of a `FrameDataset` that keeps `without_augment` (BatchNorm recalibration
+    in `fit` uses the unaugmented frames)."""
+
+    def without_augment(self) -> Part:
+        inner = getattr(self.dataset, "without_augment", lambda: self.dataset)()
+        return Part(inner, self.indices)
+
+    @property
+    def targets(self) -> list[int]:
+        return [int(self.dataset.targets[i]) for i in self.indices]  # type: ignore[attr-defined]
+
+
+def data_root() -> Path:
+    """`$SPIKESTREAM_REAL_DATA` or `../shared/data` beside the project."""
+    env = os.environ.get("SPIKESTREAM_REAL_DATA")
+    return Path(env) if env else ROOT.parent / "shared" / "data"
+
+
+def nmnist_splits(root: Path, protocol: Protocol, cache: Path | None = None) -> Splits:
+    """Train / validation / held-out frames of `root` (`nmnist-small/train`) under `protocol`."""
+    from spikestream.datasets.registry import create_dataset, get_dataset_entry
+    from spikestream.datasets.samples import stratified_split
+    from spikestream.pipeline.augment import FrameAugment
+    from spikestream.pipeline.recipe import default_cache, frames_dataset, recipe_for_dataset
+
+    opts = {"val_fraction": protocol.held_out_fraction, "split_seed": protocol.split_seed}
+    train_ev = create_dataset("nmnist", root, part="train", **opts)
+    test_ev = create_dataset("nmnist", root, part="test", **opts)
+    spec = get_dataset_entry("nmnist")
+    fit_idx, val_idx = stratified_split(train_ev.targets, protocol.val_fraction,
+                                        protocol.split_seed)
+    # the recipe's live equivalent is measured on the whole training part, as `train` does
+    recipe = recipe_for_dataset(train_ev, spec.binning, spec.frame_size)
+    augment = FrameAugment.from_spec(protocol.augment)
+    cache = cache or default_cache()
+    frames = frames_dataset(train_ev, recipe, cache, augment if augment.active else None)
+    test = frames_dataset(test_ev, recipe, cache)
+    meta = {
+        "dataset": "nmnist",
+        "dataset_options": {"val_fraction": protocol.held_out_fraction,
+                            "split_seed": protocol.split_seed},
+        "classes": list(train_ev.classes),
+        "sensor_size": list(train_ev.sensor_size),
+        "binning": {**spec.binning, "frame_size": list(spec.frame_size)},
+        "frame_params": {k: (list(v) if isinstance(v, tuple) else v)
+                         for k, v in frames.params.items()},
+        "augment": repr(augment),
+        "train_samples": len(fit_idx),
+        "val_samples": len(val_idx),
+        "held_out_samples": len(test),
+        "model_selection": f"best epoch on {len(val_idx)} validation samples carved from the "
+                           f"{len(train_ev)} of the training part (seed {protocol.split_seed})",
+    }
+    return Splits(Part(frames, fit_idx), Part(frames.without_augment(), val_idx), test,
+                  list(train_ev.classes), recipe, meta)
+
+
+def build_model(key: str, protocol: Protocol, sample: torch.Tensor, num_classes: int) -> Any:
+    """The protocol's model for attention `key` and frames like `sample[T, P, H, W]`."""
+    from spikestream.pipeline import create_model
+
+    torch.manual_seed(protocol.seed)
+    return create_model(protocol.config, key, ATTENTION_KWARGS.get(key, {}),
+                        input_size=tuple(sample.shape[-2:]), in_channels=int(sample.shape[1]),
+                        num_classes=num_classes, time_steps=int(sample.shape[0]),
+                        stem_pool=tuple(c == "1" for c in protocol.stem_pool))
+
+
+def train_key(key: str, protocol: Protocol, splits: Splits, out_dir: Path) -> dict[str, Any]:
+    """Train one key; its `best.pt` (best validation epoch) is in `out_dir/key`."""
+    from spikestream.pipeline.training import TrainConfig, fit
+
+    torch.set_num_threads(protocol.threads)
+    x0, _ = splits.train[0]
+    model = build_model(key, protocol, x0, len(splits.classes))
+    cfg = TrainConfig(epochs=protocol.epochs, batch_size=protocol.batch_size, lr=protocol.lr,
+                      warmup_epochs=protocol.warmup_epochs, seed=protocol.seed, device="cpu")
+    meta = {**splits.meta, "command": f"python benchmarks/leaderboard.py (key {key}, "
+                                      f"{protocol.epochs} epochs)"}
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    result = fit(model, splits.train, splits.val, cfg, out_dir / key,
+                 model_name={"config": protocol.config, "attention": key,
+                             "attention_kwargs": ATTENTION_KWARGS.get(key, {})},
+                 meta=meta, recipe=splits.recipe, progress=False, log=None)
+    return {"key": key, "best_epoch": result.best_epoch, "val_accuracy": result.best_accuracy,
+            "val_samples": len(splits.val), "history": result.history,
+            "train_wall_s": time.perf_counter() - t0, "train_cpu_s": time.process_time() - cpu0,
+            "checkpoint": str(out_dir / key / "best.pt")}
+
+
+def _train_worker(key: str, protocol: Protocol, root: str, out_dir: str) -> dict[str, Any]:
+    torch.set_num_threads(protocol.threads)
+    splits = nmnist_splits(Path(root), protocol)
+    return train_key(key, protocol, splits, Path(out_dir))
+
+
+# --- measurements ------------------------------------------------------------------------
+
+def profiled_peak_bytes(fn: Any) -> int:
+    """Peak bytes live while `fn()` runs above those live before it: the maximum of the CPU
+    allocator's running total, as torch's profiler records every allocation and free."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            out = fn()
+    del out
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text())["traceEvents"]
+    mem = sorted((e for e in events if e.get("name") == "[memory]"
+                  and int(e.get("args", {}).get("Device Type", 0)) == 0), key=lambda e: e["ts"])
+    if not mem:
+        return 0
+    before = mem[0]["args"]["Total Allocated"] - mem[0]["args"]["Bytes"]
+    return int(max(e["args"]["Total Allocated"] for e in mem) - before)
+
+
+def step_peak_bytes(model: Any, frame: torch.Tensor, state: Any) -> tuple[int, int]:
+    """Peak bytes of one eager `model.step(frame, state)`, and of its first block's attention
+    step alone (on the input and state that step gave it), by `profiled_peak_bytes`."""
+    attn = model.blocks[0].attn
+    seen: dict[str, Any] = {}
+    step = attn.step
+
+    def spy(x: torch.Tensor, st: Any) -> Any:
+        seen.setdefault("args", (x, st))
+        return step(x, st)
+
+    attn.step = spy  # an instance attribute shadows the method for this one call
+    try:
+        whole = profiled_peak_bytes(lambda: model.step(frame, state))
+    finally:
+        del attn.step
+    x, st = seen["args"]
+    return whole, profiled_peak_bytes(lambda: attn.step(x, st))
+
+
+def engine_latency(model: Any, seqs: list[torch.Tensor], engine: str, warmup: int,
+                   steps: int) -> tuple[float, str]:
+    """Median ms of one step of `engine` at batch 1 (`warmup` untimed steps first), cycling
+    through the frame sequences `seqs` (each `[T, 1, P, H, W]`, state reset per sequence),
+    and the mode that ran."""
+    from spikestream.pipeline import make_step
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a fallback shows in the mode
+        stepper = make_step(model, seqs[0][0], engine)
+    times: list[float] = []
+    done = 0
+    with torch.no_grad():
+        while len(times) < steps:
+            for frames in seqs:
+                state = stepper.init_state(1)
+                for frame in frames:
+                    t0 = time.perf_counter()
+                    _, state = stepper.step(frame, state)
+                    if done >= warmup:
+                        times.append(time.perf_counter() - t0)
+                    done += 1
+                if len(times) >= steps:
+                    break
+    return float(np.median(1000.0 * np.asarray(times))), str(stepper.mode)
+
+
+def score_key(key: str, checkpoint: Path, test: Dataset, protocol: Protocol,
+              engines: tuple[str, ...] = ENGINES) -> dict[str, Any]:
+    """Every figure of the table for one trained key (`checkpoint`), on the held-out part."""
+    from spikestream.pipeline import load_checkpoint, state_nbytes
+    from spikestream.pipeline.evaluation import evaluate
+    from spikestream.pipeline.network.energy import energy_report
+
+    torch.set_num_threads(protocol.threads)
+    model, extra = load_checkpoint(checkpoint)
+    ev = evaluate(model, test, batch_size=64, latency_samples=0, progress=False)
+    per_step = ev.accuracy_per_step
+    frames = torch.stack([test[i][0] for i in range(len(test))], 1)  # [T, N, P, H, W]
+    energy = energy_report(model, frames, protocol.config, "held-out N-MNIST frames")
+    seqs = [frames[:, i:i + 1] for i in range(min(8, frames.shape[1]))]
+    state = model.init_state(1)
+    with torch.no_grad():
+        _, state = model.step(seqs[0][0], state)  # warm-up; the measured step is the second
+    peak, attn_peak = step_peak_bytes(model, seqs[0][1], state)
+    row: dict[str, Any] = {
+        "key": key,
+        "epoch": extra.get("epoch"),
+        "val_accuracy": extra.get("val_accuracy"),
+        "test_correct": int(sum(p == t for p, t in zip(ev.predictions, ev.targets,
+                                                       strict=True))),
+        "test_samples": ev.samples,
+        "test_accuracy": ev.accuracy,
+        "accuracy_at": {str(t): per_step[t - 1] for t in (1, 2, 4, 8) if t <= len(per_step)},
+        "predictions": ev.predictions,
+        "targets": ev.targets,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "ac_per_step": energy.ac_per_step,
+        "mac_per_step": energy.mac_per_step,
+        "energy_uj_per_step": energy.energy_uj_per_step,
+        "peak_step_bytes": peak,
+        "peak_attention_bytes": attn_peak,
+        "state_bytes": state_nbytes(model.init_state(1)),
+        "latency_ms": {},
+        "engine_mode": {},
+    }
+    for engine in engines:
+        ms, mode = engine_latency(model, seqs, engine, protocol.latency_warmup,
+                                  protocol.latency_steps)
+        row["latency_ms"][engine] = ms
+        row["engine_mode"][engine] = mode
+    return row
+
+
+def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mechanism picked on the validation part (ties: less energy per step), and whether
+    its held-out score beats the shipped checkpoint's."""
+    best = max(rows, key=lambda r: (r["val_accuracy"], -r["energy_uj_per_step"]))
+    beats = best["test_correct"] * SHIPPED_SAMPLES > SHIPPED_CORRECT * best["test_samples"]
+    return {"key": best["key"], "val_accuracy": best["val_accuracy"],
+            "test_correct": best["test_correct"], "test_samples": best["test_samples"],
+            "beats_shipped": bool(beats)}
+
+
+def run_board(keys: list[str], protocol: Protocol, splits: Splits, out_dir: Path, *,
+              engines: tuple[str, ...] = ENGINES, jobs: int = 1, root: Path | None = None,
+              trained: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Train every key (in `jobs` processes when `root` names the N-MNIST folder) except
+    those in `trained` (finished runs of the same protocol), then score them one at a time;
+    one row per key, in `keys` order."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trained = dict(trained or {})
+    todo = [k for k in keys if k not in trained]
+    if jobs > 1 and root is not None and len(todo) > 1:
+        ctx = get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = {k: pool.submit(_train_worker, k, protocol, str(root), str(out_dir))
+                       for k in todo}
+            trained.update({k: f.result() for k, f in futures.items()})
+    else:
+        trained.update({k: train_key(k, protocol, splits, out_dir) for k in todo})
+    rows = []
+    for k in keys:
+        t = trained[k]
+        row = score_key(k, Path(t["checkpoint"]), splits.test, protocol, engines)
+        row.update({"train_wall_s": t["train_wall_s"], "train_cpu_s": t["train_cpu_s"],
+                    "val_samples": t["val_samples"], "best_epoch": t["best_epoch"],
+                    "history": t["history"], "checkpoint": t["checkpoint"]})
+        rows.append(row)
+        print(f"{k}: val {row['val_accuracy']:.4f}, held-out {row['test_correct']}/"
+              f"{row['test_samples']}, {row['energy_uj_per_step']:.3f} uJ/step, "
+              f"peak {row['peak_step_bytes'] / 1024:.0f} KiB, "
+              + ", ".join(f"{e} {row['latency_ms'][e]:.2f} ms ({row['engine_mode'][e]})"
+                          for e in engines), flush=True)
+    return rows
+
+
+# --- report ------------------------------------------------------------------------------
+
+COLUMNS = ("key", "val acc", "held-out acc", "after 1 / 2 / 4 steps", "params", "AC / step",
+           "MAC / step", "energy / step", "peak step memory", "peak attention memory", "state",
+           "eager", "torchscript", "numba", "train time")
+
+
+def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """The Markdown table's cells, one list per key, in `COLUMNS` order."""
+    out = []
+    for r in rows:
+        at = r["accuracy_at"]
+        lat = [f"{r['latency_ms'][e]:.2f} ms" + ("" if r["engine_mode"][e] in
+                                                 (e, "frozen", "traced") else
+                                                 f" ({r['engine_mode'][e]})")
+               if e in r["latency_ms"] else "-" for e in ENGINES]
+        out.append([
+            f"`{r['key']}`",
+            f"{r['val_accuracy']:.2%} (epoch {r['best_epoch']})",
+            f"**{r['test_accuracy']:.2%}** ({r['test_correct']}/{r['test_samples']})",
+            " / ".join(f"{at[t]:.1%}" for t in ("1", "2", "4") if t in at),
+            f"{r['parameters']:,}",
+            f"{r['ac_per_step'] / 1e3:,.1f} k",
+            f"{r['mac_per_step'] / 1e3:,.1f} k",
+            f"{r['energy_uj_per_step']:.3f} µJ",
+            f"{r['peak_step_bytes'] / 1024:,.0f} KiB",
+            f"{r['peak_attention_bytes'] / 1024:,.1f} KiB",
+            f"{r['state_bytes'] / 1024:,.1f} KiB",
+            *lat,
+            f"{r['train_cpu_s'] / 60:.1f} min",
+        ])
+    return out
+
+
+def markdown(rows: list[dict[str, Any]], protocol: Protocol, splits_meta: dict[str, Any],
+             when: str, machine: str, verdicts: list[str]) -> str:
+    """`docs/leaderboard.md`: the protocol, then the table, then what it says."""
+    head = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
+    body = "".join("| " + " | ".join(cells) + " |\n" for cells in table_rows(rows))
+    n_tr, n_val = splits_meta.get("train_samples"), splits_meta.get("val_samples")
+    n_test = splits_meta.get("held_out_samples")
+    return f"""# Attention leaderboard (N-MNIST)
+
+Every attention mechanism trained and measured under one protocol, by
+`benchmarks/leaderboard.py` ({protocol.epochs} epochs per key); ![held-out accuracy
+against energy per step](leaderboard.png).
+
+**Protocol.** Data: the 1,000 real N-MNIST recordings of `nmnist-small/train`, split by the
+dataset registry's seeded stratified split (`val_fraction` {protocol.held_out_fraction},
+`split_seed` {protocol.split_seed}) into a training part and {n_test} held-out samples; a
+validation part of {n_val} samples is carved from the training part by the same stratified
+split (seed {protocol.split_seed}), leaving {n_tr} to train on. Each key is trained for
+{protocol.epochs} epoch(s) with the shipped `nmnist` checkpoint's settings: config
+`{protocol.config}`, 32x32 frames of 8 equal time bins per digit, stem pool
+{protocol.stem_pool} (8x8 = 64 tokens, 64 channels, 1 block, 4 heads), batch
+{protocol.batch_size}, AdamW at {protocol.lr:g} with a linear warm-up over the first
+{protocol.warmup_epochs:g} epoch and a cosine decay, rate loss, `{protocol.augment}`
+augmentation, seed {protocol.seed}, CPU,
+{protocol.threads} torch thread per run. The epoch kept is the one with the best validation
+accuracy; the held-out part is scored once, at the end, and chose nothing. `statten` runs in
+its causal mode (so it can stream). Machine: {machine}. Date: {when}.
+
+**Columns.** Held-out accuracy of the running decision after all 8 steps (the argmax of the
+mean logits so far, as `spikestream eval` decides) and after 1, 2 and 4 steps; synaptic
+operations and energy per step from `pipeline/network/energy.py` (0.9 pJ per accumulate,
+4.6 pJ per multiply-accumulate, 45 nm) averaged over the held-out samples; peak step memory:
+the most bytes live during one eager `model.step` (batch 1) above those live before it
+(activations and the new state, not the weights, the old state or the input), from torch's
+profiler's record of every CPU allocation and free; peak attention memory: the same for the
+first block's attention step alone, on the input and state the step gave it; state: the
+bytes of the model's state;
+eager / torchscript / numba: the median time of one step of each engine (`make_step`) at
+batch 1 on one thread, {protocol.latency_steps} timed steps after {protocol.latency_warmup}
+warm-up steps, on a 2-core machine shared with other jobs (compare within a column; a
+mode in brackets is the engine's fallback); train time: CPU time of the training run.
+
+{head}{body}
+""" + "\n".join(f"- {v}" for v in verdicts) + "\n"
+
+
+def verdicts(rows: list[dict[str, Any]], pick: dict[str, Any], shipped: bool) -> list[str]:
+    """Plain sentences: LRF-Dyn against SSA, and what the board means for `nmnist`."""
+    by = {r["key"]: r for r in rows}
+    out = []
+    if "ssa" in by and "lrf_dyn" in by:
+        s, d = by["ssa"], by["lrf_dyn"]
+        acc = ("higher than" if d["test_correct"] > s["test_correct"] else
+               "equal to" if d["test_correct"] == s["test_correct"] else "lower than")
+        mem = d["peak_step_bytes"] / s["peak_step_bytes"] if s["peak_step_bytes"] else float("nan")
+        amem = (d["peak_attention_bytes"] / s["peak_attention_bytes"]
+                if s["peak_attention_bytes"] else float("nan"))
+        out.append(
+            f"LRF-Dyn against SSA: held-out accuracy {d['test_accuracy']:.2%} "
+            f"({d['test_correct']}/{d['test_samples']}) is {acc} SSA's {s['test_accuracy']:.2%} "
+            f"({s['test_correct']}/{s['test_samples']}); validation {d['val_accuracy']:.2%} vs "
+            f"{s['val_accuracy']:.2%}; peak step memory {d['peak_step_bytes'] / 1024:,.0f} vs "
+            f"{s['peak_step_bytes'] / 1024:,.0f} KiB ({mem:.2f}x), attention alone "
+            f"{d['peak_attention_bytes'] / 1024:,.1f} vs {s['peak_attention_bytes'] / 1024:,.1f} "
+            f"KiB ({amem:.2f}x), state "
+            f"{d['state_bytes'] / 1024:,.1f} vs {s['state_bytes'] / 1024:,.1f} KiB; energy "
+            f"{d['energy_uj_per_step']:.3f} vs {s['energy_uj_per_step']:.3f} µJ per step. At 64 "
+            "tokens the attention's working memory is small beside the stem's maps, so the whole "
+            "step's peak is set by the stem (see `benchmarks/attention_memory.py` for N up to "
+            "4096, where the N x N matrix dominates); one "
+            f"held-out sample is {100 / max(1, s['test_samples']):.2f} points, so differences "
+            "of a few samples are within the noise of one seed.")
+    shipped_acc = SHIPPED_CORRECT / SHIPPED_SAMPLES
+    line = (f"Chosen on the validation part: `{pick['key']}` ({pick['val_accuracy']:.2%}); "
+            f"held out {pick['test_correct']}/{pick['test_samples']} against the shipped "
+            f"`nmnist` checkpoint's {SHIPPED_CORRECT}/{SHIPPED_SAMPLES} ({shipped_acc:.2%}; "
+            "`ssa`, 30 epochs on all 801 training samples, last epoch). ")
+    if pick["beats_shipped"]:
+        line += ("It beats it, so it is shipped as the new `nmnist`." if shipped else
+                 "It beats it (not shipped by this run: `--ship`).")
+    else:
+        line += "It does not beat it, so the shipped `nmnist` checkpoint stays."
+    out.append(line)
+    return out
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Held-out accuracy against energy per step, one labelled point per key."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for r in rows:
+        x, y = r["energy_uj_per_step"], 100 * r["test_accuracy"]
+        ax.scatter([x], [y], s=40)
+        ax.annotate(r["key"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=9)
+    ax.axhline(100 * SHIPPED_CORRECT / SHIPPED_SAMPLES, color="grey", ls="--", lw=0.8)
+    ax.text(ax.get_xlim()[0], 100 * SHIPPED_CORRECT / SHIPPED_SAMPLES,
+            " shipped nmnist (ssa, 30 epochs)", va="bottom", fontsize=8, color="grey")
+    ax.set_xlabel("energy per step (µJ, 45 nm: 0.9 pJ/AC, 4.6 pJ/MAC)")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores shared with other jobs, Python "
+            f"{platform.python_version()}, torch {torch.__version__}")
+
+
+def ship(row: dict[str, Any]) -> tuple[Path, Path]:
+    """Copy the chosen run's `best.pt` and `best.json` to `pipeline/weights/nmnist.*`."""
+    src = Path(row["checkpoint"])
+    dst = ROOT / "pipeline" / "weights" / "nmnist.pt"
+    shutil.copyfile(src, dst)
+    shutil.copyfile(src.with_suffix(".json"), dst.with_suffix(".json"))
+    return dst, dst.with_suffix(".json")
+
+
+def write_docs(results: dict[str, Any], docs: Path) -> tuple[Path, Path]:
+    """`leaderboard.md` and `leaderboard.png` in `docs` from a run's `leaderboard.json`."""
+    protocol = Protocol(**results["protocol"])
+    rows, meta = results["rows"], results["data"]
+    md = markdown(rows, protocol, meta, results["date"], results["machine"], results["verdicts"])
+    md += (f"\nThe whole board took {results['wall_s'] / 60:.0f} min of wall time "
+           f"({results['jobs']} training processes at once).\n")
+    docs.mkdir(parents=True, exist_ok=True)
+    tmp = docs / "leaderboard.md.tmp"
+    tmp.write_text(md)
+    tmp.replace(docs / "leaderboard.md")
+    png = plot(rows, docs / "leaderboard.png",
+               f"N-MNIST, {protocol.epochs} epochs, {meta['held_out_samples']} held out")
+    print(f"wrote {docs / 'leaderboard.md'} and {png}")
+    return docs / "leaderboard.md", png
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--epochs", type=int, default=None,
+                    help=f"epochs per key (default {DEFAULT_EPOCHS}; --quick {QUICK_EPOCHS})")
+    ap.add_argument("--keys", default=",".join(KEYS), help="comma list of attention keys")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"{QUICK_EPOCHS} epochs, 50 timed steps; writes nothing under docs/")
+    ap.add_argument("--jobs", type=int, default=2, help="training processes at once")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="folder for the runs' checkpoints (default: a temporary folder)")
+    ap.add_argument("--docs", type=Path, default=ROOT / "docs",
+                    help="where leaderboard.md / .png go")
+    ap.add_argument("--ship", action="store_true",
+                    help="replace pipeline/weights/nmnist.* when the validation-chosen key "
+                         "beats it on the held-out part")
+    ap.add_argument("--reuse", action="store_true",
+                    help="score again, without training, the keys a finished run in --out "
+                         "trained under the same protocol (its leaderboard.json)")
+    ap.add_argument("--from-json", type=Path, default=None,
+                    help="only write the docs from a finished run's leaderboard.json")
+    args = ap.parse_args(argv)
+    if args.from_json:
+        write_docs(json.loads(args.from_json.read_text()), args.docs)
+        return 0
+    keys = [k.strip() for k in args.keys.split(",") if k.strip()]
+    unknown = sorted(set(keys) - set(KEYS))
+    if unknown:
+        ap.error(f"unknown keys {unknown}; known: {', '.join(KEYS)}")
+    root = data_root() / "nmnist-small" / "train"
+    if not (root / "labels.txt").is_file():
+        print(f"leaderboard: the real N-MNIST recordings are not at {root} (labels.txt and the "
+              "1,000 .bs2 files): set SPIKESTREAM_REAL_DATA to the folder holding "
+              "nmnist-small/", file=sys.stderr)
+        return 3
+    protocol = Protocol(epochs=args.epochs or (QUICK_EPOCHS if args.quick else DEFAULT_EPOCHS))
+    if args.quick:
+        protocol.latency_steps = 50
+    torch.set_num_threads(protocol.threads)
+    out = args.out or Path(tempfile.mkdtemp(prefix="leaderboard-"))
+    t0 = time.perf_counter()
+    splits = nmnist_splits(root, protocol)
+    for part in (splits.train, splits.val, splits.test):  # bin once, into the frame cache
+        for i in range(len(part)):
+            part[i]
+    print(f"data: {len(splits.train)} train / {len(splits.val)} validation / "
+          f"{len(splits.test)} held out; runs in {out}", flush=True)
+    trained = {}
+    if args.reuse and (out / "leaderboard.json").is_file():
+        before = json.loads((out / "leaderboard.json").read_text())
+        if before["protocol"]["epochs"] == protocol.epochs:
+            keep = ("key", "best_epoch", "val_accuracy", "val_samples", "history",
+                    "train_wall_s", "train_cpu_s", "checkpoint")
+            trained = {r["key"]: {k: r[k] for k in keep} for r in before["rows"]
+                       if r["key"] in keys and Path(r["checkpoint"]).is_file()}
+        print(f"reusing the trained runs of {', '.join(trained) or 'no key'}", flush=True)
+    rows = run_board(keys, protocol, splits, out, jobs=args.jobs, root=root, trained=trained)
+    pick = choose(rows)
+    shipped = False
+    if args.ship and pick["beats_shipped"] and not args.quick:
+        ship(next(r for r in rows if r["key"] == pick["key"]))
+        shipped = True
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    says = verdicts(rows, pick, shipped)
+    for v in says:
+        print(v)
+    wall = time.perf_counter() - t0
+    print(f"board: {wall / 60:.1f} min wall")
+    results = {"protocol": asdict(protocol), "data": splits.meta, "rows": rows, "choice": pick,
+               "verdicts": says, "wall_s": wall, "jobs": args.jobs, "date": when,
+               "machine": machine_description()}
+    (out / "leaderboard.json").write_text(json.dumps(results, indent=1))
+    print(f"results: {out / 'leaderboard.json'}")
+    if not args.quick:
+        write_docs(results, args.docs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
