@@ -24,10 +24,12 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/spikestream demo
 
-# Every benchmark prints its figures beside a peer measured in the same run.
+# Every benchmark prints its figures beside a peer measured in the same run; the peers that are
+# not dependencies of the project (evlib, faery) come with the `bench` extra.
 # `make bench BENCH_ARGS=--quick` for a short pass (each script has a --quick mode).
 BENCH_ARGS ?=
 bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
 	for b in benchmarks/*.py; do echo "== $$b"; OMP_NUM_THREADS=1 $(PY) $$b $(BENCH_ARGS) || exit 1; done
 
 # The C99 firmware of the LRF-Dyn device: fw-host (native) and the Cortex-M3 image for QEMU's

@@ -16,7 +16,16 @@ option measured beside it; `statten` runs in its causal (streaming) mode. The wh
 `spikformer-2-256` (128x128 input, 2 blocks, D = 256, 16 heads) whose first 4, 3, 2 or 1 stem
 stages down-sample, giving 64, 256, 1024 or 4096 tokens.
 
-    python benchmarks/attention_memory.py [--quick] [--device cuda] [--json out.json]
+Engines: the whole model at N = 1024 (`spikformer-2-256` at 128x128 with two pooling stem
+stages, and at 512x512 with all four) stepped by each engine of `make_step` (eager, TorchScript,
+numba), the same peak after warm-up. A functional step returns a new state while the caller
+still holds the old one, so the eager and TorchScript figures include a whole new state (at
+512x512 the stem's membranes alone are 62 MiB); the numba engine writes into two state buffers
+it owns, so its figure is the scratch of its kernels (also shown as tracemalloc's peak, which
+sees numpy's and numba's arrays).
+
+    python benchmarks/attention_memory.py [--quick] [--device cuda] [--no-engines]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -65,6 +74,8 @@ def worker(spec: dict) -> dict:
     torch.manual_seed(0)
     dev = torch.device(spec["device"])
     n, dim, heads = spec["tokens"], spec["dim"], spec["heads"]
+    if spec["what"] == "engine":
+        return engine_worker(spec)
     if spec["what"] == "attention":
         side = int(round(n**0.5))
         module = create_attention(spec["key"], dim, heads, (side, side), **spec["kwargs"])
@@ -109,6 +120,58 @@ def worker(spec: dict) -> dict:
             "state_bytes": state_nbytes(state)}
 
 
+def engine_worker(spec: dict) -> dict:
+    """Whole-model step memory of one engine (`make_step`): `spikformer-2-256` at
+    `spec["input"]` pixels with the stem pools giving `spec["tokens"]` tokens; the peak as in
+    `worker` (resident memory over the step, state and input already resident), and for the
+    numba engine also what tracemalloc sees allocated during a step (numpy and numba arrays)."""
+    import gc
+    import tracemalloc
+
+    import torch
+
+    from spikestream.pipeline import create_model
+    from spikestream.pipeline.engines import make_step
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    side, n = spec["input"], spec["tokens"]
+    pools = tuple(bool(p) for p in ENGINE_POOLS[(side, n)])
+    model = create_model("spikformer-2-256", spec["key"], input_size=(side, side),
+                         stem_pool=pools).eval()
+    assert model.num_tokens == n
+    x = (torch.rand(1, 2, side, side) < 0.05).float()
+    with torch.inference_mode():
+        step = make_step(model, x, spec["engine"])
+        state = step.init_state(1)
+        for _ in range(2):  # warm-up; the numba engine's second step fills its second buffer
+            _, state = step.step(x, state)
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _proc_kib("VmRSS")
+        _, state = step.step(x, state)
+        peak = (_proc_kib("VmHWM") - before) * 1024
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        _, state = step.step(x, state)
+        traced = tracemalloc.get_traced_memory()[1] - base
+        tracemalloc.stop()
+        times = []
+        for _ in range(spec["reps"]):
+            t0 = time.perf_counter()
+            _, state = step.step(x, state)
+            times.append(time.perf_counter() - t0)
+    return {"peak_bytes": max(peak, 0), "traced_bytes": traced, "mode": step.mode,
+            "step_s": statistics.median(times)}
+
+
+#: (input side, tokens) -> stem pools of `spikformer-2-256` in the engine comparison.
+ENGINE_POOLS = {(128, 1024): (1, 1, 0, 0), (512, 1024): (1, 1, 1, 1)}
+ENGINES = ("eager", "torchscript", "numba")
+
+
 # Every block of 64 KiB or more is mmapped and unmapped on free, and freed heap tops are
 # trimmed at once, so that the process's resident size follows the live tensors.
 MALLOC_ENV = {
@@ -141,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--reps", type=int, default=None, help="timed steps per measurement")
     ap.add_argument("--json", default=None, help="write all results to this file")
+    ap.add_argument("--no-engines", action="store_true",
+                    help="leave out the per-engine whole-model step memory")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -179,6 +244,31 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = r["peak_bytes"] / ref["peak_bytes"] if ref["peak_bytes"] else float("nan")
                 cells.append(f"{mib(r['peak_bytes'])} ({ratio:5.3f}) {r['step_s'] * 1e3:8.2f}ms")
             print(f"{label:<12}" + "".join(f"{c:>30}" for c in cells))
+
+    if not args.no_engines:
+        print("\n== whole model spikformer-2-256, N=1024 tokens, one step per engine: peak "
+              "memory [MiB] over the step (state and input resident before it), tracemalloc's "
+              "peak during the step [MiB] (numpy and numba arrays), time per step [ms]")
+        print(f"{'input':<9}{'mechanism':<10}" + "".join(f"{e:>36}" for e in ENGINES))
+        engine_rows = {}
+        for side, n in ENGINE_POOLS:
+            for key in ("ssa", "lrf_dyn"):
+                specs = [{"what": "engine", "key": key, "engine": e, "input": side, "tokens": n,
+                          "kwargs": {}, "dim": args.dim, "heads": args.heads,
+                          "device": "cpu", "reps": reps} for e in ENGINES]
+                rs = [measure([spec])[0] for spec in specs]
+                engine_rows[(side, key)] = rs
+                cells = [f"{mib(r['peak_bytes'])} {mib(r['traced_bytes'])} "
+                         f"{r['step_s'] * 1e3:8.1f}ms" + ("" if r["mode"] in (e, "frozen")
+                                                          else f" ({r['mode']})")
+                         for e, r in zip(ENGINES, rs, strict=True)]
+                print(f"{side}x{side:<5}{key:<10}" + "".join(f"{c:>36}" for c in cells))
+        for side, _ in ENGINE_POOLS:
+            ratios = [engine_rows[(side, "lrf_dyn")][i]["peak_bytes"]
+                      / engine_rows[(side, "ssa")][i]["peak_bytes"] for i in range(len(ENGINES))]
+            print(f"lrf_dyn / ssa at {side}x{side}: " + ", ".join(
+                f"{e} {r:.3f}" for e, r in zip(ENGINES, ratios, strict=True))
+                + " (target <= 0.25)")
 
     print("\n== targets")
     if ("attention", "lrf_dyn", 1024) in results:

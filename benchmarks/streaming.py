@@ -7,8 +7,10 @@ by `devices.ReplayCamera` in 1 ms packets, in two ways:
 - `live`: paced at real time, as a camera delivers events (the drop-oldest policy of live
   sources; any dropped bin is reported). This is the target's setting: the real-time factor
   is bin length / mean step compute time (frame to probabilities), i.e. how much faster than
-  the camera the model decides (target: `tiny` at 128x128 >= 10x with the CLI's default
-  engine, which is `numba` for these models; p99 below the 10 ms bin).
+  the camera the model decides (target: `tiny` at 128x128 >= 30x with the CLI's default
+  engine, which is `numba` for these models, for `ssa` and `lrf_dyn`; p99 below the 10 ms
+  bin). `cpu/bin` is everything the run costs per classified bin (process CPU time: packets,
+  checks, binning, queue, thread hand-off, step and decision), and its factor bin / cpu.
 - `replay`: as fast as the model takes the bins (blocking policy, every bin classified), as
   `spikestream stream --source file:...` does with a fast replay. Capture (packet checks and
   binning in Python) then runs all the time beside the steps and competes for the
@@ -32,6 +34,10 @@ the spikes. The models here first estimate their batch-norm statistics on frames
 stream (train-mode passes, as at the start of training), and the mean firing rate of their
 neurons is printed with each case (the shipped `gestures` checkpoint fires at 1-20% per
 layer, 9% on average, on the simulated camera).
+
+Tokens: bare numba steps of `ssa` and `lrf_dyn` in `tiny` at 64x64 whose stem pools give
+N = 64, 256 and 1024 tokens (8x8, 16x16, 32x32), on the same stream (targets: `lrf_dyn` no
+slower than `ssa` at N = 64 and faster from N = 256, since it forms no N x N matrix).
 
 Memory (RSS) is read before the model is built, after the first tenth of a long stream and at
 its end (target: flat); that stream overruns the model (an unpaced source, drop-oldest
@@ -88,7 +94,7 @@ from spikestream.pipeline.streaming import (  # noqa: E402
 BIN_US = 10_000
 PACKET_US = 1000
 RATE_HZ = 200_000
-TARGET_RTF = 10.0
+TARGET_RTF = 30.0
 ENGINES = ("eager", "torchscript", "numba")
 TARGET_ENGINE = "numba"
 
@@ -184,8 +190,10 @@ def run_case(config: str, size: int, steps: int, key: str = "ssa") -> list[dict]
             camera = ReplayCamera(events, (size, size, 2), speed=speed, packet_us=PACKET_US)
             recipe = InputRecipe.from_binning({"time_window": BIN_US}, (size, size, 2),
                                               (size, size))
+            cpu0 = time.process_time()
             result = run_stream(camera, steppers[engine], recipe,
                                 policy=StreamPolicy(queue=policy, max_steps=steps))
+            cpu_per_bin = (time.process_time() - cpu0) / max(result.steps, 1)
             rows.append({
                 "config": config,
                 "attention": key,
@@ -201,11 +209,51 @@ def run_case(config: str, size: int, steps: int, key: str = "ssa") -> list[dict]
                 "p50_ms": result.p50_ms,
                 "p99_ms": result.p99_ms,
                 "realtime_factor": result.realtime_factor,
+                "cpu_per_bin_ms": cpu_per_bin * 1e3,
+                "cpu_realtime_factor": BIN_US * 1e-6 / cpu_per_bin,
                 "wall_factor": result.stream_s / result.wall_s,
                 "bare_step_p50_ms": bare[engine],
                 "idle_step_p50_ms": idle.get(engine),
                 "p50_over_bare": result.p50_ms / bare[engine],
             })
+    return rows
+
+
+#: Token grids of `tiny` at 64x64 input compared on the numba engine: stem pools -> N.
+TOKEN_CASES = {64: (True, True, True), 256: (True, True, False), 1024: (True, False, False)}
+
+
+def token_case(steps: int, repeats: int = 3) -> list[dict]:
+    """Bare numba steps of `ssa` and `lrf_dyn` (`tiny` at 64x64 on the same stream, batch-norm
+    statistics estimated on it) at N = 64, 256 and 1024 tokens: median step time of each,
+    interleaved `repeats` times (best median kept), and lrf_dyn / ssa."""
+    size = 64
+    events = random_recording(size, size, (steps + 2) * BIN_US * 1e-6, seed=3)
+    frames = torch.from_numpy(
+        to_frames(events, (size, size, 2), time_window=BIN_US)[:steps].astype(np.float32))
+    rows = []
+    for n, pools in TOKEN_CASES.items():
+        steppers = {}
+        for key in ("ssa", "lrf_dyn"):
+            torch.manual_seed(0)
+            model = create_model("tiny", key, input_size=(size, size), stem_pool=pools)
+            assert model.num_tokens == n
+            for m in model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.momentum = None
+            model.train()
+            with torch.no_grad():
+                t = len(frames) // 4
+                model(frames[: 4 * t].reshape(4, t, *frames.shape[1:]).transpose(0, 1)
+                      .contiguous())
+            steppers[key] = make_step(model.eval(), frames[:1], "numba")
+        best = {key: float("inf") for key in steppers}
+        for _ in range(repeats):
+            for key, st in steppers.items():
+                best[key] = min(best[key], bare_p50_ms(st.step, st.init_state(1), frames))
+        rows.append({"tokens": n, "ssa_ms": best["ssa"], "lrf_dyn_ms": best["lrf_dyn"],
+                     "ratio": best["lrf_dyn"] / best["ssa"],
+                     "modes": {k: st.mode for k, st in steppers.items()}})
     return rows
 
 
@@ -245,6 +293,7 @@ def print_row(r: dict) -> None:
     print(f"{r['config']:>6} {r['attention']:>7} {r['input']:>8} {r['mode']:>6} {engine:>11}: "
           f"{r['steps_per_s']:7.1f} steps/s  p50 {r['p50_ms']:5.2f} ms  p99 {r['p99_ms']:5.2f} ms"
           f"  real-time x{r['realtime_factor']:5.2f}  wall x{r['wall_factor']:5.2f}  "
+          f"cpu/bin {r['cpu_per_bin_ms']:5.2f} ms (x{r['cpu_realtime_factor']:5.2f})  "
           f"drops {r['drops']:3d}  bare {r['bare_step_p50_ms']:.2f} ms"
           + (f", idle {idle:.2f} ms" if idle is not None else "")
           + f"  (firing rate {r['firing_rate']:.3f})", flush=True)
@@ -277,12 +326,23 @@ def main() -> int:
                     rows.append(row)
                     if not args.json:
                         print_row(row)
+    tokens = token_case(100 if args.quick else 300)
+    if not args.json:
+        for r in tokens:
+            print(f"numba, tiny 64x64, N={r['tokens']:>4}: ssa {r['ssa_ms']:6.3f} ms, lrf_dyn "
+                  f"{r['lrf_dyn_ms']:6.3f} ms per step (bare p50): lrf_dyn / ssa "
+                  f"{r['ratio']:.2f}", flush=True)
     mem = memory_case("tiny", 128, long_steps, keys[0])
     tiny128 = {(r["mode"], r["engine"]): r for r in rows if r["config"] == "tiny"
                and r["input"] == "128x128" and r["attention"] == keys[0]}
     target = tiny128["live", TARGET_ENGINE]
+    live = {r["attention"]: r["realtime_factor"] for r in rows if r["config"] == "tiny"
+            and r["input"] == "128x128" and r["mode"] == "live" and r["engine"] == TARGET_ENGINE}
     verdict = {
         "engine": TARGET_ENGINE,
+        "tiny_128_live_realtime_factor_by_key": live,
+        "lrf_dyn_not_slower_at_64": tokens[0]["ratio"] <= 1.0,
+        "lrf_dyn_faster_at_256_and_1024": all(r["ratio"] < 1.0 for r in tokens[1:]),
         "tiny_128_realtime_factor": target["realtime_factor"],
         "tiny_128_replay_realtime_factor": tiny128["replay", TARGET_ENGINE]["realtime_factor"],
         "rtf_target_met": target["realtime_factor"] >= TARGET_RTF,
@@ -290,7 +350,8 @@ def main() -> int:
         "memory_growth_mib": mem["rss_end_mib"] - (mem["rss_tenth_mib"] or mem["rss_end_mib"]),
     }
     if args.json:
-        print(json.dumps({"cases": rows, "memory": mem, "verdict": verdict}, indent=2))
+        print(json.dumps({"cases": rows, "tokens": tokens, "memory": mem, "verdict": verdict},
+                         indent=2))
         return 0
     print(f"memory (tiny 128x128 {TARGET_ENGINE}, {mem['steps']} steps, "
           f"{mem['drops']} bins dropped): "
@@ -305,6 +366,12 @@ def main() -> int:
           f"x{verdict['tiny_128_replay_realtime_factor']:.2f}); p99 < {BIN_US / 1000:.0f} ms "
           f"({'met' if verdict['p99_below_bin'] else 'NOT met'}: {target['p99_ms']:.2f} ms); "
           f"memory growth {verdict['memory_growth_mib']:.1f} MiB")
+    print("live real-time factor (step compute) of tiny 128x128 by key: " + ", ".join(
+        f"{k} x{v:.1f}" for k, v in live.items()) + f" (target >= {TARGET_RTF:.0f}x)")
+    print(f"lrf_dyn / ssa on numba: N=64 {tokens[0]['ratio']:.2f} (target <= 1: "
+          f"{'met' if verdict['lrf_dyn_not_slower_at_64'] else 'NOT met'}), "
+          + ", ".join(f"N={r['tokens']} {r['ratio']:.2f}" for r in tokens[1:])
+          + f" (target < 1: {'met' if verdict['lrf_dyn_faster_at_256_and_1024'] else 'NOT met'})")
     return 0
 
 

@@ -9,9 +9,10 @@ field is the description string.
 from __future__ import annotations
 
 import struct
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aedat
 import numpy as np
@@ -144,10 +145,14 @@ def open_source(
     check_packets(path, header_end, table_pos, set(streams))
 
     def packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        with tempfile.TemporaryFile() as sink:  # one capture file for every packet
+            yield from decoded(sink)
+
+    def decoded(sink: IO[bytes]) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         index = 0
         while True:
             try:
-                packet = quiet_next(decoder)
+                packet = quiet_next(decoder, sink)
             except RuntimeError as e:
                 raise EventFormatError(path, f"AEDAT 4 packet: {e}", record=index,
                                        expected="a whole LZ4/flatbuffer packet") from e

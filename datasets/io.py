@@ -183,7 +183,8 @@ def read_events(path: str | Path, format: str | None = None, *,
     with EventStream(path, format=format, chunk_events=1 << 22, sensor_size=sensor_size,
                      _defer_size=True) as s:
         packets = list(s)
-        events = np.concatenate(packets) if packets else np.zeros(0, dtype=EVENT_DTYPE)
+        events = (packets[0] if len(packets) == 1 else np.concatenate(packets) if packets
+                  else np.zeros(0, dtype=EVENT_DTYPE))
         if s.sensor_size is None:
             s.sensor_size = s._size_from_extent(
                 int(events["x"].max()) if len(events) else -1,

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import IO, TypeVar
 
 T = TypeVar("T")
 
@@ -25,33 +25,49 @@ class Captured:
 
 
 @contextmanager
-def captured_native_output(fds: tuple[int, ...] = (1, 2)) -> Iterator[Captured]:
-    """Redirect `fds` to a temporary file for the duration; yields what was written there."""
+def captured_native_output(fds: tuple[int, ...] = (1, 2),
+                           sink: IO[bytes] | None = None) -> Iterator[Captured]:
+    """Redirect `fds` to a temporary file for the duration; yields what was written there.
+    `sink`: a temporary file to reuse, for a caller that captures many short calls (creating a
+    file costs more than a decoder's step); each call's text is written from its start."""
+    if sink is not None:
+        with _redirected(fds, sink) as out:
+            yield out
+        return
+    with tempfile.TemporaryFile() as own, _redirected(fds, own) as out:
+        yield out
+
+
+@contextmanager
+def _redirected(fds: tuple[int, ...], sink: IO[bytes]) -> Iterator[Captured]:
     out = Captured()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (AttributeError, OSError, ValueError):
             pass
+    sink.seek(0)  # the text of this call is what lies before the offset afterwards
     saved = []
-    with tempfile.TemporaryFile() as sink:
-        try:
-            for fd in fds:
-                try:
-                    saved.append((fd, os.dup(fd)))
-                except OSError:
-                    continue  # not open in this process: nothing to capture
-                os.dup2(sink.fileno(), fd)
-            yield out
-        finally:
-            for fd, copy in saved:
-                os.dup2(copy, fd)
-                os.close(copy)
+    try:
+        for fd in fds:
+            try:
+                saved.append((fd, os.dup(fd)))
+            except OSError:
+                continue  # not open in this process: nothing to capture
+            os.dup2(sink.fileno(), fd)
+        yield out
+    finally:
+        for fd, copy in saved:
+            os.dup2(copy, fd)
+            os.close(copy)
+        end = sink.tell()
+        if end:
             sink.seek(0)
-            out.text = sink.read(1 << 16).decode("utf-8", "replace")
+            out.text = sink.read(min(end, 1 << 16)).decode("utf-8", "replace")
 
 
-def quiet_next(it: Iterator[T]) -> T | None:
-    """`next(it, None)` with the native output of that one step captured."""
-    with captured_native_output():
+def quiet_next(it: Iterator[T], sink: IO[bytes] | None = None) -> T | None:
+    """`next(it, None)` with the native output of that one step captured (into `sink`, a
+    temporary file to reuse, when given)."""
+    with captured_native_output(sink=sink):
         return next(it, None)

@@ -11,6 +11,7 @@ events (metadata `sensor_size_inferred`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -134,10 +135,11 @@ def open_source(
 
     def packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         suffix = ".dat" if enc == "dat" else ".raw"
-        with tempfile.TemporaryDirectory(prefix="spikestream-") as tmp:
+        with contextlib.ExitStack() as stack:
             src = path
             if path.resolve().suffix != suffix:
                 # expelliarmus resolves links and checks the suffix: hard link, else copy
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="spikestream-"))
                 src = Path(tmp) / f"events{suffix}"
                 try:
                     os.link(path.resolve(), src)

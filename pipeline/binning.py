@@ -25,6 +25,7 @@ instead of wrapping around as Tonic's would.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numba
@@ -100,6 +101,15 @@ def _search_left(t, values):
                 hi = mid
         out[j] = lo
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _all_within(t, lo, hi):
+    """True when every `t[i]` lies in `[lo, hi)` (a strided field, read in place)."""
+    for i in range(t.shape[0]):
+        if t[i] < lo or t[i] >= hi:
+            return False
+    return True
 
 
 def _unvisited_unsorted(t: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> int:
@@ -179,6 +189,7 @@ class _Maps:
             )
 
 
+@functools.cache
 def _maxval(dtype: np.dtype) -> int | float:
     return int(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else float("inf")
 
@@ -383,8 +394,9 @@ class StreamBinner:
         self._zero.flags.writeable = False
         self._t0 = None if t0 is None else int(t0)
         self._bin = 0  # index of the open time bin
-        self._acc = np.zeros(self.frame_shape, self.dtype)
+        self._set_acc(np.zeros(self.frame_shape, self.dtype))
         self._acc_events = 0
+        self._whole = np.zeros(1, np.int64)  # `starts` of a packet counted whole
         #: events pushed, events binned, events dropped as late, frames emitted (and empty ones)
         self.events_in = 0
         self.events_binned = 0
@@ -394,6 +406,11 @@ class StreamBinner:
         # Compile (or load from numba's cache) now, not on the first live packet.
         _count(np.zeros(0, EVENT_DTYPE), np.zeros(1, np.int64), np.zeros(1, np.int64),
                self._maps, self._acc[None], self.binary)
+
+    def _set_acc(self, acc: np.ndarray) -> None:
+        """The open bin's counts, and the same storage as one flat frame for `_count`."""
+        self._acc = acc
+        self._acc_flat = acc.reshape(1, -1)
 
     @property
     def t0(self) -> int | None:
@@ -411,7 +428,7 @@ class StreamBinner:
         """Emit the open bin, then `n_empty_after` empty bins."""
         if self._acc_events:
             out.append(self._acc)
-            self._acc = np.zeros(self.frame_shape, self.dtype)
+            self._set_acc(np.zeros(self.frame_shape, self.dtype))
             self._acc_events = 0
         else:
             out.append(self._zero)
@@ -464,6 +481,13 @@ class StreamBinner:
         t = ev["t"]
         if self._t0 is None:
             self._t0 = int(t[0])
+        start = self._t0 + self._bin * w
+        if _all_within(t, start, start + w):  # the usual live packet: all in the open bin
+            _count(ev, self._whole, np.array([len(ev)], np.int64), self._maps, self._acc_flat,
+                   self.binary)
+            self._acc_events += len(ev)
+            self.events_binned += len(ev)
+            return []
         k = (t - self._t0) // w
         late = k < self._bin
         if late.any():
@@ -496,7 +520,7 @@ class StreamBinner:
                     out.extend([self._zero] * gap)
                     self.empty_frames += gap
                 self.frames_out += 1 + gap
-            self._acc = block[-1].copy()
+            self._set_acc(block[-1].copy())
             self._acc_events = int(ends[-1] - starts[-1])
             self._bin = int(bins[-1])
         self.events_binned += len(ev)

@@ -327,7 +327,7 @@ class StepInfo:
     step: int
     bin_index: int
     t_us: int | None  # end of the bin in stream time (time-window bins)
-    logits: np.ndarray
+    logits: np.ndarray  # a copy: an engine may reuse its output buffer
     probs: np.ndarray
     label: int
     name: str | None
@@ -636,7 +636,7 @@ def _run(source: Iterable[np.ndarray], model: StepModel, binner: StreamBinner,
                 result.steps += 1
                 if step_sinks:
                     info = StepInfo(
-                        result.steps - 1, item.index, item.t_end_us, z, probs, label,
+                        result.steps - 1, item.index, item.t_end_us, z.copy(), probs, label,
                         decider.name(label), conf, (t_done - t_start) * 1e3,
                         (t_done - item.done_at) * 1e3, len(queue), queue.drops,
                         binner.events_in, item.frame,

@@ -88,6 +88,12 @@ def checked_events(
     if not 0 <= t_offset <= MAX_TIME_US:
         raise EventFormatError(source, f"time offset {t_offset} µs",
                                expected=f"0 <= offset <= {MAX_TIME_US}")
+    ev = np.empty(n, dtype=EVENT_DTYPE)
+    # one compiled pass where numba is loaded anyway (as `_first_bad` decides), numpy otherwise
+    if n and all(c.dtype != np.uint64 for c in cols.values()) and (
+            _fill_py in _compiled or "numba" in sys.modules):
+        if _compiled_fill(cols, ev, t_offset) < 0:  # all in range, written in one pass
+            return ev
     limits = {"x": (0, 0xFFFF), "y": (0, 0xFFFF), "p": (0, 1), "t": (0, MAX_TIME_US - t_offset)}
     for name, (lo, hi) in limits.items():
         col = cols[name]
@@ -104,12 +110,32 @@ def checked_events(
                 source, f"{name}={int(col[i])}" + (f" (+ offset {t_offset})" if name == "t"
                                                     and t_offset else ""),
                 record=first + i, expected=f"{lo} <= {name} <= {hi}")
-    ev = np.empty(n, dtype=EVENT_DTYPE)
     ev["x"], ev["y"], ev["p"] = cols["x"], cols["y"], cols["p"]
     ev["t"] = cols["t"]
     if t_offset:
         ev["t"] += t_offset
     return ev
+
+
+def _fill_py(x, y, t, p, ox, oy, ot, op, t_offset):  # pragma: no cover - compiled
+    """`checked_events`' range checks and copy in one pass over the columns: writes the
+    fields `ox, oy, ot, op` and returns -1, or stops at the first event out of range and
+    returns its index (the caller's checks then name it)."""
+    t_max = MAX_TIME_US - t_offset
+    for i in range(t.shape[0]):
+        xi, yi, ti, pi = x[i], y[i], t[i], p[i]
+        if xi < 0 or xi > 0xFFFF or yi < 0 or yi > 0xFFFF or pi < 0 or pi > 1 or ti < 0 \
+                or ti > t_max:
+            return i
+        ox[i], oy[i], ot[i], op[i] = xi, yi, ti + t_offset, pi
+    return -1
+
+
+def _compiled_fill(cols: dict[str, np.ndarray], ev: np.ndarray, t_offset: int) -> int:
+    """`_fill_py` compiled with numba on first use (as `_first_bad`); bool polarity as u1."""
+    p = cols["p"].view(np.uint8) if cols["p"].dtype == np.bool_ else cols["p"]
+    return int(_jit(_fill_py)(cols["x"], cols["y"], cols["t"], p, ev["x"], ev["y"], ev["t"],
+                              ev["p"], t_offset))
 
 
 def as_events(events: np.ndarray) -> np.ndarray:
@@ -143,6 +169,19 @@ def _first_bad_py(t, x, y, p, w, h, last_t, has_last):  # pragma: no cover - com
     return -1, 0
 
 
+_compiled: dict[Any, Any] = {}
+
+
+def _jit(fn: Any) -> Any:
+    """`fn` compiled with numba on first use (so that importing the core, as
+    `spikestream --help` does, does not import numba)."""
+    if fn not in _compiled:
+        import numba
+
+        _compiled[fn] = numba.njit(cache=True, nogil=True)(fn)
+    return _compiled[fn]
+
+
 def _first_bad_numpy(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray, w: int,
                      h: int, last_t: int, has_last: bool) -> tuple[int, int]:
     """`_first_bad_py` in numpy passes: the same answer, no compiler (6 ms per million events
@@ -162,7 +201,6 @@ def _first_bad_numpy(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray,
 #: events checked in numpy before the check switches to numba (whose import then costs less
 #: than the numpy passes it saves); at once where numba is already imported
 NUMBA_AFTER_EVENTS = 64_000_000
-_compiled: list[Any] = []
 _numpy_events = [0]
 
 
@@ -170,14 +208,11 @@ def _first_bad(*args: Any) -> tuple[int, int]:
     """`_first_bad_py` compiled with numba where numba is already loaded (streaming, training)
     or the process has checked `NUMBA_AFTER_EVENTS` events; numpy before that, so that `info`,
     `convert` and `--help` never import numba."""
-    if not _compiled:
-        if "numba" not in sys.modules and _numpy_events[0] < NUMBA_AFTER_EVENTS:
-            _numpy_events[0] += len(args[0])
-            return _first_bad_numpy(*args)
-        import numba
-
-        _compiled.append(numba.njit(cache=True, nogil=True)(_first_bad_py))
-    return _compiled[0](*args)
+    if (_first_bad_py not in _compiled and "numba" not in sys.modules
+            and _numpy_events[0] < NUMBA_AFTER_EVENTS):
+        _numpy_events[0] += len(args[0])
+        return _first_bad_numpy(*args)
+    return _jit(_first_bad_py)(*args)
 
 
 def validate_events(

@@ -203,3 +203,21 @@ def test_native_output_is_captured_around_decoder_calls(capfd: pytest.CaptureFix
     assert out == "" and err == ""
     os.write(2, b"after\n")  # the descriptors are restored
     assert capfd.readouterr().err == "after\n"
+
+
+def test_a_reused_capture_file_holds_each_call_text_only(capfd: pytest.CaptureFixture[str]) -> None:
+    import os
+    import tempfile
+
+    from spikestream.datasets.native_output import captured_native_output
+
+    with tempfile.TemporaryFile() as sink:
+        with captured_native_output(sink=sink) as first:
+            os.write(2, b"a long first message from the decoder\n")
+        with captured_native_output(sink=sink) as quiet:
+            pass
+        with captured_native_output(sink=sink) as second:
+            os.write(1, b"short\n")
+    assert first.text == "a long first message from the decoder\n"
+    assert quiet.text == "" and second.text == "short\n"
+    assert capfd.readouterr() == ("", "")

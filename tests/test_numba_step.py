@@ -240,3 +240,36 @@ def test_local_rf_is_the_dilated_convolutions():
     got = AK.local_rf(x.numpy(), w, np.array(local.dilations, np.int64), *grid)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     assert np.abs(got).sum() > 0
+
+
+def test_step_reuses_its_output_buffers():
+    """A step writes into buffers it owns (two states, alternating; one logits tensor), so it
+    allocates no state: the same logits and states as steps from fresh copies of the state,
+    and tracemalloc's peak over a step stays below the state's size (numba's arrays and numpy's
+    are traced)."""
+    import tracemalloc
+
+    torch.manual_seed(0)
+    model = excite(create_model("tiny", "lrf_dyn", input_size=64), seed=3).eval()
+    fast, peer = NumbaStep(model), NumbaStep(model)
+    frames = [torch.from_numpy(sparse_maps((1, 2, 64, 64), 0.08, i)) for i in range(6)]
+    copied, buffered = fast.init_state(1), fast.init_state(1)
+    seen = []
+    for frame in frames:
+        want, copied = peer.step(frame, copied.copy())
+        want = want.clone()
+        copied = copied.copy()
+        got, buffered = fast.step(frame, buffered)
+        seen.append(buffered)
+        assert torch.equal(got, want)
+        np.testing.assert_array_equal(buffered, copied)
+    assert seen[0] is seen[2] and seen[1] is seen[3] and seen[0] is not seen[1]
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        fast.step(frames[0], buffered)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak < buffered.nbytes, (peak, buffered.nbytes)

@@ -134,6 +134,11 @@ class NumbaStep:
         self._offsets = np.cumsum([0, *sizes])
         self._layout = np.array([(o, r, c) for o, (r, c) in zip(self._offsets[:-1], self._rows,
                                                                    strict=True)], np.int64)
+        # output buffers, reused by every step: the flat state twice (a step writes into the
+        # one its input state is not), the logits once
+        self._states = (self.init_state(1), self.init_state(1))
+        self._logits = np.zeros((1, self.num_classes), np.float32)
+        self._logits_t = torch.from_numpy(self._logits)
 
     def init_state(self, batch: int = 1) -> np.ndarray:
         """Zero membranes: one flat float32 array (`to_model_state` names its parts)."""
@@ -164,20 +169,27 @@ class NumbaStep:
         return np.concatenate(parts)
 
     def step(self, frame: Tensor, state: np.ndarray) -> tuple[Tensor, np.ndarray]:
-        """One timestep: `frame[1, P, H, W]` -> `(logits[1, C], new flat state)`."""
+        """One timestep: `frame[1, P, H, W]` -> `(logits[1, C], new flat state)`.
+
+        Both outputs are this engine's own buffers and a step allocates no state: the logits
+        are overwritten by the next step; the new state is one of two buffers, the one `state`
+        is not, so feeding it back keeps it until the step after next (a step from any other
+        array may write into it). Copy what must outlive that."""
         if frame.shape != self.frame_shape:
             raise ValueError(f"numba step expects frames of shape {self.frame_shape}, "
                              f"got {tuple(frame.shape)}")
         if frame.dtype != torch.float32 or frame.device.type != "cpu":
             frame = frame.to("cpu", torch.float32)
-        new = np.empty_like(state)
-        logits = np.empty((1, self.num_classes), np.float32)
+        if state.shape != self._states[0].shape or state.dtype != np.float32:
+            raise ValueError(f"numba step expects a flat float32 state of shape "
+                             f"{self._states[0].shape}, got {state.dtype} {state.shape}")
+        new = self._states[1] if np.may_share_memory(state, self._states[0]) else self._states[0]
         step_kernel(
             frame.detach().numpy()[0].transpose(1, 2, 0), self._stem_w, self._stem_bn,
             self._stem_lif, self._stem_cfg, self._blk_w, self._blk_lif, self._kernel,
             self._attn_w, self._n_aw, self._attn_lif, self._n_alif, self._attn_i, self._attn_f,
-            self._n_av, self._head_w, self._head_b, self._layout, state, new, logits[0],
+            self._n_av, self._head_w, self._head_b, self._layout, state, new, self._logits[0],
         )  # fmt: skip
-        return torch.from_numpy(logits), new
+        return self._logits_t, new
 
     __call__ = step
