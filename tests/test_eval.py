@@ -159,3 +159,31 @@ def test_eval_split_all_scores_every_file_and_limit_is_stratified(
     obj = json.loads(capsys.readouterr().out)
     present = {int(v) for v in labels.values()}
     assert obj["samples"] == 10 and {s["label"] for s in obj["scored"]} == present
+
+
+def test_attention_args_reach_the_checkpoint_and_eval(few_nmnist: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`--attention-args` on train is stored in the checkpoint's JSON; on eval it goes over the
+    stored options (here STAtten trained causal, scored in its chunk mode)."""
+    out = tmp_path / "run"
+    rc = main(["train", "--dataset", "nmnist", "--root", str(few_nmnist), "--config", "tiny",
+               "--attention", "statten", "--attention-args", '{"mode": "causal", "chunk": 2}',
+               "--epochs", "1", "--out", str(out), "--batch-size", "8", "--embed-dim", "16",
+               "--heads", "2", "--time-bins", "4", "--cache", str(tmp_path / "cache"),
+               "--no-progress"])
+    assert rc == 0
+    capsys.readouterr()
+    stored = json.loads((out / "best.json").read_text())["config"]
+    assert stored["attention"] == "statten"
+    assert stored["attention_kwargs"] == {"mode": "causal", "chunk": 2}
+    model, _ = load_checkpoint(out / "best.pt")
+    assert model.blocks[0].attn.chunk == 2 and model.causal
+    rc = main(["eval", "--checkpoint", str(out), "--root", str(few_nmnist), "--json",
+               "--cache", str(tmp_path / "cache"), "--attention-args", '{"mode": "chunk"}'])
+    assert rc == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["attention_kwargs"] == {"mode": "chunk", "chunk": 2}
+    rc = main(["eval", "--checkpoint", str(out), "--root", str(few_nmnist),
+               "--attention-args", '{"window": 3}'])
+    assert rc == 2
+    assert "has no option 'window'" in capsys.readouterr().err

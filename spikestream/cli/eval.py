@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from spikestream.cli.model_args import add_attention_args
 from spikestream.cli.train import add_data_arguments, dataset_options
 
 
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint .pt, a training --out folder, or a shipped name "
                    "(nmnist, gestures)")
     add_data_arguments(p, train=False)
+    add_attention_args(p, what="over the checkpoint's stored options, e.g. STAtten's mode")
     p.add_argument("--split", choices=("test", "train", "all"), default="test",
                    help="which part to score: test (the held-out part), train, or all "
                    "(every sample; e.g. a folder held out as a whole)")
@@ -58,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--val-fraction {args.val_fraction}: must be in [0, 1); to score "
                          "every file of a folder use --split all")
     torch.set_num_threads(max(1, args.threads))
-    ck = load_for_inference(args.checkpoint, map_location=args.device)
+    ck = load_for_inference(args.checkpoint, map_location=args.device,
+                            attention_kwargs=args.attention_args)
     path, model, recipe = ck.path, ck.model, ck.recipe
     meta = ck.extra.get("meta", {})
     name = args.dataset or meta.get("dataset")
@@ -93,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     obj = result.to_json()
     del obj["predictions"], obj["targets"]
     obj.update(checkpoint=str(path), dataset=name, split=args.split, limit=args.limit,
-               recipe=recipe.to_dict(), confusion_png=str(cm_png),
+               recipe=recipe.to_dict(), attention=model.attention_key,
+               attention_kwargs=model.config["attention_kwargs"], confusion_png=str(cm_png),
                accuracy_over_time_png=str(t_png), bin_ms=bin_ms, scored=scored)
     (out / "eval.json").write_text(json.dumps(obj, indent=2) + "\n")
     if args.json:

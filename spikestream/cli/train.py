@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from spikestream.cli.model_args import add_attention_args
+
 
 def add_data_arguments(p: argparse.ArgumentParser, *, train: bool) -> None:
     """Options that choose and shape a dataset (shared by `train` and `eval`)."""
@@ -84,8 +86,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_data_arguments(p, train=True)
     p.add_argument("--config", default="tiny", help="model config name (tiny, small, "
-                   "spikformer-2-256)")
-    p.add_argument("--attention", default="ssa", help="attention key")
+                   "spikformer-2-256, sdt-2-256, statten-2-256)")
+    p.add_argument("--attention", default=None,
+                   help="attention key (default: the config's own, else ssa)")
+    add_attention_args(p, what="over the config's defaults for that key")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--out", type=Path, required=True, help="output folder for checkpoints")
     p.add_argument("--batch-size", type=int, default=16)
@@ -175,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
             if getattr(args, k) is not None:
                 overrides[k] = getattr(args, k)
         torch.manual_seed(args.seed)
-        model = create_model(args.config, args.attention, **overrides)
+        model = create_model(args.config, args.attention, args.attention_args, **overrides)
         cfg = TrainConfig(
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, loss=args.loss,
@@ -196,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
             "command": "spikestream " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         }
         result = fit(model, train_ds, val_ds, cfg, args.out,
-                     model_name={"config": args.config, "attention": args.attention},
+                     model_name={"config": args.config, "attention": model.attention_key},
                      meta=meta, recipe=recipe, resume=args.resume, progress=progress, info=info,
                      log=(print if info.main else None))
         if info.main:
