@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     obj = result.to_json()
     del obj["predictions"], obj["targets"]
     obj.update(checkpoint=str(path), dataset=name, split=args.split, limit=args.limit,
+               split_sizes=meta.get("split"), dataset_layout=getattr(events_ds, "layout", None),
                recipe=recipe.to_dict(), attention=model.attention_key,
                attention_kwargs=model.config["attention_kwargs"], confusion_png=str(cm_png),
                accuracy_over_time_png=str(t_png), bin_ms=bin_ms, scored=scored)
@@ -104,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(obj))
         return 0
     how = f"{len(indices)} of {len(events_ds)}" + (" (stratified)" if args.limit else "")
+    if getattr(events_ds, "layout", None):
+        how += f", {events_ds.layout} layout"
     print(f"{name} ({args.split}, {how} samples): accuracy {result.accuracy:.2%}")
     worst = sorted((a, c) for c, a in zip(result.classes, result.per_class_accuracy, strict=True)
                    if a == a)[:3]

@@ -9,6 +9,7 @@ options are stored in the checkpoint JSON so that every command rebuilds exactly
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shlex
 import sys
@@ -17,6 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from spikestream.cli.model_args import add_attention_args
+
+
+def recipe_names() -> list[str]:
+    """The shipped training recipes, found without importing the pipeline (and torch)."""
+    spec = importlib.util.find_spec("spikestream.pipeline")
+    folders = spec.submodule_search_locations if spec is not None else None
+    return sorted(p.stem for f in (folders or []) for p in Path(f, "recipes").glob("*.json"))
 
 
 def add_data_arguments(p: argparse.ArgumentParser, *, train: bool) -> None:
@@ -35,6 +43,10 @@ def add_data_arguments(p: argparse.ArgumentParser, *, train: bool) -> None:
     p.add_argument("--root", type=Path, help="dataset folder (not needed for synthetic)")
     p.add_argument("--num-classes", type=int, choices=(10, 11),
                    help="DVS-Gesture / synthetic: 11, or 10 without 'other'")
+    p.add_argument("--gesture-layout", choices=("auto", "tonic", "ibm"),
+                   help="DVS-Gesture: which release to read: ibm (the papers' split, "
+                        "1176 train / 288 test), tonic (Tonic's copy, 1077 / 264) or auto "
+                        "(whichever is present, Tonic's first; the default)")
     p.add_argument("--background", action="store_true",
                    help="N-Caltech101: keep BACKGROUND_Google as class 101")
     p.add_argument("--val-fraction", type=float,
@@ -65,6 +77,7 @@ def dataset_options(args: argparse.Namespace, stored: dict[str, Any] | None = No
         "split_seed": pick("split_seed", 0),
         "samples_per_class": pick("samples_per_class", 40),
         "clip_seconds": pick("clip_seconds", 1.5),
+        "layout": getattr(args, "gesture_layout", None) or stored.get("layout", "auto"),
     }
 
 
@@ -80,25 +93,37 @@ def prepare_frames(ds: Any, label: str, progress: bool = True) -> None:
             bar.advance(task)
 
 
+def split_description(events_ds: Any, n_train: int, n_test: int) -> str:
+    """Which split a run used, for every report: `"1176 train / 288 test (ibm layout)"`."""
+    layout = getattr(events_ds, "layout", None)
+    return f"{n_train} train / {n_test} test" + (f" ({layout} layout)" if layout else "")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the spiking transformer (BPTT, AdamW + cosine)",
                        description=__doc__,
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_data_arguments(p, train=True)
-    p.add_argument("--config", default="tiny", help="model config name (tiny, small, "
-                   "spikformer-2-256, sdt-2-256, statten-2-256)")
+    add_data_arguments(p, train=False)
+    p.add_argument("--recipe", help="a paper's training recipe (name or JSON file): every "
+                   "option not given on the command line comes from it; shipped: "
+                   + ", ".join(recipe_names()))
+    p.add_argument("--config", help="model config name (tiny, small, spikformer-2-256, "
+                   "sdt-2-256, statten-2-256; default tiny)")
     p.add_argument("--attention", default=None,
                    help="attention key (default: the config's own, else ssa)")
     add_attention_args(p, what="over the config's defaults for that key")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, help="epochs of the cosine schedule (default 10)")
+    p.add_argument("--cooldown-epochs", type=int,
+                   help="epochs at the final learning rate after them (default 0)")
     p.add_argument("--out", type=Path, required=True, help="output folder for checkpoints")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--loss", choices=("rate", "tet"), default="rate")
-    p.add_argument("--tet-lambda", type=float, default=0.0)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--batch-size", type=int, help="default 16")
+    p.add_argument("--optimizer", choices=("adamw", "lamb"), help="default adamw")
+    p.add_argument("--lr", type=float, help="default 1e-3")
+    p.add_argument("--weight-decay", type=float, help="default 0.01")
+    p.add_argument("--warmup-epochs", type=float, help="default 1")
+    p.add_argument("--loss", choices=("rate", "tet"), help="default rate")
+    p.add_argument("--tet-lambda", type=float, help="default 0")
+    p.add_argument("--label-smoothing", type=float, help="default 0")
     p.add_argument("--time-bins", type=int, help="T (bins per sample); default per dataset")
     p.add_argument("--bin-by", choices=("time", "events"),
                    help="with --time-bins: equal-duration or equal-event-count bins")
@@ -119,6 +144,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
+
+
+#: what `train` uses for an option that neither the command line nor a recipe sets
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "config": "tiny", "epochs": 10, "cooldown_epochs": 0, "batch_size": 16,
+    "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "warmup_epochs": 1.0,
+    "loss": "rate", "tet_lambda": 0.0, "label_smoothing": 0.0,
+}
+
+
+def apply_recipe(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Fill the options the command line left unset from `--recipe`, then from
+    `TRAIN_DEFAULTS`; returns the recipe (or None)."""
+    from spikestream.pipeline.train_recipes import load_recipe
+
+    recipe = load_recipe(args.recipe) if args.recipe else None
+    if recipe is not None:
+        for key, entry in recipe["settings"].items():
+            if not hasattr(args, key):
+                raise ValueError(f"recipe {recipe['name']}: {key!r} is not a train option")
+            if getattr(args, key) is None:
+                value = entry["value"]
+                setattr(args, key, tuple(value) if isinstance(value, list) else value)
+    for key, value in TRAIN_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.dataset is None:
+        raise ValueError("give --dataset (or a --recipe that names one)")
+    return recipe
 
 
 def binning_from_args(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -148,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         shutdown_distributed,
     )
 
+    recipe_used = apply_recipe(args)
     spec = get_dataset_entry(args.dataset)
     opts = dataset_options(args)
     info = setup_distributed(args.device)
@@ -185,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, loss=args.loss,
             tet_lambda=args.tet_lambda, label_smoothing=args.label_smoothing,
             amp=not args.no_amp, seed=args.seed, num_workers=args.workers, device=args.device,
+            optimizer=args.optimizer, cooldown_epochs=args.cooldown_epochs,
         )
         meta = {
             "dataset": args.dataset,
@@ -197,7 +253,9 @@ def run(args: argparse.Namespace) -> int:
             "augment": repr(augment),
             "train_samples": len(train_ds),
             "val_samples": len(val_ds),
+            "split": split_description(train_ev, len(train_ds), len(val_ds)),
             "command": "spikestream " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            "training_recipe": recipe_used,
         }
         result = fit(model, train_ds, val_ds, cfg, args.out,
                      model_name={"config": args.config, "attention": model.attention_key},
