@@ -232,7 +232,8 @@ class DVSGesture(LabelledEvents):
 
 
 @register_dataset("dvsgesture", frame_size=(128, 128), binning={"n_event_bins": 16},
-                  options=("num_classes",))
-def _create(root: Path, part: str, *, download: bool = False, num_classes: int = 11) -> Any:
+                  options=("num_classes", "layout"))
+def _create(root: Path, part: str, *, download: bool = False, num_classes: int = 11,
+            layout: str = "auto") -> Any:
     return split_parts(lambda train: DVSGesture(root, train=train, num_classes=num_classes,
-                                                download=download), part)
+                                                layout=layout, download=download), part)

@@ -255,18 +255,26 @@ def check_recipe(recipe: InputRecipe, config: dict[str, Any]) -> InputRecipe:
 
 
 def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu"
+    path: str | Path, map_location: str | torch.device = "cpu",
+    attention_kwargs: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Rebuild the model from the JSON config and load its weights; returns `(model, extra)`.
 
-    `path` is anything `resolve_checkpoint` takes. The model is returned in eval mode."""
+    `path` is anything `resolve_checkpoint` takes; `attention_kwargs` go over the stored
+    attention options (e.g. STAtten's `mode`). The model is returned in eval mode."""
     from spikestream.pipeline import SpikingTransformer
 
     path = resolve_checkpoint(path)
     meta = read_checkpoint_json(path)
-    check_weights_size(path, meta["config"])
+    config = dict(meta["config"])
+    if attention_kwargs:
+        stored = config.get("attention_kwargs") or {}
+        if not isinstance(stored, dict):
+            raise CheckpointError(f"{config_path(path)}: attention_kwargs is not an object")
+        config["attention_kwargs"] = {**stored, **attention_kwargs}
+    check_weights_size(path, config)
     try:
-        model = SpikingTransformer(meta["config"])
+        model = SpikingTransformer(config)
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{config_path(path)}: bad model config ({e})") from None
     try:
@@ -285,11 +293,12 @@ def load_checkpoint(
 
 
 def load_for_inference(path_or_name: str | Path,
-                       map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+                       map_location: str | torch.device = "cpu",
+                       attention_kwargs: dict[str, Any] | None = None) -> LoadedCheckpoint:
     """The model, its input recipe and class names: what every command that runs a
-    checkpoint starts from."""
+    checkpoint starts from (`attention_kwargs` as in `load_checkpoint`)."""
     path = resolve_checkpoint(path_or_name)
-    model, extra = load_checkpoint(path, map_location)
+    model, extra = load_checkpoint(path, map_location, attention_kwargs)
     meta = read_checkpoint_json(path)
     try:
         recipe = checkpoint_recipe(meta, meta["config"])

@@ -68,6 +68,10 @@ def check_expressible(model: SpikingTransformer, part: str) -> None:
             f"({model.attention_key}): NIR has linear maps, pooling and neurons but no product "
             "of two signals, which every attention mechanism computes (Q K^T V, Q * SN(...), "
             "q * s); export the stem instead (--part stem)")
+    if model.layout.stem != "sps":
+        raise NIRUnsupported(
+            f"the {model.config['layout']!r} layout's MS-SPS stem max-pools real values before "
+            "its last neuron and NIR has no max pooling; only the SPS stem can be exported")
     for i, stage in enumerate(model.sps.stages):
         if isinstance(stage.pool, nn.MaxPool2d):
             raise NIRUnsupported(

@@ -47,6 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from spikestream.pipeline.checkpoint import save_checkpoint
+from spikestream.pipeline.lamb import Lamb, no_decay_groups
 from spikestream.pipeline.recipe import InputRecipe
 
 
@@ -60,6 +61,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_epochs: float = 0.0
     min_lr_ratio: float = 0.01
+    optimizer: str = "adamw"  # "adamw" or "lamb" (pipeline.lamb; no decay on 1-D parameters)
+    cooldown_epochs: int = 0  # epochs at the final learning rate after the cosine
     loss: str = "rate"  # "rate" or "tet"
     tet_lambda: float = 0.0
     label_smoothing: float = 0.0
@@ -73,6 +76,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.loss not in {"rate", "tet"}:
             raise ValueError(f"loss {self.loss!r} (expected 'rate' or 'tet')")
+        if self.optimizer not in {"adamw", "lamb"}:
+            raise ValueError(f"optimizer {self.optimizer!r} (expected 'adamw' or 'lamb')")
+        if self.cooldown_epochs < 0:
+            raise ValueError(f"cooldown_epochs must be >= 0, got {self.cooldown_epochs}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"bad training config {self}")
 
@@ -109,6 +116,14 @@ def spike_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "rate", *
         return ce
     mse = F.mse_loss(logits, torch.ones_like(logits))
     return (1 - tet_lambda) * ce + tet_lambda * mse
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over all parameters, or LAMB with no decay on 1-D parameters (timm's grouping;
+    the training loop already clips the global gradient norm at `cfg.grad_clip`)."""
+    if cfg.optimizer == "lamb":
+        return Lamb(no_decay_groups(model, cfg.weight_decay), lr=cfg.lr, max_grad_norm=None)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def cosine_lambda(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -368,7 +383,7 @@ def fit(
         val_loader = DataLoader(_shard(val_set, info), batch_size=cfg.batch_size, shuffle=False,
                                 num_workers=cfg.num_workers, pin_memory=pin)
     steps_per_epoch = len(train_loader)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(
         cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio))
     use_scaler = device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
@@ -435,9 +450,10 @@ def fit(
 
     t0 = time.perf_counter()
     with _progress(progress and info.main) as bar, _deferred_sigint() as stop:
-        overall = bar.add_task("all epochs", info="", total=(cfg.epochs - start_epoch)
+        total_epochs = cfg.epochs + cfg.cooldown_epochs  # the schedule holds its end value
+        overall = bar.add_task("all epochs", info="", total=(total_epochs - start_epoch)
                                * steps_per_epoch - start_step)
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, total_epochs):
             skip = start_step if epoch == start_epoch else 0
             sampler.set_epoch(epoch, skip * cfg.batch_size)
             if skip and rng_state is not None:
@@ -445,7 +461,7 @@ def fit(
             else:
                 torch.manual_seed(cfg.seed * 1_000_003 + epoch * 101 + info.rank)
             net.train()
-            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch,
+            task = bar.add_task(f"epoch {epoch + 1}/{total_epochs}", total=steps_per_epoch,
                                 completed=skip, info="")
             loss_sum, seen, correct = (partial[0], int(partial[1]), int(partial[2])) if skip \
                 else (0.0, 0, 0)

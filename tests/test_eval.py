@@ -159,3 +159,81 @@ def test_eval_split_all_scores_every_file_and_limit_is_stratified(
     obj = json.loads(capsys.readouterr().out)
     present = {int(v) for v in labels.values()}
     assert obj["samples"] == 10 and {s["label"] for s in obj["scored"]} == present
+
+
+def test_attention_args_reach_the_checkpoint_and_eval(few_nmnist: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`--attention-args` on train is stored in the checkpoint's JSON; on eval it goes over the
+    stored options (here STAtten trained causal, scored in its chunk mode)."""
+    out = tmp_path / "run"
+    rc = main(["train", "--dataset", "nmnist", "--root", str(few_nmnist), "--config", "tiny",
+               "--attention", "statten", "--attention-args", '{"mode": "causal", "chunk": 2}',
+               "--epochs", "1", "--out", str(out), "--batch-size", "8", "--embed-dim", "16",
+               "--heads", "2", "--time-bins", "4", "--cache", str(tmp_path / "cache"),
+               "--no-progress"])
+    assert rc == 0
+    capsys.readouterr()
+    stored = json.loads((out / "best.json").read_text())["config"]
+    assert stored["attention"] == "statten"
+    assert stored["attention_kwargs"] == {"mode": "causal", "chunk": 2}
+    model, _ = load_checkpoint(out / "best.pt")
+    assert model.blocks[0].attn.chunk == 2 and model.causal
+    rc = main(["eval", "--checkpoint", str(out), "--root", str(few_nmnist), "--json",
+               "--cache", str(tmp_path / "cache"), "--attention-args", '{"mode": "chunk"}'])
+    assert rc == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["attention_kwargs"] == {"mode": "chunk", "chunk": 2}
+    rc = main(["eval", "--checkpoint", str(out), "--root", str(few_nmnist),
+               "--attention-args", '{"window": 3}'])
+    assert rc == 2
+    assert "has no option 'window'" in capsys.readouterr().err
+
+
+def test_train_recipe_fills_unset_options(few_nmnist: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A recipe file sets every option the command line leaves unset (LAMB, a cooldown epoch
+    at the final learning rate, label smoothing); the command line wins where it speaks."""
+    recipe = tmp_path / "tiny-lamb.json"
+    settings = {"dataset": "nmnist", "config": "tiny", "optimizer": "lamb", "lr": 3e-4,
+                "weight_decay": 0.06, "epochs": 1, "cooldown_epochs": 1,
+                "label_smoothing": 0.1, "time_bins": 4, "batch_size": 8, "warmup_epochs": 0.0}
+    recipe.write_text(json.dumps({"description": "test", "settings": {
+        k: {"value": v, "source": "tests"} for k, v in settings.items()}}))
+    out = tmp_path / "run"
+    rc = main(["train", "--recipe", str(recipe), "--root", str(few_nmnist), "--out", str(out),
+               "--embed-dim", "16", "--heads", "2", "--lr", "1e-3",
+               "--cache", str(tmp_path / "cache"), "--no-progress"])
+    assert rc == 0
+    capsys.readouterr()
+    extra = json.loads((out / "last.json").read_text())["extra"]
+    train = extra["train"]
+    assert (train["optimizer"], train["weight_decay"], train["label_smoothing"]) == (
+        "lamb", 0.06, 0.1)
+    assert train["lr"] == 1e-3 and train["cooldown_epochs"] == 1 and extra["epoch"] == 2
+    assert extra["meta"]["training_recipe"]["name"] == "tiny-lamb"
+    assert extra["meta"]["split"] == (f"{extra['meta']['train_samples']} train / "
+                                      f"{extra['meta']['val_samples']} test (flat layout)")
+
+
+def test_shipped_train_recipes_name_real_options() -> None:
+    from spikestream.cli import build_parser
+    from spikestream.datasets.registry import dataset_names
+    from spikestream.pipeline import list_configs
+    from spikestream.pipeline.network.attention import ATTENTION
+    from spikestream.pipeline.train_recipes import load_recipe, recipe_names
+
+    assert {"sdt-gesture", "spikformer-gesture", "statten-ncaltech101"} <= set(recipe_names())
+    parser = build_parser(["train"])
+    train = parser._subparsers._group_actions[0].choices["train"]
+    dests = {a.dest for a in train._actions}
+    for name in recipe_names():
+        r = load_recipe(name)
+        s = {k: e["value"] for k, e in r["settings"].items()}
+        assert set(s) <= dests, name
+        assert s["dataset"] in dataset_names() and s["config"] in list_configs()
+        assert s["attention"] in ATTENTION
+        assert r["settings"]["lr"]["source"]
+    sdt = {k: e["value"] for k, e in load_recipe("sdt-gesture")["settings"].items()}
+    assert (sdt["optimizer"], sdt["lr"], sdt["weight_decay"], sdt["label_smoothing"],
+            sdt["epochs"], sdt["cooldown_epochs"], sdt["gesture_layout"]) == (
+        "lamb", 3e-4, 0.06, 0.1, 200, 10, "ibm")

@@ -106,7 +106,7 @@ def seed_files(folder: Path) -> dict[str, Path]:
     put("syn3.aedat", _aedat3(ev))
     put("syn.raw", _evt2(ev))
     put("syn.bs2", _nbin(ev))
-    for name in ("syn.h5", "syn.npz"):
+    for name in ("syn.h5", "syn.npz", "syn.csv"):
         files[name] = folder / name
         write_events(files[name], Recording(ev, (34, 34, 2)))
     files["syn.npy"] = folder / "syn.npy"

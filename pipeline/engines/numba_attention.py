@@ -147,7 +147,13 @@ def _pack_lrf_ssa(attn: Attention) -> Packed:
     return packed
 
 
-@register_numba("a2os2a", AK.KERNEL_A2OS2A)
+def _ternary_tau(attn: Attention) -> str | None:
+    if attn.v_lif.decay is not None:
+        return "its ternary neuron charges as decay * V + X; the kernel runs the tau form only"
+    return None
+
+
+@register_numba("a2os2a", AK.KERNEL_A2OS2A, check=_ternary_tau)
 def _pack_a2os2a(attn: Attention) -> Packed:
     arrays = [*pack_proj(attn.q.proj), *pack_proj(attn.k), *pack_proj(attn.v),
               *pack_proj(attn.proj)]
@@ -168,6 +174,8 @@ def _pack_sssa(attn: Attention) -> Packed:
 
 
 def _causal(attn: Attention) -> str | None:
+    if attn.dvs:
+        return "its DVS branch (pooled Q, K, V and gating) has no kernel"
     return None if attn.causal else "its chunk mode is not causal (mode='causal' streams)"
 
 

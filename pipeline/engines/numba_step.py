@@ -15,8 +15,9 @@ in `torch.utils._pytree` order; stem maps channels-last), and `to_model_state` /
 mid-stream. Results agree with `model.step` to float rounding (sums run in another order);
 `engines.make_step` checks that over a few steps before it uses one.
 
-Supported: batch 1 on the CPU in float32, LIF neurons, max- or average-pooling stems with any
-stem stride, and the attention mechanisms registered in `numba_attention.NUMBA_ATTENTION`.
+Supported: batch 1 on the CPU in float32, the `spikestream` block layout, LIF neurons, max- or
+average-pooling stems with any stem stride, and the attention mechanisms registered in
+`numba_attention.NUMBA_ATTENTION`.
 `unsupported(model)` says why another model cannot run here.
 """
 
@@ -61,6 +62,9 @@ def unsupported(model: Any) -> str | None:
 
     if not isinstance(model, SpikingTransformer):
         return f"{type(model).__name__} is not a SpikingTransformer"
+    if model.config["layout"] != "spikestream":
+        return (f"layout {model.config['layout']!r}: the kernels run the spikestream layout "
+                "only (SPS stem, membrane-shortcut blocks without biases, linear head)")
     entry = NUMBA_ATTENTION.get(model.attention_key)
     if entry is None:
         return (f"attention {model.attention_key!r} has no numba kernels "

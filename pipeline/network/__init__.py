@@ -3,6 +3,7 @@
 from spikestream.pipeline.network.configs import CONFIGS, create_model, get_config, list_configs
 from spikestream.pipeline.network.model import SpikingTransformer
 from spikestream.pipeline.network.neurons import LIF, TernaryLIF
+from spikestream.pipeline.network.reference import export_reference, import_reference
 from spikestream.pipeline.network.state import flat_state, scan, state_nbytes
 
 __all__ = [
@@ -11,6 +12,8 @@ __all__ = [
     "SpikingTransformer",
     "TernaryLIF",
     "create_model",
+    "export_reference",
+    "import_reference",
     "get_config",
     "list_configs",
     "flat_state",

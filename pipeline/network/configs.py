@@ -45,16 +45,57 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "time_steps": 16,
         "stem_pool": (True, True, True, True),
     },
-    # the papers' DVS setting (Spikformer's CIFAR10-DVS / DVS128 Gesture code: embed_dims=256,
-    # num_heads=16, depths=2, four stem stages each followed by a max-pool, T = 16)
+    # Spikformer's DVS model (ZK-Zhou/spikformer cifar10dvs/model.py, DVS128 Gesture setting:
+    # embed_dims=256, num_heads=16, depths=2, T=16, four stem stages each followed by a
+    # max-pool: 8x8 tokens); 2,566,923 parameters
     "spikformer-2-256": {
         "input_size": (128, 128),
+        "num_classes": 11,
         "embed_dim": 256,
         "depth": 2,
         "heads": 16,
         "time_steps": 16,
         "stem_pool": (True, True, True, True),
+        "layout": "spikformer",
+        "attention": "ssa",
     },
+    # the Spike-driven Transformer's Gesture model (BICLab/Spike-Driven-Transformer
+    # conf/gesture/2_256_200E_t16.yml: 8 heads, pooling_stat "0111": 16x16 tokens); 2,566,923
+    # parameters (the official model's 2,567,051 less its unused talking-heads convs)
+    "sdt-2-256": {
+        "input_size": (128, 128),
+        "num_classes": 11,
+        "embed_dim": 256,
+        "depth": 2,
+        "heads": 8,
+        "time_steps": 16,
+        "stem_pool": (False, True, True, True),
+        "layout": "ms",
+        "attention": "sdsa",
+    },
+    # STAtten's N-Caltech101 model (Intelligent-Computing-Lab-Yale/STAtten
+    # conf/ncaltech101/2_256_200E_t16.yml: 64x64 input, pooling_stat "0011": 16x16 tokens,
+    # chunks of 4 timesteps, DVS branch); 2,590,053 parameters (official: 2,590,181)
+    "statten-2-256": {
+        "input_size": (64, 64),
+        "num_classes": 101,
+        "embed_dim": 256,
+        "depth": 2,
+        "heads": 8,
+        "time_steps": 16,
+        "stem_pool": (False, False, True, True),
+        "layout": "ms",
+        "attention": "statten",
+    },
+}
+
+#: Attention options a config gives a key unless the caller sets them: the papers' DVS code
+#: scales SSA by 0.25, STAtten's config attends over chunks of 4 with its DVS branch.
+ATTENTION_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "spikformer-2-256": {"ssa": {"scale": 0.25}, "lrf_ssa": {"scale": 0.25}},
+    "sdt-2-256": {"ssa": {"scale": 0.25}, "lrf_ssa": {"scale": 0.25}},
+    "statten-2-256": {"ssa": {"scale": 0.25}, "lrf_ssa": {"scale": 0.25},
+                      "statten": {"chunk": 4, "dvs": True}},
 }
 
 
@@ -105,19 +146,22 @@ def get_config(name: str) -> dict[str, Any]:
 
 def create_model(
     config: str = "tiny",
-    attention: str = "ssa",
+    attention: str | None = None,
     attention_kwargs: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> SpikingTransformer:
-    """Build the named config with the given attention key; `overrides` replace config entries
-    (`input_size`, `in_channels`, `num_classes`, `embed_dim`, `depth`, `heads`, `time_steps`,
-    `mlp_ratio`, `stem_pool`, `stem_stride`, `pool`); configs in `NATIVE_INPUT` get a
-    patchifying first stem conv at multiples of their native input size unless `stem_stride`
-    is given (`native_stem`)."""
+    """Build the named config with the given attention key (default: the config's own, else
+    `ssa`); `attention_kwargs` go over the config's `ATTENTION_DEFAULTS` for that key;
+    `overrides` replace config entries (`input_size`, `in_channels`, `num_classes`,
+    `embed_dim`, `depth`, `heads`, `time_steps`, `mlp_ratio`, `stem_pool`, `stem_stride`,
+    `pool`, `layout`); configs in `NATIVE_INPUT` get a patchifying first stem conv at multiples
+    of their native input size unless `stem_stride` is given (`native_stem`)."""
     cfg = get_config(config)
     cfg.update(overrides)
     if "stem_stride" not in overrides and "input_size" in cfg:
         cfg.update(native_stem(config, cfg["input_size"], overrides.get("stem_pool")))
-    cfg["attention"] = attention
-    cfg["attention_kwargs"] = dict(attention_kwargs or {})
+    key = attention or cfg.get("attention", "ssa")
+    cfg["attention"] = key
+    cfg["attention_kwargs"] = {**ATTENTION_DEFAULTS.get(config, {}).get(key, {}),
+                               **(attention_kwargs or {})}
     return SpikingTransformer(cfg)

@@ -1,7 +1,7 @@
 """Token layers shared by the attention mechanisms and the blocks: `BN`, `BN(W x)`, `SN(BN(W x))`.
 
-Tokens are `[..., N, D]`; the linear layers are 1x1 convolutions without bias. Without
-autograd, batch norm writes into its input's storage (`batch_norm_`) and neurons update in
+Tokens are `[..., N, D]`; the linear layers are 1x1 convolutions (a bias only when asked).
+Without autograd, batch norm writes into its input's storage (`batch_norm_`) and neurons update in
 place (`lif_update`), with values identical to the differentiable path.
 """
 
@@ -41,11 +41,12 @@ class TokenBN(nn.BatchNorm1d):
 
 
 class TokenProj(nn.Module):
-    """`BN(W x)` on tokens: a 1x1 conv (linear) and batch norm, no bias in the linear."""
+    """`BN(W x + b)` on tokens: a 1x1 conv (linear) and batch norm; the linear has a bias only
+    when asked (the papers' output projections and MLP convs carry one)."""
 
-    def __init__(self, dim_in: int, dim_out: int) -> None:
+    def __init__(self, dim_in: int, dim_out: int, bias: bool = False) -> None:
         super().__init__()
-        self.linear = nn.Linear(dim_in, dim_out, bias=False)
+        self.linear = nn.Linear(dim_in, dim_out, bias=bias)
         self.bn = TokenBN(dim_out)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -127,19 +127,29 @@ class LIF(snntorch.Leaky):
 
 
 class TernaryLIF(nn.Module):
-    """Ternary LIF of A²OS²A: +1 at `H >= v_th`, -1 at `H <= -v_th`, reset to zero on either."""
+    """Ternary LIF of A²OS²A: +1 at `H >= v_th`, -1 at `H <= -v_th`, reset to zero on either.
 
-    def __init__(self, tau: float = 2.0, v_th: float = 1.0, alpha: float = 4.0) -> None:
+    The charge is ours by default, `H = V + (X - V)/tau`; with `decay` it is
+    `H = decay * V + X` (no input scaling), as in the public ternary-spike code of A²OS²A's
+    first author (decay 0.25, v_th 0.5)."""
+
+    def __init__(self, tau: float = 2.0, v_th: float = 1.0, alpha: float = 4.0,
+                 decay: float | None = None) -> None:
         super().__init__()
+        if v_th <= 0:
+            raise ValueError(f"ternary threshold must be > 0, got {v_th}")
+        if decay is not None and not 0 <= decay < 1:
+            raise ValueError(f"ternary decay must be in [0, 1), got {decay}")
         self.tau = float(tau)
         self.v_th = float(v_th)
         self.alpha = float(alpha)
+        self.decay = None if decay is None else float(decay)
 
     def init_state(self, shape: tuple[int, ...] | torch.Size, device=None, dtype=None) -> Tensor:
         return torch.zeros(shape, device=device, dtype=dtype)
 
     def step(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        h = v + (x - v) / self.tau
+        h = v + (x - v) / self.tau if self.decay is None else self.decay * v + x
         pos = spike_ge(h - self.v_th, self.alpha)
         neg = spike_ge(-h - self.v_th, self.alpha)
         s = pos - neg
@@ -150,4 +160,5 @@ class TernaryLIF(nn.Module):
         return scan(self.step, self.init_state(x.shape[1:], x.device, x.dtype), x)
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}, v_th={self.v_th}"
+        charge = f"tau={self.tau}" if self.decay is None else f"decay={self.decay}"
+        return f"{charge}, v_th={self.v_th}"

@@ -38,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stream": ("stream", "classify a live or replayed event stream step by step"),
     "demo": ("demo", "live gesture recognition on the simulated camera"),
     "export": ("export", "export a checkpoint to NIR (the stem) or ONNX (the stepwise model)"),
+    "import-weights": ("import_weights",
+                       "an official Spikformer / SDT / STAtten state dict as a checkpoint"),
 }
 COMMAND_MODULES: tuple[str, ...] = tuple(module for module, _ in COMMANDS.values())
 

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from spikestream.cli.model_args import add_attention_args
 from spikestream.cli.train import add_data_arguments, dataset_options
 
 
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint .pt, a training --out folder, or a shipped name "
                    "(nmnist, gestures)")
     add_data_arguments(p, train=False)
+    add_attention_args(p, what="over the checkpoint's stored options, e.g. STAtten's mode")
     p.add_argument("--split", choices=("test", "train", "all"), default="test",
                    help="which part to score: test (the held-out part), train, or all "
                    "(every sample; e.g. a folder held out as a whole)")
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--val-fraction {args.val_fraction}: must be in [0, 1); to score "
                          "every file of a folder use --split all")
     torch.set_num_threads(max(1, args.threads))
-    ck = load_for_inference(args.checkpoint, map_location=args.device)
+    ck = load_for_inference(args.checkpoint, map_location=args.device,
+                            attention_kwargs=args.attention_args)
     path, model, recipe = ck.path, ck.model, ck.recipe
     meta = ck.extra.get("meta", {})
     name = args.dataset or meta.get("dataset")
@@ -97,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
     obj = result.to_json()
     del obj["predictions"], obj["targets"]
     obj.update(checkpoint=str(path), dataset=name, split=args.split, limit=args.limit,
-               recipe=recipe.to_dict(), confusion_png=str(cm_png),
+               split_sizes=meta.get("split"), dataset_layout=getattr(events_ds, "layout", None),
+               recipe=recipe.to_dict(), attention=model.attention_key,
+               attention_kwargs=model.config["attention_kwargs"], confusion_png=str(cm_png),
                accuracy_over_time_png=str(t_png), bin_ms=bin_ms, time_axis=axis.description,
                scored=scored)
     (out / "eval.json").write_text(json.dumps(obj, indent=2) + "\n")
@@ -105,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(obj))
         return 0
     how = f"{len(indices)} of {len(events_ds)}" + (" (stratified)" if args.limit else "")
+    if getattr(events_ds, "layout", None):
+        how += f", {events_ds.layout} layout"
     print(f"{name} ({args.split}, {how} samples): accuracy {result.accuracy:.2%}")
     worst = sorted((a, c) for c, a in zip(result.classes, result.per_class_accuracy, strict=True)
                    if a == a)[:3]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spikestream.cli.model_args import add_attention_args
 from spikestream.cli.output import print_fields
 from spikestream.pipeline import SpikingTransformer, create_model, list_configs
 from spikestream.pipeline.network.energy import E_AC_PJ, E_MAC_PJ, energy_report
@@ -86,11 +87,11 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         from spikestream.pipeline import load_for_inference
 
-        ck = load_for_inference(args.checkpoint)
+        ck = load_for_inference(args.checkpoint, attention_kwargs=args.attention_args)
         model = ck.model
         name = f"checkpoint {args.checkpoint}"
     else:
-        model = create_model(args.config, args.attention)
+        model = create_model(args.config, args.attention, args.attention_args)
         name = args.config
     steps = args.timesteps or min(model.time_steps, DEFAULT_MAX_STEPS)
     if args.random is not None:
@@ -128,7 +129,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="parameters, synaptic operations (AC/MAC) and energy per timestep of a model",
     )
     p.add_argument("--config", default="tiny", choices=list_configs())
-    p.add_argument("--attention", default="ssa", choices=sorted(ATTENTION))
+    p.add_argument("--attention", default=None, choices=sorted(ATTENTION),
+                   help="attention key (default: the config's own, else ssa)")
+    add_attention_args(p, what="with --config: over the config's defaults; with "
+                       "--checkpoint: over the stored options")
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint to measure: .pt, training folder or shipped name; the "
                         "recording is binned by its input recipe")

@@ -11,12 +11,22 @@ options are stored in the checkpoint JSON so that every command rebuilds exactly
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from spikestream.cli.model_args import add_attention_args
+
+
+def recipe_names() -> list[str]:
+    """The shipped training recipes, found without importing the pipeline (and torch)."""
+    spec = importlib.util.find_spec("spikestream.pipeline")
+    folders = spec.submodule_search_locations if spec is not None else None
+    return sorted(p.stem for f in (folders or []) for p in Path(f, "recipes").glob("*.json"))
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -46,6 +56,10 @@ def add_data_arguments(p: argparse.ArgumentParser, *, train: bool) -> None:
     p.add_argument("--root", type=Path, help="dataset folder (not needed for synthetic)")
     p.add_argument("--num-classes", type=int, choices=(10, 11),
                    help="DVS-Gesture / synthetic: 11, or 10 without 'other'")
+    p.add_argument("--gesture-layout", choices=("auto", "tonic", "ibm"),
+                   help="DVS-Gesture: which release to read: ibm (the papers' split, "
+                        "1176 train / 288 test), tonic (Tonic's copy, 1077 / 264) or auto "
+                        "(whichever is present, Tonic's first; the default)")
     p.add_argument("--background", action="store_true",
                    help="N-Caltech101: keep BACKGROUND_Google as class 101")
     p.add_argument("--val-fraction", type=float,
@@ -77,6 +91,7 @@ def dataset_options(args: argparse.Namespace, stored: dict[str, Any] | None = No
         "split_seed": pick("split_seed", 0),
         "samples_per_class": pick("samples_per_class", 40),
         "clip_seconds": pick("clip_seconds", 1.5),
+        "layout": getattr(args, "gesture_layout", None) or stored.get("layout", "auto"),
     }
 
 
@@ -109,32 +124,47 @@ def prepare_frames(ds: Any, label: str, progress: bool = True) -> None:
             bar.advance(task)
 
 
+def split_description(events_ds: Any, n_train: int, n_test: int) -> str:
+    """Which split a run used, for every report: `"1176 train / 288 test (ibm layout)"`."""
+    layout = getattr(events_ds, "layout", None)
+    return f"{n_train} train / {n_test} test" + (f" ({layout} layout)" if layout else "")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the spiking transformer (BPTT, AdamW + cosine)",
                        description=__doc__, formatter_class=HelpFormatter)
-    add_data_arguments(p, train=True)
+    add_data_arguments(p, train=False)
     p.add_argument("--limit", type=int, metavar="N",
                    help="at most N samples of each part, drawn evenly from the classes (seeded "
                         "by --split-seed)")
-    p.add_argument("--config", default="tiny",
-                   help="model config name (tiny, small, spikformer-2-256)")
-    p.add_argument("--attention", default="ssa",
-                   help="attention key (ssa, sdsa, statten, a2os2a, sssa, lrf_ssa, lrf_dyn)")
-    p.add_argument("--epochs", type=int, default=10, help="passes over the training part")
+    p.add_argument("--recipe", help="a paper's training recipe (name or JSON file): every "
+                   "option not given on the command line comes from it; shipped: "
+                   + ", ".join(recipe_names()))
+    p.add_argument("--config", help="model config name (tiny, small, spikformer-2-256, "
+                   "sdt-2-256, statten-2-256; default tiny)")
+    p.add_argument("--attention", default=None,
+                   help="attention key: ssa, sdsa, statten, a2os2a, sssa, lrf_ssa, lrf_dyn "
+                        "(default: the config's own, else ssa)")
+    add_attention_args(p, what="over the config's defaults for that key")
+    p.add_argument("--epochs", type=int,
+                   help="passes over the training part in the cosine schedule (default 10)")
+    p.add_argument("--cooldown-epochs", type=int,
+                   help="epochs at the final learning rate after them (default 0)")
     p.add_argument("--out", type=Path, required=True,
                    help="output folder: checkpoints, train_state.pt, metrics.csv, train.log")
-    p.add_argument("--batch-size", type=int, default=16, help="samples per step")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
-    p.add_argument("--warmup-epochs", type=float, default=1.0,
-                   help="linear warm-up before the cosine decay, in epochs")
-    p.add_argument("--loss", choices=("rate", "tet"), default="rate",
+    p.add_argument("--batch-size", type=int, help="samples per step (default 16)")
+    p.add_argument("--optimizer", choices=("adamw", "lamb"), help="default adamw")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    p.add_argument("--weight-decay", type=float, help="default 0.01")
+    p.add_argument("--warmup-epochs", type=float,
+                   help="linear warm-up before the cosine decay, in epochs (default 1)")
+    p.add_argument("--loss", choices=("rate", "tet"),
                    help="rate: cross-entropy of the time-averaged logits; tet: mean of each "
-                        "step's cross-entropy")
-    p.add_argument("--tet-lambda", type=float, default=0.0,
-                   help="weight of TET's MSE regulariser (with --loss tet)")
-    p.add_argument("--label-smoothing", type=float, default=0.0,
-                   help="label smoothing of the cross-entropy")
+                        "step's cross-entropy (default rate)")
+    p.add_argument("--tet-lambda", type=float,
+                   help="weight of TET's MSE regulariser, with --loss tet (default 0)")
+    p.add_argument("--label-smoothing", type=float,
+                   help="label smoothing of the cross-entropy (default 0)")
     p.add_argument("--time-bins", type=int, help="T (bins per sample); default per dataset")
     p.add_argument("--bin-by", choices=("time", "events"),
                    help="with --time-bins: equal-duration or equal-event-count bins")
@@ -158,6 +188,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
+
+
+#: what `train` uses for an option that neither the command line nor a recipe sets
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "config": "tiny", "epochs": 10, "cooldown_epochs": 0, "batch_size": 16,
+    "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "warmup_epochs": 1.0,
+    "loss": "rate", "tet_lambda": 0.0, "label_smoothing": 0.0,
+}
+
+
+def apply_recipe(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Fill the options the command line left unset from `--recipe`, then from
+    `TRAIN_DEFAULTS`; returns the recipe (or None)."""
+    from spikestream.pipeline.train_recipes import load_recipe
+
+    recipe = load_recipe(args.recipe) if args.recipe else None
+    if recipe is not None:
+        for key, entry in recipe["settings"].items():
+            if not hasattr(args, key):
+                raise ValueError(f"recipe {recipe['name']}: {key!r} is not a train option")
+            if getattr(args, key) is None:
+                value = entry["value"]
+                setattr(args, key, tuple(value) if isinstance(value, list) else value)
+    for key, value in TRAIN_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.dataset is None:
+        raise ValueError("give --dataset (or a --recipe that names one)")
+    return recipe
 
 
 def binning_from_args(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -187,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
         shutdown_distributed,
     )
 
+    recipe_used = apply_recipe(args)
     spec = get_dataset_entry(args.dataset)
     opts = dataset_options(args)
     info = setup_distributed(args.device)
@@ -220,12 +280,13 @@ def run(args: argparse.Namespace) -> int:
             if getattr(args, k) is not None:
                 overrides[k] = getattr(args, k)
         torch.manual_seed(args.seed)
-        model = create_model(args.config, args.attention, **overrides)
+        model = create_model(args.config, args.attention, args.attention_args, **overrides)
         cfg = TrainConfig(
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, loss=args.loss,
             tet_lambda=args.tet_lambda, label_smoothing=args.label_smoothing,
             amp=not args.no_amp, seed=args.seed, num_workers=args.workers, device=args.device,
+            optimizer=args.optimizer, cooldown_epochs=args.cooldown_epochs,
         )
         meta = {
             "dataset": args.dataset,
@@ -239,14 +300,16 @@ def run(args: argparse.Namespace) -> int:
             "limit": args.limit,
             "train_samples": len(train_ds),
             "val_samples": len(val_ds),
+            "split": split_description(train_ev, len(train_ds), len(val_ds)),
             "command": "spikestream " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            "training_recipe": recipe_used,
         }
         if info.main:
             Path(args.out).mkdir(parents=True, exist_ok=True)
             with open(Path(args.out) / "train.log", "a") as f:
                 f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {meta['command']}\n")
         result = fit(model, train_ds, val_ds, cfg, args.out,
-                     model_name={"config": args.config, "attention": args.attention},
+                     model_name={"config": args.config, "attention": model.attention_key},
                      meta=meta, recipe=recipe, resume=args.resume, progress=progress, info=info,
                      log=(print if info.main else None))
         if info.main:

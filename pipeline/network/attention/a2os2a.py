@@ -3,7 +3,9 @@
 `Q = SN(BN(W_q x))` in {0, 1}, `K = ReLU(BN(W_k x))` real, `V = TernaryLIF(BN(W_v x))` in
 {-1, 0, 1}; `a = Q K^T V` with no softmax and no scaling (binary Q selects and ternary V adds
 or subtracts K values: additions only), then `SN_0.5`. `reassociate=True` (default) forms
-`Q (K^T V)`, O(N d + d^2); `False` forms the N x N matrix `Q K^T` first.
+`Q (K^T V)`, O(N d + d^2); `False` forms the N x N matrix `Q K^T` first. The ternary
+neuron's charge and threshold are options: `ternary_decay=0.25, ternary_threshold=0.5` is
+the first author's public ternary-spike neuron (`H = 0.25 V + X`, fire at |H| >= 0.5).
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ class A2OS2A(Attention):
     """A²OS²A attention; `reassociate` chooses the order of the two products."""
 
     def __init__(
-        self, dim: int, heads: int, grid: tuple[int, int], reassociate: bool = True
+        self, dim: int, heads: int, grid: tuple[int, int], reassociate: bool = True,
+        ternary_decay: float | None = None, ternary_threshold: float = 1.0,
     ) -> None:
         super().__init__(dim, heads, grid)
         self.reassociate = bool(reassociate)
         self.q = TokenLIF(dim, dim)
         self.k = TokenProj(dim, dim)  # real keys: ReLU(BN(W_k x)), no neuron
         self.v = TokenProj(dim, dim)
-        self.v_lif = TernaryLIF()
+        self.v_lif = TernaryLIF(v_th=ternary_threshold, decay=ternary_decay)
         self.attn_lif = LIF(v_th=0.5)
         self.proj = TokenProj(dim, dim)
 

@@ -10,7 +10,9 @@ engines look mechanisms up by that key (e.g. `engines.numba_attention`), never b
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -40,7 +42,20 @@ def create_attention(key: str, dim: int, heads: int, grid: tuple[int, int], **kw
         cls = ATTENTION[key]
     except KeyError:
         raise ValueError(f"unknown attention {key!r}; known: {sorted(ATTENTION)}") from None
+    options = attention_options(key)
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise ValueError(f"attention {key!r} has no option {', '.join(map(repr, unknown))}; "
+                         f"its options: {', '.join(options) or 'none'}")
     return cls(dim=dim, heads=heads, grid=grid, **kwargs)
+
+
+def attention_options(key: str) -> dict[str, Any]:
+    """The options of mechanism `key` (constructor keywords past dim, heads, grid) with their
+    defaults."""
+    params = inspect.signature(ATTENTION[key].__init__).parameters
+    return {n: p.default for n, p in params.items()
+            if n not in ("self", "dim", "heads", "grid") and p.kind is p.POSITIONAL_OR_KEYWORD}
 
 
 class Attention(nn.Module):

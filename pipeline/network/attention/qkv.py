@@ -4,6 +4,7 @@ output projection `BN(W_o .)`, and the product `(Q K^T) V`."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from spikestream.pipeline.network.attention.base import Attention, State
@@ -16,6 +17,15 @@ def ssa_product(q: Tensor, k: Tensor, v: Tensor, reassociate: bool) -> Tensor:
     if reassociate:
         return q @ (k.transpose(-2, -1) @ v)
     return (q @ k.transpose(-2, -1)) @ v
+
+
+def token_max_pool(x: Tensor, grid: tuple[int, int]) -> Tensor:
+    """3x3 stride-1 max-pool (padding 1) of tokens `[..., N, D]` over the `(Gh, Gw)` token
+    grid, each channel on its own: the DVS models' pooling of spike maps."""
+    *lead, n, d = x.shape
+    img = x.reshape(-1, *grid, d).permute(0, 3, 1, 2)
+    out = F.max_pool2d(img, 3, stride=1, padding=1)
+    return out.permute(0, 2, 3, 1).reshape(*lead, n, d)
 
 
 class SpikingQKV(Attention):

@@ -7,11 +7,10 @@ the token grid (3x3, stride 1), as the Spike-driven Transformer's DVS models do.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from spikestream.pipeline.network.attention.base import State, register_attention
-from spikestream.pipeline.network.attention.qkv import SpikingQKV
+from spikestream.pipeline.network.attention.qkv import SpikingQKV, token_max_pool
 
 
 @register_attention("sdsa")
@@ -31,11 +30,8 @@ class SDSA(SpikingQKV):
         return st
 
     def pool(self, x: Tensor) -> Tensor:
-        """3x3 stride-1 max-pool of `[B, N, D]` spikes over the token grid."""
-        gh, gw = self.grid
-        b, n, d = x.shape
-        img = x.transpose(1, 2).reshape(b, d, gh, gw)
-        return F.max_pool2d(img, 3, stride=1, padding=1).reshape(b, d, n).transpose(1, 2)
+        """3x3 stride-1 max-pool of `[..., N, D]` spikes over the token grid."""
+        return token_max_pool(x, self.grid)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         q, vq = self.q.step(x, state["q"])
@@ -51,8 +47,7 @@ class SDSA(SpikingQKV):
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = (self.merge_seq(t) for t in self.qkv_seq(x))
         if self.dvs_pool:
-            k, v = self.pool(k.flatten(0, 1)), self.pool(v.flatten(0, 1))
-            k, v = k.unflatten(0, x.shape[:2]), v.unflatten(0, x.shape[:2])
+            k, v = self.pool(k), self.pool(v)
         s = self.attn_lif((k * v).sum(dim=2, keepdim=True))
         return self.proj(q * s)
 
