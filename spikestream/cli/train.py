@@ -134,6 +134,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment", help="comma list of flip, roll, drop, or 'none' "
                    "(default per dataset)")
     p.add_argument("--stem-pool", help="stem down-sampling per stage, e.g. 111 or 11")
+    p.add_argument("--layout", choices=("spikestream", "spikformer", "ms"),
+                   help="block layout (default: the config's; see docs/papers.md)")
     p.add_argument("--embed-dim", type=int)
     p.add_argument("--depth", type=int)
     p.add_argument("--heads", type=int)
@@ -230,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         }
         if args.stem_pool:
             overrides["stem_pool"] = tuple(c == "1" for c in args.stem_pool)
-        for k in ("embed_dim", "depth", "heads"):
+        for k in ("embed_dim", "depth", "heads", "layout"):
             if getattr(args, k) is not None:
                 overrides[k] = getattr(args, k)
         torch.manual_seed(args.seed)
