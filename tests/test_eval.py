@@ -201,10 +201,11 @@ def test_train_recipe_fills_unset_options(few_nmnist: Path, tmp_path: Path,
         k: {"value": v, "source": "tests"} for k, v in settings.items()}}))
     out = tmp_path / "run"
     rc = main(["train", "--recipe", str(recipe), "--root", str(few_nmnist), "--out", str(out),
-               "--embed-dim", "16", "--heads", "2", "--lr", "1e-3",
+               "--embed-dim", "16", "--heads", "2", "--lr", "1e-3", "--layout", "ms",
                "--cache", str(tmp_path / "cache"), "--no-progress"])
     assert rc == 0
     capsys.readouterr()
+    assert json.loads((out / "last.json").read_text())["config"]["layout"] == "ms"
     extra = json.loads((out / "last.json").read_text())["extra"]
     train = extra["train"]
     assert (train["optimizer"], train["weight_decay"], train["label_smoothing"]) == (

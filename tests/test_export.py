@@ -129,19 +129,25 @@ def test_nir_refuses_what_it_cannot_express(tmp_path: Path,
                            stem_pool=(True, True, False), num_classes=10)
     with pytest.raises(NIRUnsupported, match="max pooling"):
         export_nir(maxpool)
+    ms = create_model("tiny", attention="sdsa", input_size=(32, 32), layout="ms",
+                      stem_pool=(False, False, False), num_classes=10)
+    with pytest.raises(NIRUnsupported, match="MS-SPS"):
+        export_nir(ms)
     out = tmp_path / "n.nir"
     assert main(["export", "nmnist", str(out)]) == 2  # the shipped stem max-pools
     assert "max pooling" in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("attention", ["ssa", "sdsa", "sssa"])
-def test_onnx_step_equals_model_step(tmp_path: Path, attention: str) -> None:
+@pytest.mark.parametrize(("attention", "layout"), [
+    ("ssa", "spikestream"), ("sdsa", "spikestream"), ("sssa", "spikestream"),
+    ("ssa", "spikformer"), ("sdsa", "ms")])
+def test_onnx_step_equals_model_step(tmp_path: Path, attention: str, layout: str) -> None:
     ort = pytest.importorskip("onnxruntime")
     from spikestream.pipeline.export_onnx import export_onnx
 
     torch.manual_seed(0)
-    m = create_model("tiny", attention=attention, input_size=(32, 32),
+    m = create_model("tiny", attention=attention, input_size=(32, 32), layout=layout,
                      stem_pool=(True, True, False), num_classes=10).eval()
     path = tmp_path / "step.onnx"
     keys = export_onnx(m, path)

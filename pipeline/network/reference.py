@@ -184,9 +184,11 @@ def import_reference(source: str, state_dict: Any, **kwargs: Any) -> SpikingTran
     missing = [p.key for p in table if p.ours is not None and p.key not in sd]
     unexpected = sorted(set(sd) - expected)
     if missing or unexpected:
-        raise ValueError(f"{source}: the state dict does not fit the model (missing "
-                         f"{missing[:5]}{' ...' if len(missing) > 5 else ''}, unexpected "
-                         f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''})")
+        def listed(what: str, keys: list[str]) -> str:
+            return f"{what} {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+
+        parts = [listed(w, k) for w, k in (("missing", missing), ("unexpected", unexpected)) if k]
+        raise ValueError(f"{source}: the state dict does not fit the model ({'; '.join(parts)})")
     new = {}
     for p in table:
         if p.ours is None:

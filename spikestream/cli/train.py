@@ -176,6 +176,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default per dataset)")
     p.add_argument("--stem-pool", help="stem down-sampling per stage, e.g. 111 or 11 "
                                        "(default per config)")
+    p.add_argument("--layout", choices=("spikestream", "spikformer", "ms"),
+                   help="block layout (default: the config's; see docs/papers.md)")
     p.add_argument("--embed-dim", type=int, help="channels of the blocks (default per config)")
     p.add_argument("--depth", type=int, help="number of blocks (default per config)")
     p.add_argument("--heads", type=int, help="attention heads (default per config)")
@@ -276,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
         }
         if args.stem_pool:
             overrides["stem_pool"] = tuple(c == "1" for c in args.stem_pool)
-        for k in ("embed_dim", "depth", "heads"):
+        for k in ("embed_dim", "depth", "heads", "layout"):
             if getattr(args, k) is not None:
                 overrides[k] = getattr(args, k)
         torch.manual_seed(args.seed)
