@@ -240,12 +240,13 @@ def _progress(enabled: bool) -> Progress:
 
 
 @contextlib.contextmanager
-def _deferred_sigint() -> Iterator[threading.Event]:
+def _deferred_sigint(enabled: bool = True) -> Iterator[threading.Event]:
     """Inside the block a first SIGINT only sets the event (the loop stops at the next batch
-    boundary, where the state is whole); a second one interrupts at once. Outside the main
-    thread, where signal handlers cannot be set, the event is never set."""
+    boundary, where the state is whole); a second one interrupts at once. Not `enabled`
+    (DDP, whose ranks cannot stop at the same batch) or outside the main thread, where signal
+    handlers cannot be set, SIGINT keeps its handler and the event is never set."""
     flag = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
+    if not enabled or threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
@@ -449,7 +450,8 @@ def fit(
         }
 
     t0 = time.perf_counter()
-    with _progress(progress and info.main) as bar, _deferred_sigint() as stop:
+    with _progress(progress and info.main) as bar, \
+            _deferred_sigint(not info.distributed) as stop:
         total_epochs = cfg.epochs + cfg.cooldown_epochs  # the schedule holds its end value
         overall = bar.add_task("all epochs", info="", total=(total_epochs - start_epoch)
                                * steps_per_epoch - start_step)
@@ -489,7 +491,7 @@ def fit(
                 bar.update(task, advance=1,
                            info=f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
                 bar.update(overall, advance=1)
-                if stop.is_set() and not info.distributed:
+                if stop.is_set():
                     if info.main:
                         save_state(epoch - 1, step, [loss_sum, seen, correct])
                         save_checkpoint(out / "last.pt", model, {

@@ -109,3 +109,25 @@ def test_the_view_fits_the_terminal_and_names_bin_and_truth(width, height):
 def test_bin_length_says_milliseconds_or_events():
     assert bin_length(StreamBinning(38_300, None, None, None, False, "")) == "38.3 ms bins"
     assert bin_length(StreamBinning(None, 2000, None, None, False, "")) == "2,000 events per bin"
+
+
+def test_the_live_view_redraws_at_the_consoles_current_size():
+    """What `Live` refreshes is drawn at the size of the console it is drawn on, so a resized
+    terminal gets a fitted layout at the next refresh."""
+    from spikestream.cli.stream_view import LiveView
+
+    names = [f"class {i}" for i in range(5)]
+    view = LiveView(names, StreamBinning(50_000, None, None, None, False, ""), truth=lambda t: 2)
+    frame = _frame([(1, 1, 1), (30, 30, 0)])
+    view.update(_info(frame, names))
+    assert view.state.truth == 2
+    side_by_side = {}
+    for width in (40, 120):
+        console = Console(file=io.StringIO(), width=width, height=30)
+        with console.capture() as cap:
+            console.print(view.live.renderable)
+        lines = cap.get().splitlines()
+        assert max(len(line) for line in lines) <= width and "true: class 2" in cap.get()
+        side_by_side[width] = any("▀" in line and "class" in line for line in lines)
+    # the narrow terminal stacks preview and table, the wide one puts them side by side
+    assert side_by_side == {40: False, 120: True}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,45 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     assert last[0]["val_samples"] == 16  # the 16 validation samples, each once
     assert (tmp_path / "o" / "last.pt").is_file()
     torch.load(tmp_path / "o" / "last.pt", weights_only=True)
+
+
+class _InterruptAt(Dataset):
+    """`Bars` that sends this process a SIGINT when sample `at` of the `after`-th pass over
+    the set is read, as a Ctrl-C in the middle of an epoch would."""
+
+    def __init__(self, base: Dataset, at_read: int) -> None:
+        self.base, self.at_read, self.reads = base, at_read, 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        self.reads += 1
+        if self.reads == self.at_read:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.base[i]
+
+
+def test_sigint_mid_epoch_saves_the_batch_and_resume_gives_the_uninterrupted_weights(
+        tmp_path: Path) -> None:
+    train, val = Bars(48, 0), Bars(16, 1)
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=5e-3, warmup_epochs=0.5, seed=3)
+    full = fit(tiny_model(), train, val, cfg, tmp_path / "full", progress=False, log=None)
+    # epoch 1 reads 48 samples for training and 48 for BN recalibration; the signal lands in
+    # epoch 2's third batch, which finishes before the state is saved
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_model(), _InterruptAt(train, 48 + 48 + 8 * 2 + 3), val, cfg, tmp_path / "part",
+            progress=False, log=None)
+    state = torch.load(tmp_path / "part" / "train_state.pt", weights_only=True)
+    assert int(state["epoch"]) == 0 and int(state["step"]) == 3
+    resumed = tiny_model(seed=99)
+    res = fit(resumed, train, val, cfg, tmp_path / "part", resume=True, progress=False, log=None)
+    assert [h["epoch"] for h in res.history] == [1, 2, 3]
+    for a, b in zip(full.history, res.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)  # partial sums carried over
+    last_full, _ = load_checkpoint(tmp_path / "full" / "last.pt")
+    for (k, a), b in zip(last_full.state_dict().items(), resumed.state_dict().values(),
+                         strict=True):
+        assert torch.allclose(a, b, atol=1e-6), k
+    log = (tmp_path / "part" / "train.log").read_text()
+    assert "interrupted in epoch 2 after batch 3/6" in log
