@@ -102,3 +102,29 @@ def test_inference_uses_the_compiled_scan_and_agrees():
         s2, x2 = loop.step(u, loop.init_state(1, dtype=torch.float64))
     assert torch.equal(s1, s2)
     torch.testing.assert_close(x1, x2, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_inference_keeps_no_per_token_state(mode):
+    """Without autograd the compiled scan keeps no state per token for a backward pass (its
+    parameters still require grad): tracemalloc, which sees numpy's arrays, stays below that
+    `[N, h, k, d]` array's size, and the result is the training path's."""
+    import tracemalloc
+
+    heads, d, k, n = 4, 16, 8, 512
+    core = DendriticCore(heads, d, k=k, theta=1.0)
+    u = (torch.rand(1, n, heads * d, generator=torch.Generator().manual_seed(5)) < 0.3).float()
+    x0 = core.init_state(1)
+    want_s, want_x = core.step(u, x0)  # autograd on: the state per token is kept
+    with mode():
+        core.step(u, x0)
+        tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            base = tracemalloc.get_traced_memory()[0]
+            s, x = core.step(u, x0)
+            peak = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+    assert peak < n * heads * k * d * 4 / 2, peak
+    assert torch.equal(s, want_s.detach()) and torch.equal(x, want_x.detach())

@@ -104,7 +104,8 @@ def _fire(y, tau, beta, v_th, v):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def bn_lif(acc, bn, lif, v, v_new, s):  # pragma: no cover - compiled
-    """Norm and fire `acc[N, D]` with membranes `v, v_new[N, D]` into spikes `s[N, D]`."""
+    """Norm and fire `acc[N, D]` with membranes `v, v_new[N, D]` into spikes `s[N, D]`
+    (which may be `acc` itself: each element is read before it is written)."""
     n, d = acc.shape
     tau, beta, v_th = lif[0], lif[1], lif[2]
     for i in range(n):
@@ -172,9 +173,8 @@ def stem_layer(x, w, bn, lif, stride, pool, v, v_new):  # pragma: no cover - com
     out_w = x.shape[1] // stride
     acc = np.zeros(v.shape, np.float32)
     conv_scatter(x, w, stride, acc, out_w)
-    s = np.empty(v.shape, np.float32)
-    bn_lif(acc, bn, lif, v, v_new, s)
-    s3 = s.reshape((v.shape[0] // out_w, out_w, c))
+    bn_lif(acc, bn, lif, v, v_new, acc)  # spikes in the accumulator's storage
+    s3 = acc.reshape((v.shape[0] // out_w, out_w, c))
     if pool == POOL_MAX:
         return max_pool_3s2(s3)
     if pool == POOL_AVG:
@@ -196,6 +196,5 @@ def proj_fire(x, wt, bn, lif, v, v_new):  # pragma: no cover - compiled
     """`SN(BN(W x))` of tokens `x[N, D_in]`: spikes `[N, D_out]`, membranes `v -> v_new`."""
     acc = np.zeros((x.shape[0], wt.shape[1]), np.float32)
     linear_scatter(x, wt, acc)
-    s = np.empty_like(acc)
-    bn_lif(acc, bn, lif, v, v_new, s)
-    return s
+    bn_lif(acc, bn, lif, v, v_new, acc)  # spikes in the accumulator's storage
+    return acc

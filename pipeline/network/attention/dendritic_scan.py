@@ -211,5 +211,8 @@ def dendritic_scan(u: Tensor, diag: Tensor, lower: Tensor, upper: Tensor, gamma:
     if u.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"the compiled scan runs float32 or float64, got {u.dtype}")
     peaks = torch.zeros(steps, u.shape[1], dtype=u.dtype)
-    s, x = DendriticScan.apply(u, diag, lower, upper, gamma, c, x0, theta, alpha, resets, peaks)
+    params = (u, diag, lower, upper, gamma, c, x0)
+    if not torch.is_grad_enabled():  # a parameter passed as it is still requires grad: the
+        params = tuple(t.detach() for t in params)  # forward would keep every token's state
+    s, x = DendriticScan.apply(*params, theta, alpha, resets, peaks)
     return s, x, peaks
