@@ -97,6 +97,8 @@ def error_exit_code(e: BaseException) -> int | None:
         return EXIT_DEVICE
     if isinstance(e, (ValueError, OSError)):  # EventFormatError, CheckpointError, options
         return EXIT_BAD_INPUT
+    if isinstance(e, MemoryError):  # an input too large for this machine
+        return EXIT_BAD_INPUT
     return None
 
 
