@@ -200,7 +200,12 @@ class UDPSource(EventSource):
                     break
             else:
                 d.extra.rebase(self._ts_high, self._ts_last, d.events)
-        return self._settle(*self.probation.offer(d))
+        released, refused = self.probation.offer(d)
+        if (not self.probation.confirmed and isinstance(d.extra, int) and d.extra & FLAG_END
+                and self.stop_on_end):  # the stream ends on probation: deliver what it has
+            more, also = self.probation.release()
+            released, refused = released + more, refused + also
+        return self._settle(released, refused)
 
     def _settle(self, released: list[Held], refused: list[tuple[str, Held]]
                 ) -> list[np.ndarray]:
@@ -208,8 +213,10 @@ class UDPSource(EventSource):
         numbers of datagrams refused on probation count as arrived between them)."""
         for why, h in refused:
             self.counters.reject(why, events=len(h.events))
-        seen = self.probation.seen if released and released[0].seq is not None else []
-        self.probation.seen = []
+        seen: list[int] = []
+        if released:  # the base is set: the refused sequence numbers are placed once
+            seen = self.probation.seen if released[0].seq is not None else []
+            self.probation.seen = []
         out = []
         for i, d in enumerate(released):
             if i and d.seq is not None and seen:

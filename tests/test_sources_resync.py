@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import tracemalloc
 
 import numpy as np
@@ -151,6 +153,28 @@ def test_a_stream_shorter_than_the_probation_is_delivered_when_it_ends():
     good = _datagrams(2)
     src, got, _, _ = _run([encode_spikestream(d, SIZE, k) for k, d in enumerate(good)])
     assert np.array_equal(got, np.concatenate(good)) and src.counters.malformed == 0
+    # one datagram and END, no idle timeout: the END ends it at once, the datagram delivered
+    with UDPSource(sensor_size=SIZE) as src:
+        guard = threading.Timer(10, src.stop)
+        guard.start()
+        t0 = time.perf_counter()
+        with UDPSink("127.0.0.1", src.address[1], SIZE) as sink:
+            sink.send(good[0])
+        got = np.concatenate([p for p in src if len(p)])
+        guard.cancel()
+    assert src.ended and time.perf_counter() - t0 < 5
+    assert np.array_equal(got, good[0])
+
+
+def test_datagrams_refused_for_their_content_on_probation_count_as_arrived():
+    good = _datagrams(6)
+    bad = good[1].copy()
+    bad["x"][0] = 500  # outside the sensor: refused for its content, but it did arrive
+    raw = [encode_spikestream(good[0], SIZE, 0), encode_spikestream(bad, (1024, 1024, 2), 1)]
+    raw += [encode_spikestream(d, SIZE, 2 + k) for k, d in enumerate(good[2:])]
+    src, got, _, _ = _run(raw)
+    assert np.array_equal(got, np.concatenate([good[0], *good[2:]]))
+    assert src.counters.reasons == {"sensor": 1} and src.counters.drops == 0
 
 
 def _aestream_run(datagrams: list[np.ndarray]) -> tuple[UDPSource, np.ndarray]:
