@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from spikestream.datasets.formats import Format, register_format
+from spikestream.datasets.npy import MAX_INFLATE
 from spikestream.events import (
     EVENT_DTYPE,
     MAX_TIME_US,
@@ -75,6 +76,22 @@ def _open(path: Path) -> tuple[h5py.File, bool]:
                                expected="an HDF5 file") from e
 
 
+#: Bytes any dataset may declare beyond `MAX_INFLATE` times the bytes it stores.
+DECLARED_SLACK = 1 << 20
+
+
+def check_stored(path: Path, ds: h5py.Dataset) -> None:
+    """Refuse a dataset that declares far more than it stores (HDF5 allocates chunks lazily, so
+    a 10^10-element dataset can take a few bytes of file): work and memory follow the bytes
+    present. Compressed data may declare up to `MAX_INFLATE` times what it stores."""
+    declared = int(ds.size) * ds.dtype.itemsize
+    stored = int(ds.id.get_storage_size())
+    if declared > MAX_INFLATE * stored + DECLARED_SLACK:
+        raise EventFormatError(path, f"dataset {ds.name} declares {ds.shape} ({declared} bytes) "
+                               f"but stores {stored} bytes",
+                               expected=f"at most {MAX_INFLATE}x the bytes stored")
+
+
 def layout_of(f: h5py.File) -> str | None:
     """'hdf5' for our layout, 'dsec' for DSEC's, None otherwise."""
     if f.attrs.get("format") == LAYOUT and "events" in f:
@@ -108,6 +125,7 @@ def _ours(path: Path, f: h5py.File, chunk: int, recovered: bool) -> tuple[Any, A
         raise EventFormatError(path, f"/events dtype {ds.dtype}, shape {ds.shape}",
                                expected=f"1-D {EVENT_DTYPE}")
     size = check_sensor_size(np.asarray(f.attrs.get("sensor_size", ())).ravel(), source=path)
+    check_stored(path, ds)
     n_stored = ds.shape[0]
     n = int(f["n_committed"][0]) if "n_committed" in f else n_stored
     if not 0 <= n <= n_stored:
@@ -143,8 +161,16 @@ def _dsec(path: Path, f: h5py.File, chunk: int) -> tuple[Any, Any, Any]:
         shapes = {k: g[k].shape for k in ("x", "y", "t", "p")}
         raise EventFormatError(path, f"events/{{x,y,t,p}} shapes {shapes}",
                                expected="four 1-D datasets of equal length")
+    for c in cols:
+        check_stored(path, c)
     t_offset = _dsec_t_offset(path, f)
-    ms_to_idx = np.asarray(f["ms_to_idx"][()], dtype=np.int64) if "ms_to_idx" in f else None
+    ms_to_idx = None
+    if "ms_to_idx" in f:
+        if not isinstance(f["ms_to_idx"], h5py.Dataset) or f["ms_to_idx"].ndim != 1:
+            raise EventFormatError(path, "ms_to_idx is not a 1-D dataset",
+                                   expected="the DSEC ms_to_idx convention")
+        check_stored(path, f["ms_to_idx"])
+        ms_to_idx = np.asarray(f["ms_to_idx"][()], dtype=np.int64)
     if ms_to_idx is not None and len(ms_to_idx) and (
         (np.diff(ms_to_idx) < 0).any() or ms_to_idx[0] < 0 or ms_to_idx[-1] > n
     ):
@@ -174,6 +200,8 @@ def _dsec_t_offset(path: Path, f: h5py.File) -> int:
     """DSEC's `t_offset` (µs), an integer scalar in 0..2^63-1 (0 when absent)."""
     if "t_offset" not in f:
         return 0
+    if not isinstance(f["t_offset"], h5py.Dataset) or f["t_offset"].size != 1:
+        raise EventFormatError(path, "t_offset is not one value", expected="one integer (µs)")
     raw = np.asarray(f["t_offset"][()]).ravel()
     if raw.size != 1 or raw.dtype.kind not in "iu":
         raise EventFormatError(path, f"t_offset {raw.dtype} of shape {raw.shape}",

@@ -29,7 +29,7 @@ import numpy as np
 from spikestream import SensorSize, as_events, empty_events
 
 from .base import EventSource
-from .resync import MAX_TIME_JUMP_US, SequenceTracker, TimeTracker
+from .resync import MAX_TIME_JUMP_US, Held, Probation, SequenceTracker, TimeTracker
 from .udp_format import (
     AESTREAM_DATAGRAM,
     DEFAULT_DATAGRAM,
@@ -73,7 +73,9 @@ class UDPSource(EventSource):
     stream goes on from the datagrams that agree with it, and accepts a new base only when
     three consecutive datagrams agree on it (see `resync`; time then continues from the last
     delivered event). A forward step of time is plausible up to `max_time_jump_us` plus twice
-    the wall-clock time that passed.
+    the wall-clock time that passed. The first base is taken the same way: the first
+    datagrams are held until three agree (or the stream ends), so a forged first datagram is
+    refused too (aestream words without timestamps, stamped on arrival, are not held).
     """
 
     def __init__(
@@ -106,8 +108,9 @@ class UDPSource(EventSource):
         self._stop = False
         self.sequence = SequenceTracker()
         self.time = TimeTracker(max_jump_us=max_time_jump_us)
+        self.probation = Probation(max_jump_us=max_time_jump_us)
         self._clock0 = 0.0
-        self._ts_high = 0  # unwrapped high bits of aestream's 32-bit timestamps
+        self._ts_high = 0  # unwrapped high bits of aestream's 32-bit timestamps (accepted ones)
         self._ts_last: int | None = None
 
     @property
@@ -132,6 +135,7 @@ class UDPSource(EventSource):
         self.ended = False
         self.sequence.reset()
         self.time.reset()
+        self.probation.reset()
         self._clock0 = time.perf_counter()
         self._ts_high, self._ts_last = 0, None
 
@@ -149,7 +153,7 @@ class UDPSource(EventSource):
         while not self._stop and not self.ended:
             sock = self._sock
             if sock is None:
-                return
+                break
             ready, _, _ = select.select([sock], [], [], self.poll_s)
             parts: list[np.ndarray] = []
             if ready:
@@ -159,10 +163,9 @@ class UDPSource(EventSource):
                     except BlockingIOError:
                         break
                     except OSError:
-                        return
-                    ev = self._accept(data)
-                    if ev is not None and len(ev):
-                        parts.append(ev)
+                        self._stop = True
+                        break
+                    parts += [ev for ev in self._accept(data) if len(ev)]
                     if self.ended:
                         break
             now = time.perf_counter()
@@ -171,72 +174,132 @@ class UDPSource(EventSource):
                 yield np.concatenate(parts) if len(parts) > 1 else parts[0]
             else:
                 if self.idle_timeout_s is not None and now - idle_since >= self.idle_timeout_s:
-                    return
-                if not self.ended:
+                    break
+                if not self.ended and not self._stop:
                     yield empty_events()
+        # a stream that ends while its first datagrams are on probation delivers them
+        rest = [ev for ev in self._settle(*self.probation.release()) if len(ev)]
+        if rest:
+            yield np.concatenate(rest)
 
-    def _accept(self, data: bytes) -> np.ndarray | None:
-        """Validated events of one datagram, or None (counted) if it is rejected."""
+    def _accept(self, data: bytes) -> list[np.ndarray]:
+        """Validated events of one datagram, and of those it releases from probation; a
+        rejected datagram is counted."""
         try:
-            if self.format == "spikestream":
-                ev = self._accept_spikestream(data)
-            else:
-                ev = self._accept_aestream(data)
+            d = self._decode(data)
         except PacketError as e:
             n = len(data) // RECORD_SIZE if self.format == "spikestream" else len(data) // 4
             self.counters.reject(e.reason, events=max(0, n))
-            return None
-        if len(ev):
-            try:
-                offset = self.time.accept(int(ev["t"][0]), int(ev["t"][-1]))
-            except PacketError as e:
-                self.counters.reject(e.reason, events=len(ev))
-                return None
-            if offset:
-                ev["t"] += offset
-        return ev
+            return []
+        if self.probation.confirmed or (self.format == "aestream" and d.extra is None):
+            return self._settle([d], [])
+        if isinstance(d.extra, _Stamps):  # unwrap after the chain it would join
+            for _, chain in self.probation.chains:
+                d.extra.rebase(chain[-1].extra.high, chain[-1].extra.last, d.events)
+                if self.probation.disagrees(chain, d) is None:
+                    break
+            else:
+                d.extra.rebase(self._ts_high, self._ts_last, d.events)
+        released, refused = self.probation.offer(d)
+        if (not self.probation.confirmed and isinstance(d.extra, int) and d.extra & FLAG_END
+                and self.stop_on_end):  # the stream ends on probation: deliver what it has
+            more, also = self.probation.release()
+            released, refused = released + more, refused + also
+        return self._settle(released, refused)
 
-    def _accept_spikestream(self, data: bytes) -> np.ndarray:
+    def _settle(self, released: list[Held], refused: list[tuple[str, Held]]
+                ) -> list[np.ndarray]:
+        """Count the refused datagrams; admit the released ones, in order (the sequence
+        numbers of datagrams refused on probation count as arrived between them)."""
+        for why, h in refused:
+            self.counters.reject(why, events=len(h.events))
+        seen: list[int] = []
+        if released:  # the base is set: the refused sequence numbers are placed once
+            seen = self.probation.seen if released[0].seq is not None else []
+            self.probation.seen = []
+        out = []
+        for i, d in enumerate(released):
+            if i and d.seq is not None and seen:
+                prev = released[i - 1].seq
+                span = (d.seq - prev) % (1 << 32)  # type: ignore[operator]
+                for s in sorted((s for s in seen if 0 < (s - prev) % (1 << 32) < span),
+                                key=lambda s: (s - prev) % (1 << 32)):  # type: ignore[operator]
+                    try:
+                        self.counters.drops += self.sequence.arrived(s)
+                    except PacketError:
+                        pass
+            ev = self._admit(d)
+            if ev is not None:
+                out.append(ev)
+        return out
+
+    def _admit(self, d: Held) -> np.ndarray | None:
+        """Sequence and time checks of a datagram past probation; None if refused (counted)."""
+        ev = d.events
         try:
-            seq, flags, ev = decode_spikestream(data, self.sensor_size)
+            if d.seq is not None:
+                resyncs = self.sequence.resyncs
+                self.counters.drops += self.sequence.arrived(d.seq)
+                if self.sequence.resyncs != resyncs:
+                    self.time.trust_next()
+            if len(ev):
+                offset = self.time.accept(int(ev["t"][0]), int(ev["t"][-1]))
+                if offset:
+                    ev["t"] += offset
         except PacketError as e:
-            if e.seq is not None:  # it arrived, though its content is refused: not a loss
-                try:
-                    self.counters.drops += self.sequence.arrived(e.seq)
-                except PacketError:
-                    pass  # stale as well; the content's reason is the one reported
-            raise
-        resyncs = self.sequence.resyncs
-        self.counters.drops += self.sequence.arrived(seq)
-        if self.sequence.resyncs != resyncs:
-            self.time.trust_next()
-        if flags & FLAG_END and self.stop_on_end:
+            self.counters.reject(e.reason, events=len(ev))
+            return None
+        if isinstance(d.extra, _Stamps):  # the unwrap goes on from accepted datagrams only
+            self._ts_high, self._ts_last = d.extra.high, d.extra.last
+        elif isinstance(d.extra, int) and d.extra & FLAG_END and self.stop_on_end:
             self.ended = True
         return ev
 
-    def _accept_aestream(self, data: bytes) -> np.ndarray:
+    def _decode(self, data: bytes) -> Held:
+        if self.format == "spikestream":
+            try:
+                seq, flags, ev = decode_spikestream(data, self.sensor_size)
+            except PacketError as e:
+                if e.seq is not None and not self.probation.confirmed:
+                    self.probation.note_arrived(e.seq)
+                elif e.seq is not None:
+                    try:  # it arrived, though its content is refused: not a loss
+                        self.counters.drops += self.sequence.arrived(e.seq)
+                    except PacketError:
+                        pass  # stale as well; the content's reason is the one reported
+                raise
+            return Held(seq, ev, flags)
         ev, stamps = decode_aestream(data, self.sensor_size, self.timestamps)
         if stamps is None:
             ev["t"] = int((time.perf_counter() - self._clock0) * 1e6)
-            return ev
+            return Held(None, ev, None)
         s = stamps.astype(np.int64)
         if len(s) > 1 and bool(np.any(np.diff(s) < 0)):
             wraps = np.diff(s) < -(1 << 31)
             if bool(np.any(np.diff(s)[~wraps] < 0)):
                 raise PacketError("time_order", "timestamps go back inside the datagram")
             s = s + (np.r_[0, np.cumsum(wraps)] << 32)
-        high = self._ts_high
-        if self._ts_last is not None and int(s[0]) + high < self._ts_last - (1 << 31):
-            high += 1 << 32  # the 32-bit µs counter wrapped (every 71.6 minutes)
-        t = s + high
-        if self._ts_last is not None and int(t[0]) < self._ts_last:
-            raise PacketError(
-                "time_order", f"datagram starts at {int(t[0])} µs, before {self._ts_last} µs"
-            )
-        self._ts_high = high
-        self._ts_last = int(t[-1])
-        ev["t"] = t
-        return ev
+        stamped = _Stamps(s)
+        stamped.rebase(self._ts_high, self._ts_last, ev)
+        return Held(None, ev, stamped)
+
+
+class _Stamps:
+    """aestream's 32-bit timestamps of one datagram (unwrapped inside it) and the high bits
+    that continue them from a reference datagram (the 32-bit µs counter wraps every 71.6 min)."""
+
+    def __init__(self, raw: np.ndarray) -> None:
+        self.raw = raw
+        self.high = 0
+        self.last = int(raw[-1])
+
+    def rebase(self, high: int, last: int | None, ev: np.ndarray) -> None:
+        """Continue from a datagram whose unwrapped times ended at `last` with `high`; sets the
+        events' times."""
+        if last is not None and int(self.raw[0]) + high < last - (1 << 31):
+            high += 1 << 32
+        self.high, self.last = high, int(self.raw[-1]) + high
+        ev["t"] = self.raw + high
 
 
 # -- sink ------------------------------------------------------------------------------------

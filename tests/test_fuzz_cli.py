@@ -445,3 +445,38 @@ def test_a_sensor_too_large_to_draw_is_refused_before_any_frame(tmp_path: Path) 
         assert o.code == 2 and not problems(o, peak=64 << 20), problems(o)
         assert "65535x65535 sensor is too large to draw" in o.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corners.npy"]
+
+
+def _declared_only(path: Path, layout: str) -> None:
+    """HDF5 datasets that declare 10^10 elements and store none (chunks are allocated lazily,
+    so the file takes a few KB)."""
+    big = dict(shape=(10**10,), chunks=(1 << 16,), compression="gzip")
+    with h5py.File(path, "w") as f:
+        if layout == "ours":
+            from spikestream import EVENT_DTYPE
+
+            f.attrs["format"] = "spikestream-events"
+            f.attrs["sensor_size"] = [34, 34, 2]
+            f.create_dataset("events", dtype=EVENT_DTYPE, maxshape=(None,), **big)
+        elif layout == "dsec":
+            g = f.create_group("events")
+            for k, dt in (("x", "u2"), ("y", "u2"), ("t", "u4"), ("p", "u1")):
+                g.create_dataset(k, dtype=dt, **big)
+        else:  # genuine DSEC events, a huge ms_to_idx
+            ev = _events()
+            g = f.create_group("events")
+            for k, dt in (("x", "u2"), ("y", "u2"), ("t", "u4"), ("p", "u1")):
+                g.create_dataset(k, data=ev[k].astype(dt))
+            f.create_dataset("ms_to_idx", dtype="u8", **big)
+
+
+@pytest.mark.parametrize("layout", ["ours", "dsec", "dsec ms_to_idx"])
+def test_hdf5_datasets_declaring_more_than_they_store_are_refused(tmp_path: Path, layout: str,
+                                                                   _warm: None) -> None:
+    path = tmp_path / "declared.h5"
+    _declared_only(path, layout)
+    assert path.stat().st_size < 64 << 10
+    for argv in file_commands(path, tmp_path, 0):
+        o = run_cli(argv, seconds=20)
+        assert o.code == 2 and not problems(o, seconds=20, peak=64 << 20), problems(o)
+        assert "declares (10000000000,)" in o.err and "but stores" in o.err

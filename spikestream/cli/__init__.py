@@ -9,7 +9,8 @@ Every command ends an error a user can cause with one line on stderr,
 `spikestream COMMAND: error: WHAT (WHERE)`, no traceback, and an exit code by kind
 (`EXIT_CODES`): 2 bad input (a malformed file, checkpoint or argument), 3 a path that is
 missing or of the wrong kind (a folder for a file), 4 permission denied, 5 a device or link
-that failed, 130 interrupted.
+that failed, 130 interrupted; an input too large for memory is bad input. `hil` alone also ends
+with 1 when a device ran but its outputs differ from the reference core (docs/robustness.md).
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ def error_exit_code(e: BaseException) -> int | None:
     if isinstance(e, _device_errors()):
         return EXIT_DEVICE
     if isinstance(e, (ValueError, OSError)):  # EventFormatError, CheckpointError, options
+        return EXIT_BAD_INPUT
+    if isinstance(e, MemoryError):  # an input too large for this machine
         return EXIT_BAD_INPUT
     return None
 
