@@ -166,7 +166,7 @@ def _dsec(path: Path, f: h5py.File, chunk: int) -> tuple[Any, Any, Any]:
     t_offset = _dsec_t_offset(path, f)
     ms_to_idx = None
     if "ms_to_idx" in f:
-        if not isinstance(f["ms_to_idx"], h5py.Dataset) or f["ms_to_idx"].ndim != 1:
+        if not isinstance(f["ms_to_idx"], _h5py().Dataset) or f["ms_to_idx"].ndim != 1:
             raise EventFormatError(path, "ms_to_idx is not a 1-D dataset",
                                    expected="the DSEC ms_to_idx convention")
         check_stored(path, f["ms_to_idx"])
@@ -200,7 +200,7 @@ def _dsec_t_offset(path: Path, f: h5py.File) -> int:
     """DSEC's `t_offset` (µs), an integer scalar in 0..2^63-1 (0 when absent)."""
     if "t_offset" not in f:
         return 0
-    if not isinstance(f["t_offset"], h5py.Dataset) or f["t_offset"].size != 1:
+    if not isinstance(f["t_offset"], _h5py().Dataset) or f["t_offset"].size != 1:
         raise EventFormatError(path, "t_offset is not one value", expected="one integer (µs)")
     raw = np.asarray(f["t_offset"][()]).ravel()
     if raw.size != 1 or raw.dtype.kind not in "iu":

@@ -126,7 +126,9 @@ def test_host_build_baud_limit_is_honest(host: str) -> None:
         rtt = link.ping(payload)
         wire = link.stats.bytes_sent - sent + link.stats.bytes_received - received
     line = wire * 10 / 300000
-    assert line <= rtt < 2 * line + 0.3, (rtt, line)
+    # at least the line time (the limit is honest); the upper bound leaves room for a loaded
+    # machine's scheduling while still catching a rate several times too slow
+    assert line <= rtt < 3 * line + 0.5, (rtt, line)
 
 
 def test_host_build_at_small_limits(host: str, tmp_path) -> None:
