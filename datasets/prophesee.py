@@ -1,4 +1,5 @@
-"""Prophesee EVT 2.0 / EVT 3.0 `.raw` and DAT files via `expelliarmus`.
+"""Prophesee EVT 2.0 / EVT 3.0 `.raw` and DAT files: EVT 2.0 and DAT via `expelliarmus`, EVT 3.0
+by our own decoder (`datasets/evt3.py`: expelliarmus's EVT 3.0 timestamps do not follow the format).
 
 expelliarmus needs the file to end in `.raw` (EVT) or `.dat` (DAT); a file with another name is
 read through a hard link (or a temporary copy) with the right suffix. It reports errors by
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from spikestream.datasets.evt3 import iter_evt3
 from spikestream.datasets.formats import Format, register_format
 from spikestream.datasets.native_output import quiet_next
 from spikestream.datasets.textheader import read_text_header
@@ -37,8 +39,7 @@ PLUGINS: dict[str, tuple[int, int]] = {
     "gen3": (640, 480),
 }
 
-#: EVT word types (top 4 bits) that expelliarmus decodes.
-_EVT3_TYPES = (0x0, 0x2, 0x3, 0x4, 0x5, 0x6, 0x8)
+#: EVT 2.0 word types (top 4 bits) that expelliarmus decodes.
 _EVT2_TYPES = (0x0, 0x1, 0x8)
 
 
@@ -90,11 +91,9 @@ def header_t0(lines: list[str]) -> int:
 
 
 def _first_bad_word(path: Path, start: int, encoding: str) -> int | None:
-    """Byte offset of the first word whose type expelliarmus does not decode (read in chunks)."""
-    if encoding == "evt3":
-        dtype, shift, ok = np.dtype("<u2"), 12, _EVT3_TYPES
-    else:
-        dtype, shift, ok = np.dtype("<u4"), 28, _EVT2_TYPES
+    """Byte offset of the first EVT 2.0 word whose type expelliarmus does not decode (read in
+    chunks)."""
+    dtype, shift, ok = np.dtype("<u4"), 28, _EVT2_TYPES
     pos = start
     with open(path, "rb") as f:
         f.seek(start)
@@ -133,6 +132,16 @@ def open_source(
     wh = header_size(lines)
     t0 = header_t0(lines)
 
+    def evt3_packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        first, last_t = 0, None
+        for x, y, t, p in iter_evt3(path, body, chunk_words=max(chunk_events, 4096)):
+            ev = checked_events(x, y, t, p, source=path, first=first, t_offset=t0)
+            check_steps(path, ev["t"], last_t, MAX_STEP_32BIT_US, first=first)
+            if len(ev):
+                last_t = int(ev["t"][-1])
+                first += len(ev)
+                yield ev, None
+
     def packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         suffix = ".dat" if enc == "dat" else ".raw"
         with contextlib.ExitStack() as stack:
@@ -159,12 +168,13 @@ def open_source(
                 first += len(ev)
                 yield ev, None
             if not wizard.cargo.events_info.finished and size > body:
-                at = _first_bad_word(path, body, enc) if enc != "dat" else None
+                at = _first_bad_word(path, body, enc) if enc == "evt2" else None
                 raise EventFormatError(path, f"{enc.upper()} decoding stopped early", offset=at,
                                        expected=f"valid {enc.upper()} words")
 
     meta: dict[str, Any] = {"encoding": enc, "header": lines, "t0_us": t0}
-    return ((wh[0], wh[1], 2) if wh else None), packets(), meta
+    stream = evt3_packets() if enc == "evt3" else packets()
+    return ((wh[0], wh[1], 2) if wh else None), stream, meta
 
 
 def sniff_encoding(path: Path, head: bytes) -> str | None:
@@ -203,12 +213,8 @@ def write_prophesee(path: Path, recording: Recording, encoding: str) -> None:
     (DAT) against faery's 104 and 75 ms, and it is the decoder our reader uses; the files of
     either read back equal through both libraries.
 
-    EVT 3.0 has no writer: expelliarmus's EVT 3.0 encoder leaves out the TIME_HIGH word when
-    the 12-bit time-low counter wraps, and its decoder counts a wrap whenever time-low goes
-    down, so a gap of 4,096 µs or more between two events loses 4,096 µs in its own round
-    trip; a file written to the format (faery's, which emits every TIME_HIGH) is read by that
-    decoder with a wrap counted twice. A writer waits for an EVT 3.0 decoder that follows the
-    format."""
+    EVT 3.0 is not written here: expelliarmus's EVT 3.0 encoder leaves out the TIME_HIGH word
+    when the 12-bit time-low counter wraps (a gap of 4,096 µs or more loses 4,096 µs)."""
     ev = recording.events
     w, h = int(recording.sensor_size[0]), int(recording.sensor_size[1])
     if max(w, h) - 1 > MAX_COORD[encoding]:
@@ -239,7 +245,7 @@ for _enc, _ext, _magic in (("evt2", ".raw", "% header naming evt 2.0"),
                            ("evt3", ".raw", "% header naming evt 3.0"),
                            ("dat", ".dat", "% header, then type/size bytes")):
     register_format(Format(
-        _enc, (_ext,), _magic, "expelliarmus", "chunked",
+        _enc, (_ext,), _magic, "own, vectorised" if _enc == "evt3" else "expelliarmus", "chunked",
         open=functools.partial(open_source, encoding=_enc),
         sniff=lambda path, head, enc=_enc: sniff_encoding(path, head) == enc,
         write=None if _enc == "evt3" else functools.partial(write_prophesee, encoding=_enc)))
