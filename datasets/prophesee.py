@@ -189,9 +189,9 @@ def sniff_encoding(path: Path, head: bytes) -> str | None:
     return enc
 
 
-#: Largest coordinate each written encoding can hold (EVT 2.0: 11 bits; DAT: 14 bits), and the
-#: largest timestamp we write (DAT: 32-bit µs; EVT 2.0 kept to the same range).
-MAX_COORD = {"evt2": 2047, "dat": (1 << 14) - 1}
+#: Largest coordinate each written encoding can hold (EVT 2.0 / 3.0: 11 bits; DAT: 14 bits), and
+#: the largest timestamp we write (DAT: 32-bit µs; EVT kept to the same range).
+MAX_COORD = {"evt2": 2047, "evt3": 2047, "dat": (1 << 14) - 1}
 MAX_T = (1 << 32) - 1
 
 
@@ -201,20 +201,21 @@ def header_lines(encoding: str, width: int, height: int, t0: int = 0) -> list[st
     if encoding == "dat":
         return ["Data file containing Event2D events.", "Version 2", f"Width {width}",
                 f"Height {height}", f"geometry {width}x{height}"] + ([f"T0 {t0}"] if t0 else [])
-    return (["evt 2.0", f"format EVT2;width={width};height={height}",
+    version = encoding[-1]
+    return ([f"evt {version}.0", f"format EVT{version};width={width};height={height}",
              f"geometry {width}x{height}"] + ([f"t0 {t0}"] if t0 else []) + ["end"])
 
 
 def write_prophesee(path: Path, recording: Recording, encoding: str) -> None:
-    """EVT 2.0 `.raw` or DAT, encoded by expelliarmus behind our `%` header (the geometry,
-    which expelliarmus's own header leaves out).
+    """EVT 2.0 `.raw` or DAT encoded by expelliarmus, EVT 3.0 by faery, behind our `%` header
+    (the geometry, which expelliarmus's own header leaves out, and `t0`).
 
-    Chosen over faery's writer: expelliarmus writes 1 M events in 39 ms (EVT 2.0) and 41 ms
-    (DAT) against faery's 104 and 75 ms, and it is the decoder our reader uses; the files of
-    either read back equal through both libraries.
-
-    EVT 3.0 is not written here: expelliarmus's EVT 3.0 encoder leaves out the TIME_HIGH word
-    when the 12-bit time-low counter wraps (a gap of 4,096 µs or more loses 4,096 µs)."""
+    EVT 2.0 / DAT: expelliarmus writes 1 M events in 39 ms (EVT 2.0) and 41 ms (DAT) against
+    faery's 104 and 75 ms, and the files of either read back equal through both libraries.
+    EVT 3.0: faery emits every TIME_HIGH change (gaps of 2^24 µs and more bridged by TIME_HIGH
+    words), so its files decode to the events written by our decoder, which follows the format;
+    expelliarmus's EVT 3.0 encoder leaves out the TIME_HIGH word when the 12-bit time-low
+    counter wraps (a gap of 4,096 µs or more loses 4,096 µs)."""
     ev = recording.events
     w, h = int(recording.sensor_size[0]), int(recording.sensor_size[1])
     if max(w, h) - 1 > MAX_COORD[encoding]:
@@ -226,14 +227,22 @@ def write_prophesee(path: Path, recording: Recording, encoding: str) -> None:
     if len(ev) and int(ev["t"][-1]) - t0 > MAX_T:
         raise ValueError(f"{path}: the recording spans {int(ev['t'][-1]) - t0} µs, more than "
                          f"{encoding.upper()}'s 32-bit µs timestamps hold ({MAX_T})")
-    from expelliarmus import Wizard
-
-    arr = np.empty(len(ev), dtype=[("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "u1")])
-    arr["t"], arr["x"], arr["y"], arr["p"] = ev["t"] - t0, ev["x"], ev["y"], ev["p"]
     suffix = ".dat" if encoding == "dat" else ".raw"
     with tempfile.TemporaryDirectory(prefix="spikestream-", dir=path.parent) as tmp:
         body = Path(tmp) / f"events{suffix}"  # expelliarmus insists on the suffix
-        Wizard(encoding=encoding).save(body, arr)
+        if encoding == "evt3":
+            import faery
+
+            arr = np.empty(len(ev), dtype=faery.EVENTS_DTYPE)
+            arr["t"], arr["x"], arr["y"], arr["on"] = ev["t"] - t0, ev["x"], ev["y"], ev["p"] > 0
+            faery.events_stream_from_array(arr, (w, h)).to_file(body, version="evt3",
+                                                                 zero_t0=False)
+        else:
+            from expelliarmus import Wizard
+
+            arr = np.empty(len(ev), dtype=[("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "u1")])
+            arr["t"], arr["x"], arr["y"], arr["p"] = ev["t"] - t0, ev["x"], ev["y"], ev["p"]
+            Wizard(encoding=encoding).save(body, arr)
         start, _ = parse_header(body)
         with open(path, "wb") as out, open(body, "rb") as src:
             out.write("".join(f"% {ln}\n" for ln in header_lines(encoding, w, h, t0)).encode())
@@ -248,4 +257,4 @@ for _enc, _ext, _magic in (("evt2", ".raw", "% header naming evt 2.0"),
         _enc, (_ext,), _magic, "own, vectorised" if _enc == "evt3" else "expelliarmus", "chunked",
         open=functools.partial(open_source, encoding=_enc),
         sniff=lambda path, head, enc=_enc: sniff_encoding(path, head) == enc,
-        write=None if _enc == "evt3" else functools.partial(write_prophesee, encoding=_enc)))
+        write=functools.partial(write_prophesee, encoding=_enc)))
