@@ -34,6 +34,8 @@ DEFINED_TYPES = (0x0, 0x2, 0x3, 0x4, 0x5, 0x6, 0x7, 0x8, 0xA, 0xE, 0xF)
 WRAP_US = 1 << 24
 
 _BITS = np.arange(12, dtype=np.int64)
+_DEFINED = np.zeros(16, bool)
+_DEFINED[list(DEFINED_TYPES)] = True
 
 
 @dataclass
@@ -48,12 +50,17 @@ class Evt3State:
     wraps: int = 0
 
 
-def _ffill(mask: np.ndarray, values: np.ndarray, init: int) -> np.ndarray:
-    """At each word, `values` at the last word where `mask` holds (that word included); `init`
+def _last(mask: np.ndarray, ar: np.ndarray) -> np.ndarray:
+    """At each word, the index of the last word where `mask` holds (that word included), -1
     before the first."""
-    idx = np.where(mask, np.arange(len(mask)), -1)
+    idx = np.where(mask, ar, -1)
     np.maximum.accumulate(idx, out=idx)
-    out = values[np.maximum(idx, 0)].astype(np.int64)
+    return idx
+
+
+def _carried(idx: np.ndarray, values: np.ndarray, init: int) -> np.ndarray:
+    """`values[idx]`, `init` where `idx` is -1 (the state carried from the previous chunk)."""
+    out = values[idx].astype(np.int64)
     out[idx < 0] = init
     return out
 
@@ -64,8 +71,7 @@ def decode_words(words: np.ndarray, state: Evt3State, path: Path | str, offset: 
     words starting at byte `offset`; `state` is updated for the next chunk."""
     n = len(words)
     kind = (words >> 12).astype(np.uint8)
-    pay = (words & 0x0FFF).astype(np.int64)
-    undefined = np.flatnonzero(~np.isin(kind, DEFINED_TYPES))
+    undefined = np.flatnonzero(~_DEFINED[kind])
     if undefined.size:
         i = int(undefined[0])
         raise EventFormatError(path, f"undefined EVT 3.0 word type 0x{kind[i]:X}",
@@ -73,58 +79,69 @@ def decode_words(words: np.ndarray, state: Evt3State, path: Path | str, offset: 
     empty = np.empty(0, np.int64)
     if not n:
         return empty, empty, empty, empty
+    pay = (words & 0x0FFF).astype(np.int64)
+    ar = np.arange(n, dtype=np.int64)
     # time: TIME_HIGH words going down mark a wrap of the 24-bit time
-    is_high = kind == TIME_HIGH
-    highs = pay[is_high]
+    high_rows = np.flatnonzero(kind == TIME_HIGH)
+    highs = pay[high_rows]
     prev = np.concatenate(([state.high if state.high >= 0 else highs[0] if highs.size else 0],
                            highs[:-1]))
     wraps_at_high = state.wraps + np.cumsum(highs < prev)
-    high_idx = np.flatnonzero(is_high)
-    full_high = np.zeros(n, np.int64)
-    full_high[high_idx] = wraps_at_high * WRAP_US + (highs << 12)
+    pay[high_rows] = wraps_at_high * WRAP_US + (highs << 12)  # the full high part of t
     init_high = state.wraps * WRAP_US + (state.high << 12) if state.high >= 0 else -1
-    t_high = _ffill(is_high, full_high, init_high)
-    t_low = _ffill(kind == TIME_LOW, pay, state.low)
-    y = _ffill(kind == ADDR_Y, pay & 0x7FF, state.y)
     # vectors: the base a vector word starts at is the last VECT_BASE_X plus the widths since
-    is_base = kind == VECT_BASE_X
-    width = np.where(kind == VECT_12, 12, np.where(kind == VECT_8, 8, 0))
+    is_vect8 = kind == VECT_8
+    is_vect = (kind == VECT_12) | is_vect8
+    width = np.where(is_vect, np.where(is_vect8, 8, 12), 0)
     done = np.cumsum(width) - width  # widths of the vector words before each word
-    base_here = _ffill(is_base, (pay & 0x7FF) - done, state.base_x)
-    start_x = base_here + done
-    vect_p = _ffill(is_base, pay >> 11, state.vect_p)
-    if state.base_x < 0:
-        start_x[~np.maximum.accumulate(is_base)] = -1
+    is_base = kind == VECT_BASE_X
+    base_idx = _last(is_base, ar)
     # events: one per ADDR_X word, one per set bit of a vector word, in word order
     is_x = kind == ADDR_X
-    is_vect = width > 0
     vect_rows = np.flatnonzero(is_vect)
-    mask = pay[vect_rows] & np.where(kind[vect_rows] == VECT_8, 0xFF, 0xFFF)
+    mask = pay[vect_rows] & np.where(is_vect8[vect_rows], 0xFF, 0xFFF)
     vect_bits = ((mask[:, None] >> _BITS) & 1).astype(bool)  # [vector words, 12]
     counts = is_x.astype(np.int64)
     counts[vect_rows] = vect_bits.sum(axis=1)
-    src = np.repeat(np.arange(n), counts)
-    in_vect = is_vect[src]
-    ev_x = np.where(is_x, pay & 0x7FF, start_x)[src]
-    ev_x[in_vect] += np.nonzero(vect_bits)[1]
-    ev_p = np.where(is_x, pay >> 11, vect_p)[src]
-    ev_y = y[src]
-    ev_t = t_high[src] + t_low[src]
-    missing = np.flatnonzero((t_high[src] < 0) | (ev_y < 0) | (in_vect & (start_x[src] < 0)))
-    if missing.size:
-        w = int(src[missing[0]])
-        what = ("before the first EVT_TIME_HIGH" if t_high[w] < 0 else
-                "before the first EVT_ADDR_Y" if y[w] < 0 else "before the first VECT_BASE_X")
+    rows = np.flatnonzero(counts)  # the words that carry events
+    r_counts = counts[rows]
+    r_base = base_idx[rows]
+    r_x = is_x[rows]
+    t_high = _carried(_last(kind == TIME_HIGH, ar)[rows], pay, init_high)
+    t_low = _carried(_last(kind == TIME_LOW, ar)[rows], pay, state.low)
+    y_idx = _last(kind == ADDR_Y, ar)
+    y = _carried(y_idx[rows], pay & 0x7FF, state.y)
+    start_x = np.where(r_base >= 0, (pay[r_base] & 0x7FF) - done[np.maximum(r_base, 0)],
+                       state.base_x) + done[rows]
+    vect_p = _carried(r_base, pay >> 11, state.vect_p)
+    bad = (t_high < 0) | (y < 0) | (~r_x & (r_base < 0) & (state.base_x < 0))
+    if bad.any():
+        w = int(rows[np.argmax(bad)])
+        j = int(np.argmax(bad))
+        what = ("before the first EVT_TIME_HIGH" if t_high[j] < 0 else
+                "before the first EVT_ADDR_Y" if y[j] < 0 else "before the first VECT_BASE_X")
         raise EventFormatError(path, f"a CD event {what}", offset=offset + 2 * w,
                                expected="time high, y and x base words before events")
+    ev_x = np.repeat(np.where(r_x, pay[rows] & 0x7FF, start_x), r_counts)
+    in_vect = np.repeat(~r_x, r_counts)
+    ev_x[in_vect] += np.nonzero(vect_bits)[1]
+    ev_p = np.repeat(np.where(r_x, pay[rows] >> 11, vect_p), r_counts)
+    ev_y = np.repeat(y, r_counts)
+    ev_t = np.repeat(t_high + t_low, r_counts)
     # state after the chunk
-    state.y = int(y[-1])
-    state.vect_p = int(vect_p[-1])
-    state.low = int(t_low[-1])
+    last_y = int(y_idx[-1])
+    state.y = int(pay[last_y] & 0x7FF) if last_y >= 0 else state.y
+    last_base = int(base_idx[-1])
+    if last_base >= 0:
+        state.vect_p = int(pay[last_base] >> 11)
+        state.base_x = int((pay[last_base] & 0x7FF) + done[-1] + width[-1] - done[last_base])
+    elif state.base_x >= 0:
+        state.base_x += int(done[-1] + width[-1])
+    last_low = np.flatnonzero(kind == TIME_LOW)
+    if last_low.size:
+        state.low = int(pay[last_low[-1]])
     if highs.size:
         state.high, state.wraps = int(highs[-1]), int(wraps_at_high[-1])
-    if state.base_x >= 0 or is_base.any():
-        state.base_x = int(start_x[-1] + width[-1])
     return ev_x, ev_y, ev_t, ev_p
 
 

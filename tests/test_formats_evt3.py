@@ -215,3 +215,17 @@ def test_written_file_round_trips(tmp_path: Path) -> None:
     for i, k in enumerate("xytp"):
         np.testing.assert_array_equal(ref[:, i], truth[k], err_msg=k)
         np.testing.assert_array_equal(back.events[k], truth[k], err_msg=k)
+
+
+def test_vector_base_carried_across_chunks() -> None:
+    """A VECT_12 whose VECT_BASE_X lies in an earlier chunk starts where the last vector ended."""
+    from spikestream.datasets.evt3 import Evt3State, decode_words
+
+    state = Evt3State()
+    words = np.asarray([0x8001, 0x6002, 0x0005, 0x3800 | 100, 0x4000 | 0b101, 0x5000 | 1,
+                        0x4000 | 0b11], "<u2")
+    got = [decode_words(words[i:i + 1], state, "w", 2 * i) for i in range(len(words))]
+    x = np.concatenate([g[0] for g in got])
+    assert x.tolist() == [100, 102, 112, 120, 121]
+    assert np.concatenate([g[3] for g in got]).tolist() == [1] * 5
+    assert set(np.concatenate([g[2] for g in got]).tolist()) == {(1 << 12) + 2}
