@@ -9,7 +9,8 @@ million) into a temporary folder.
 Each reader decodes the whole file into memory, in its own output form:
 - ours: `read_events(path)`, a `Recording` of `EVENT_DTYPE` (format detected, every packet
   checked for time order and sensor bounds, timestamp-overflow repairs checked);
-- the wrapped library: expelliarmus `Wizard(encoding).read()` (EVT2/EVT3/DAT) or aedat
+- the wrapped library: expelliarmus `Wizard(encoding).read()` (EVT2/DAT; for EVT3 a peer only,
+  whose timestamps do not follow the format) or aedat
   `Decoder` with its packets concatenated (AEDAT 4);
 - evlib: `load_events(path).collect()` (a polars DataFrame; polars on one thread);
 - faery: `events_stream_from_file(path).to_array()` (a numpy structured array).

@@ -1,4 +1,5 @@
-"""Prophesee EVT 2.0 / EVT 3.0 `.raw` and DAT files via `expelliarmus`.
+"""Prophesee EVT 2.0 / EVT 3.0 `.raw` and DAT files: EVT 2.0 and DAT via `expelliarmus`, EVT 3.0
+by our own decoder (`datasets/evt3.py`: expelliarmus's EVT 3.0 timestamps do not follow the format).
 
 expelliarmus needs the file to end in `.raw` (EVT) or `.dat` (DAT); a file with another name is
 read through a hard link (or a temporary copy) with the right suffix. It reports errors by
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from spikestream.datasets.evt3 import iter_evt3
 from spikestream.datasets.formats import Format, register_format
 from spikestream.datasets.native_output import quiet_next
 from spikestream.datasets.textheader import read_text_header
@@ -37,8 +39,7 @@ PLUGINS: dict[str, tuple[int, int]] = {
     "gen3": (640, 480),
 }
 
-#: EVT word types (top 4 bits) that expelliarmus decodes.
-_EVT3_TYPES = (0x0, 0x2, 0x3, 0x4, 0x5, 0x6, 0x8)
+#: EVT 2.0 word types (top 4 bits) that expelliarmus decodes.
 _EVT2_TYPES = (0x0, 0x1, 0x8)
 
 
@@ -90,11 +91,9 @@ def header_t0(lines: list[str]) -> int:
 
 
 def _first_bad_word(path: Path, start: int, encoding: str) -> int | None:
-    """Byte offset of the first word whose type expelliarmus does not decode (read in chunks)."""
-    if encoding == "evt3":
-        dtype, shift, ok = np.dtype("<u2"), 12, _EVT3_TYPES
-    else:
-        dtype, shift, ok = np.dtype("<u4"), 28, _EVT2_TYPES
+    """Byte offset of the first EVT 2.0 word whose type expelliarmus does not decode (read in
+    chunks)."""
+    dtype, shift, ok = np.dtype("<u4"), 28, _EVT2_TYPES
     pos = start
     with open(path, "rb") as f:
         f.seek(start)
@@ -133,6 +132,16 @@ def open_source(
     wh = header_size(lines)
     t0 = header_t0(lines)
 
+    def evt3_packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        first, last_t = 0, None
+        for x, y, t, p in iter_evt3(path, body, chunk_words=max(chunk_events, 4096)):
+            ev = checked_events(x, y, t, p, source=path, first=first, t_offset=t0)
+            check_steps(path, ev["t"], last_t, MAX_STEP_32BIT_US, first=first)
+            if len(ev):
+                last_t = int(ev["t"][-1])
+                first += len(ev)
+                yield ev, None
+
     def packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         suffix = ".dat" if enc == "dat" else ".raw"
         with contextlib.ExitStack() as stack:
@@ -159,12 +168,13 @@ def open_source(
                 first += len(ev)
                 yield ev, None
             if not wizard.cargo.events_info.finished and size > body:
-                at = _first_bad_word(path, body, enc) if enc != "dat" else None
+                at = _first_bad_word(path, body, enc) if enc == "evt2" else None
                 raise EventFormatError(path, f"{enc.upper()} decoding stopped early", offset=at,
                                        expected=f"valid {enc.upper()} words")
 
     meta: dict[str, Any] = {"encoding": enc, "header": lines, "t0_us": t0}
-    return ((wh[0], wh[1], 2) if wh else None), packets(), meta
+    stream = evt3_packets() if enc == "evt3" else packets()
+    return ((wh[0], wh[1], 2) if wh else None), stream, meta
 
 
 def sniff_encoding(path: Path, head: bytes) -> str | None:
@@ -179,9 +189,9 @@ def sniff_encoding(path: Path, head: bytes) -> str | None:
     return enc
 
 
-#: Largest coordinate each written encoding can hold (EVT 2.0: 11 bits; DAT: 14 bits), and the
-#: largest timestamp we write (DAT: 32-bit µs; EVT 2.0 kept to the same range).
-MAX_COORD = {"evt2": 2047, "dat": (1 << 14) - 1}
+#: Largest coordinate each written encoding can hold (EVT 2.0 / 3.0: 11 bits; DAT: 14 bits), and
+#: the largest timestamp we write (DAT: 32-bit µs; EVT kept to the same range).
+MAX_COORD = {"evt2": 2047, "evt3": 2047, "dat": (1 << 14) - 1}
 MAX_T = (1 << 32) - 1
 
 
@@ -191,24 +201,21 @@ def header_lines(encoding: str, width: int, height: int, t0: int = 0) -> list[st
     if encoding == "dat":
         return ["Data file containing Event2D events.", "Version 2", f"Width {width}",
                 f"Height {height}", f"geometry {width}x{height}"] + ([f"T0 {t0}"] if t0 else [])
-    return (["evt 2.0", f"format EVT2;width={width};height={height}",
+    version = encoding[-1]
+    return ([f"evt {version}.0", f"format EVT{version};width={width};height={height}",
              f"geometry {width}x{height}"] + ([f"t0 {t0}"] if t0 else []) + ["end"])
 
 
 def write_prophesee(path: Path, recording: Recording, encoding: str) -> None:
-    """EVT 2.0 `.raw` or DAT, encoded by expelliarmus behind our `%` header (the geometry,
-    which expelliarmus's own header leaves out).
+    """EVT 2.0 `.raw` or DAT encoded by expelliarmus, EVT 3.0 by faery, behind our `%` header
+    (the geometry, which expelliarmus's own header leaves out, and `t0`).
 
-    Chosen over faery's writer: expelliarmus writes 1 M events in 39 ms (EVT 2.0) and 41 ms
-    (DAT) against faery's 104 and 75 ms, and it is the decoder our reader uses; the files of
-    either read back equal through both libraries.
-
-    EVT 3.0 has no writer: expelliarmus's EVT 3.0 encoder leaves out the TIME_HIGH word when
-    the 12-bit time-low counter wraps, and its decoder counts a wrap whenever time-low goes
-    down, so a gap of 4,096 µs or more between two events loses 4,096 µs in its own round
-    trip; a file written to the format (faery's, which emits every TIME_HIGH) is read by that
-    decoder with a wrap counted twice. A writer waits for an EVT 3.0 decoder that follows the
-    format."""
+    EVT 2.0 / DAT: expelliarmus writes 1 M events in 39 ms (EVT 2.0) and 41 ms (DAT) against
+    faery's 104 and 75 ms, and the files of either read back equal through both libraries.
+    EVT 3.0: faery emits every TIME_HIGH change (gaps of 2^24 µs and more bridged by TIME_HIGH
+    words), so its files decode to the events written by our decoder, which follows the format;
+    expelliarmus's EVT 3.0 encoder leaves out the TIME_HIGH word when the 12-bit time-low
+    counter wraps (a gap of 4,096 µs or more loses 4,096 µs)."""
     ev = recording.events
     w, h = int(recording.sensor_size[0]), int(recording.sensor_size[1])
     if max(w, h) - 1 > MAX_COORD[encoding]:
@@ -220,14 +227,22 @@ def write_prophesee(path: Path, recording: Recording, encoding: str) -> None:
     if len(ev) and int(ev["t"][-1]) - t0 > MAX_T:
         raise ValueError(f"{path}: the recording spans {int(ev['t'][-1]) - t0} µs, more than "
                          f"{encoding.upper()}'s 32-bit µs timestamps hold ({MAX_T})")
-    from expelliarmus import Wizard
-
-    arr = np.empty(len(ev), dtype=[("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "u1")])
-    arr["t"], arr["x"], arr["y"], arr["p"] = ev["t"] - t0, ev["x"], ev["y"], ev["p"]
     suffix = ".dat" if encoding == "dat" else ".raw"
     with tempfile.TemporaryDirectory(prefix="spikestream-", dir=path.parent) as tmp:
         body = Path(tmp) / f"events{suffix}"  # expelliarmus insists on the suffix
-        Wizard(encoding=encoding).save(body, arr)
+        if encoding == "evt3":
+            import faery
+
+            arr = np.empty(len(ev), dtype=faery.EVENTS_DTYPE)
+            arr["t"], arr["x"], arr["y"], arr["on"] = ev["t"] - t0, ev["x"], ev["y"], ev["p"] > 0
+            faery.events_stream_from_array(arr, (w, h)).to_file(body, version="evt3",
+                                                                 zero_t0=False)
+        else:
+            from expelliarmus import Wizard
+
+            arr = np.empty(len(ev), dtype=[("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "u1")])
+            arr["t"], arr["x"], arr["y"], arr["p"] = ev["t"] - t0, ev["x"], ev["y"], ev["p"]
+            Wizard(encoding=encoding).save(body, arr)
         start, _ = parse_header(body)
         with open(path, "wb") as out, open(body, "rb") as src:
             out.write("".join(f"% {ln}\n" for ln in header_lines(encoding, w, h, t0)).encode())
@@ -239,7 +254,7 @@ for _enc, _ext, _magic in (("evt2", ".raw", "% header naming evt 2.0"),
                            ("evt3", ".raw", "% header naming evt 3.0"),
                            ("dat", ".dat", "% header, then type/size bytes")):
     register_format(Format(
-        _enc, (_ext,), _magic, "expelliarmus", "chunked",
+        _enc, (_ext,), _magic, "own, vectorised" if _enc == "evt3" else "expelliarmus", "chunked",
         open=functools.partial(open_source, encoding=_enc),
         sniff=lambda path, head, enc=_enc: sniff_encoding(path, head) == enc,
-        write=None if _enc == "evt3" else functools.partial(write_prophesee, encoding=_enc)))
+        write=functools.partial(write_prophesee, encoding=_enc)))

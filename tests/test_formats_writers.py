@@ -14,10 +14,10 @@ from spikestream.datasets import FORMATS, detect_format, iter_events, read_event
 from spikestream.datasets.prophesee import parse_header
 
 #: formats that store the sensor size (the others are read back at the events' extent)
-SIZED = {"hdf5", "npz", "aedat4", "evt2", "dat"}
+SIZED = {"hdf5", "npz", "aedat4", "evt2", "evt3", "dat"}
 #: output extension of each writer
 EXTENSION = {"hdf5": ".h5", "npy": ".npy", "npz": ".npz", "aedat4": ".aedat4", "evt2": ".raw",
-             "dat": ".dat", "csv": ".csv"}
+             "evt3": ".raw", "dat": ".dat", "csv": ".csv"}
 
 
 def test_every_format_the_field_uses_has_a_writer():
@@ -62,19 +62,21 @@ def test_sized_formats_keep_a_sensor_larger_than_the_events(tmp_path: Path, name
 
 def test_prophesee_files_carry_their_encoding_and_geometry_in_the_header(tmp_path: Path):
     rec = _random(100, (1280, 720, 2))
-    for name in ("evt2", "dat"):
-        path = tmp_path / f"h{EXTENSION[name]}"
+    for name in ("evt2", "evt3", "dat"):
+        path = tmp_path / f"h{name}{EXTENSION[name]}"
         write_events(path, rec, format=name)
         _, lines = parse_header(path)
         assert "geometry 1280x720" in lines
         assert any(("evt " + name[-1] + ".0") == ln or "Event2D" in ln for ln in lines)
     with pytest.raises(ValueError, match="does not fit EVT2"):
         write_events(tmp_path / "big.raw", Recording(rec.events, (4096, 720, 2)))
+    with pytest.raises(ValueError, match="does not fit EVT3"):
+        write_events(tmp_path / "big.raw", Recording(rec.events, (4096, 720, 2)), format="evt3")
     # epoch timestamps (AEDAT 4's) are written from a t0 the header names, and read back whole
     late = rec.events.copy()
     late["t"] += 1_605_537_493_718_345
-    for name in ("evt2", "dat"):
-        path = tmp_path / f"late{EXTENSION[name]}"
+    for name in ("evt2", "evt3", "dat"):
+        path = tmp_path / f"late{name}{EXTENSION[name]}"
         write_events(path, Recording(late, (1280, 720, 2)), format=name)
         _, lines = parse_header(path)
         assert f"{'T0' if name == 'dat' else 't0'} {int(late['t'][0])}" in lines
