@@ -27,7 +27,8 @@ tonic's.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numba
 import numpy as np
@@ -246,3 +247,26 @@ def filter_from_spec(spec: str, sensor_size: SensorSize) -> EventFilter:
     if not filters:
         raise ValueError("empty filter spec")
     return filters[0] if len(filters) == 1 else FilterChain(filters)
+
+
+class FilteredSource:
+    """A source whose packets pass through `keep` (a stateful filter, so the stream is
+    filtered exactly as the whole recording would be); everything else (sensor size,
+    counters, pacing, labels) is the wrapped source's."""
+
+    def __init__(self, source: Any, keep: EventFilter) -> None:
+        self._source = source
+        self._keep = keep
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self._keep(packet) for packet in self._source)
+
+    def __enter__(self) -> FilteredSource:
+        self._source.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._source.__exit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._source, name)

@@ -147,3 +147,44 @@ def test_spec_and_render_filter(tmp_path: Path) -> None:
     np.testing.assert_array_equal(
         iio.imread(b), render_frames(want, (W, H, 2), timing, saturation=1000)[0])
     assert not np.array_equal(iio.imread(a), iio.imread(b))
+
+
+def test_convert_and_stream_filter_equal_the_offline_filter(tmp_path: Path) -> None:
+    """`convert --filter` and `stream --filter` run the stateful filter packet by packet over a
+    file read in small chunks: the events written, and the events the stream counts, are
+    exactly those of filtering the whole recording at once."""
+    import json
+
+    from spikestream.datasets import read_events
+
+    ev = noisy_events(20_000, 11)
+    ev = ev[ev["x"] < 34]  # on N-MNIST's 34x34 sensor, for the shipped `nmnist` checkpoint
+    size = (34, 34, 2)
+    src = tmp_path / "ev.h5"
+    write_events(src, Recording(ev, size))
+    spec = "refractory:500,ba:5000:4"
+    want = filter_from_spec(spec, size)(ev)
+    assert 0 < len(want) < len(ev)
+    from spikestream.cli.convert import convert
+
+    for out in (tmp_path / "f.h5", tmp_path / "f.npy"):
+        assert convert(str(src), str(out), chunk_events=997, progress=False,
+                       filter_spec=spec) == len(want)
+        np.testing.assert_array_equal(read_events(out).events, want)
+    assert main(["convert", str(src), str(tmp_path / "g.csv"), "--filter", spec]) == 0
+    np.testing.assert_array_equal(read_events(tmp_path / "g.csv").events, want)
+
+    def stream_events(*extra: str) -> int:
+        out = tmp_path / "stream.json"
+        import contextlib
+        import io
+
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            assert main(["stream", "--source", f"file:{src}", "--checkpoint", "nmnist",
+                         "--json", *extra]) == 0
+        out.write_text(buf.getvalue())
+        return json.loads(buf.getvalue().strip().splitlines()[-1])["events"]
+
+    assert stream_events() == len(ev)
+    assert stream_events("--filter", spec) == len(want)

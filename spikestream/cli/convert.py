@@ -40,10 +40,14 @@ def output_format(dst: str | Path, to: str | None = None) -> str:
 
 
 def convert(src: str, dst: str, *, format: str | None = None, to: str | None = None,
-            chunk_events: int = 1 << 20, progress: bool = True) -> int:
+            chunk_events: int = 1 << 20, progress: bool = True,
+            filter_spec: str | None = None) -> int:
     """Copy `src` into `dst` in the format `output_format(dst, to)` names; returns the event
     count. HDF5 is streamed packet by packet into a temporary file beside `dst`; the other
-    writers take the whole recording (`write_events`, also through a temporary file)."""
+    writers take the whole recording (`write_events`, also through a temporary file).
+    `filter_spec` (`devices.filters.filter_from_spec`) drops noise on the way, packet by packet
+    with the filter's state carried across packets, so the result equals filtering the whole
+    recording at once."""
     kind = output_format(dst, to)
     src_p, dst_p = Path(src), Path(dst)
     if dst_p.exists() and src_p.exists() and os.path.samefile(src_p, dst_p):
@@ -58,22 +62,28 @@ def convert(src: str, dst: str, *, format: str | None = None, to: str | None = N
             transient=True, disable=not progress,
         ) as bar:
             task = bar.add_task(f"converting {src}", total=None)
+            packets = iter(stream)
+            if filter_spec:
+                from spikestream.devices.filters import filter_from_spec
+
+                keep = filter_from_spec(filter_spec, stream.sensor_size)
+                packets = (keep(packet) for packet in packets)
             if kind == "hdf5":
                 meta = dict(stream.metadata, source=str(src), source_format=stream.format)
                 meta = {k: v for k, v in meta.items()
                         if isinstance(v, (str, int, float, bool, list))}
                 with Recorder(tmp, stream.sensor_size, metadata=meta, flush_every=0) as rec:
-                    for packet in stream:
+                    for packet in packets:
                         rec.append(packet)
                         bar.advance(task, len(packet))
                     n = len(rec)
                 os.replace(tmp, dst_p)
             else:
-                packets = []
-                for packet in stream:
-                    packets.append(np.asarray(packet, dtype=EVENT_DTYPE))
+                kept = []
+                for packet in packets:
+                    kept.append(np.asarray(packet, dtype=EVENT_DTYPE))
                     bar.advance(task, len(packet))
-                events = np.concatenate(packets) if packets else np.zeros(0, EVENT_DTYPE)
+                events = np.concatenate(kept) if kept else np.zeros(0, EVENT_DTYPE)
                 write_events(dst_p, Recording(events, stream.sensor_size), format=kind)
                 n = len(events)
     finally:
@@ -83,7 +93,7 @@ def convert(src: str, dst: str, *, format: str | None = None, to: str | None = N
 
 def run(args: argparse.Namespace) -> int:
     n = convert(args.input, args.output, format=args.format, to=args.to,
-                progress=not args.quiet and sys.stderr.isatty())
+                progress=not args.quiet and sys.stderr.isatty(), filter_spec=args.filter)
     print(f"wrote {n} events to {args.output} ({output_format(args.output, args.to)})")
     return 0
 
@@ -98,5 +108,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", default=None, metavar="FORMAT",
                    help="output format instead of the extension's: hdf5, npy, npz, aedat4, "
                         "evt2, dat, csv")
+    p.add_argument("--filter", metavar="SPEC",
+                   help="drop noise on the way: comma-separated ba:FILTER_TIME_US[:4|8], "
+                        "refractory:DELTA_US, hot:MAX_RATE_HZ[:LEARN_US] (as render --filter)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -106,14 +106,20 @@ def udp_address(spec: str) -> tuple[str, int]:
 
 
 def run_with_view(prep: Prepared, *, json_out: bool, record: str | None = None,
-                  forward: str | None = None, on_step=None) -> StreamResult:
+                  forward: str | None = None, on_step=None,
+                  filter_spec: str | None = None) -> StreamResult:
     """Stream a prepared source, with the live view unless JSON output or no TTY; `record`
     also writes every incoming event to HDF5, `forward` (`udp:[HOST:]PORT`) sends it on as
-    UDP datagrams in our packet format."""
+    UDP datagrams in our packet format; `filter_spec` (`devices.filters.filter_from_spec`)
+    drops noise before all of them."""
     from spikestream.pipeline.streaming import run_stream
 
     with contextlib.ExitStack() as stack:
         src = stack.enter_context(prep.source)
+        if filter_spec:
+            from spikestream.devices.filters import FilteredSource, filter_from_spec
+
+            src = FilteredSource(src, filter_from_spec(filter_spec, src.sensor_size))
         sinks: list[Sink] = []
         if record:
             from spikestream.datasets import Recorder
@@ -174,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
         prep.policy = replace(prep.policy, max_seconds=max(args.seconds - spent, 0.0))
     if args.record:
         Path(args.record).parent.mkdir(parents=True, exist_ok=True)
-    result = run_with_view(prep, json_out=args.json, record=args.record, forward=args.forward)
+    result = run_with_view(prep, json_out=args.json, record=args.record, forward=args.forward,
+                           filter_spec=args.filter)
     if args.json:
         obj = result.as_dict()
         obj.update(recipe=prep.ck.recipe.to_dict(), engine=getattr(prep.step, "mode", "eager"),
@@ -203,6 +210,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default="gestures",
                    help="checkpoint path or shipped name (default: gestures)")
     p.add_argument("--record", metavar="OUT.h5", help="also record the incoming events to HDF5")
+    p.add_argument("--filter", metavar="SPEC",
+                   help="drop noise before binning (and recording): comma-separated "
+                        "ba:FILTER_TIME_US[:4|8], refractory:DELTA_US, hot:MAX_RATE_HZ[:LEARN_US]")
     p.add_argument("--forward", metavar="udp:[HOST:]PORT",
                    help="also send the incoming events on as UDP datagrams (our format)")
     p.add_argument("--seconds", type=float,
