@@ -33,7 +33,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from spikestream import SensorSize, as_events
+from spikestream import SensorSize, as_events, validate_events
 
 NEVER = np.iinfo(np.int64).min // 4  # "no event yet"; far below any t - window
 
@@ -62,11 +62,9 @@ def _refractory(x, y, t, last, delta, keep):  # pragma: no cover - compiled
 
 
 def _checked(packet: np.ndarray, sensor_size: Sequence[int]) -> np.ndarray:
+    """The packet as `EVENT_DTYPE`, through the one event check (time order, on the sensor)."""
     ev = as_events(np.asarray(packet))
-    if len(ev) and (int(ev["x"].max()) >= sensor_size[0] or int(ev["y"].max()) >= sensor_size[1]):
-        bad = int(np.flatnonzero((ev["x"] >= sensor_size[0]) | (ev["y"] >= sensor_size[1]))[0])
-        raise ValueError(f"event {bad} at ({ev['x'][bad]}, {ev['y'][bad]}) is outside the "
-                         f"{sensor_size[0]}x{sensor_size[1]} sensor")
+    validate_events(ev, sensor_size, source="filter input")
     return ev
 
 
