@@ -191,21 +191,6 @@ def dendritic_scan(u, x, x_new, decay, lower, upper, gamma, readout, theta,
 
 
 @njit(cache=False, nogil=True)
-def _qkv(s, aw, wi, alif, li, v, v_new, vi, which):  # pragma: no cover - compiled
-    """Q (0), K (1) or V (2) of the shared parts: `SN(BN(W s))`."""
-    return proj_fire(s, aw[wi + 2 * which], aw[wi + 2 * which + 1], alif[li + which],
-                     v[vi + which], v_new[vi + which])
-
-
-@njit(cache=False, nogil=True)
-def _fire_proj(a, aw, wi, alif, li, v, v_new, vi):  # pragma: no cover - compiled
-    """`BN(W_o SN_0.5(a))`: the attention neuron (state leaf 3) and the projection."""
-    spikes = np.empty_like(a)
-    lif_tokens(a, alif[li + 3], v[vi + 3], v_new[vi + 3], spikes)
-    return proj(spikes, aw[wi + 6], aw[wi + 7])
-
-
-@njit(cache=False, nogil=True)
 def ternary_tokens(x, lif, v, v_new, s):  # pragma: no cover - compiled
     """`TernaryLIF.step` on `x[N, D]`: `H = V + (X - V) / tau`, +1 at `H >= v_th`, -1 at
     `H <= -v_th`, reset to zero on either; membranes `v, v_new`, spikes `s`."""
