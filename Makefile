@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test,inivation,export]"
+	# spikingjelly's LIF is the official models' neuron (tests/test_reference.py). Without
+	# --no-deps its torchvision requirement replaces torch 2.13.0 by a multi-GB CUDA build.
+	$(PY) -m pip install -q --no-deps spikingjelly==0.0.0.0.14
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -98,7 +98,7 @@ def lif(x: torch.Tensor, v_th: float = 1.0) -> torch.Tensor:
     0, reset detached), fresh state, over the leading axis."""
     neuron = pytest.importorskip(
         "spikingjelly.clock_driven.neuron",
-        reason="spikingjelly==0.0.0.0.14 (a test extra: pip install -e .[test]) is not installed")
+        reason="spikingjelly==0.0.0.0.14 is not installed (make install adds it with --no-deps)")
     return neuron.MultiStepLIFNode(tau=2.0, v_threshold=v_th, detach_reset=True)(x)
 
 
