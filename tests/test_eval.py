@@ -238,3 +238,10 @@ def test_shipped_train_recipes_name_real_options() -> None:
     assert (sdt["optimizer"], sdt["lr"], sdt["weight_decay"], sdt["label_smoothing"],
             sdt["epochs"], sdt["cooldown_epochs"], sdt["gesture_layout"]) == (
         "lamb", 3e-4, 0.06, 0.1, 200, 10, "ibm")
+    # the cosine's end is the config's min_lr over its lr, and the command line still wins
+    from spikestream.cli.train import apply_recipe
+    args = parser.parse_args(["train", "--dataset", "synthetic", "--root", "x", "--out", "y",
+                              "--recipe", "sdt-gesture", "--lr", "1e-3"])
+    apply_recipe(args)
+    assert args.min_lr_ratio == pytest.approx(1e-5 / 3e-4) and args.lr == 1e-3
+    assert args.warmup_epochs == 10 and args.batch_size == 16

@@ -12,7 +12,7 @@ with `model.step` to float rounding.
 
 Every neuron is `_fire`, which follows `network.neurons.lif_update` operation for operation,
 in float32:
-`h = y / tau`, `h = h + beta * v`, `s = [h >= v_th]`, `v = h * [h < v_th]`, where `y` is the
+`h = v + (y - v) / tau`, `s = [h >= v_th]`, `v = h * [h < v_th]`, where `y` is the
 batch-normed input `acc * alpha + shift` (ATen's eval batch norm: `alpha = gamma /
 sqrt(var + eps)`, `shift = b - mean * alpha`) or, for neurons on the residual stream, the
 tokens themselves.
@@ -96,8 +96,7 @@ def linear_scatter(x, wt, acc):  # pragma: no cover - compiled
 def _fire(y, tau, beta, v_th, v):  # pragma: no cover - compiled
     """One neuron: `(spike, new membrane)` for normed input `y` and membrane `v`, without
     branches (`h * (1 - s)` is `h * [h < v_th]` exactly, NaN included)."""
-    h = y / tau
-    h = h + beta * v
+    h = v + (y - v) / tau
     s = np.float32(h >= v_th)
     return s, h * (ONE - s)
 

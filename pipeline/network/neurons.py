@@ -46,42 +46,32 @@ def grad_free() -> bool:
     return not torch.is_grad_enabled()
 
 
-# Elements per piece of `beta * v` in the in-place update: the temporary stays small.
+# Elements per piece of the in-place update: its small temporaries stay small.
 _CHUNK = 1 << 15
-
-
-def _add_scaled_(h: Tensor, v: Tensor, beta: Tensor) -> Tensor:
-    """`h += beta * v` with the product rounded on its own, exactly as `beta * v + h` (the
-    fused `add_(v, alpha=beta)` rounds once and can differ), a piece at a time on the CPU."""
-    n = h.numel()
-    if (n <= _CHUNK or h.device.type != "cpu" or h.shape != v.shape
-            or not (h.is_contiguous() and v.is_contiguous())):
-        return h.add_(beta * v)
-    hf, vf = h.view(-1), v.view(-1)
-    for i in range(0, n, _CHUNK):
-        hf[i : i + _CHUNK].add_(vf[i : i + _CHUNK] * beta)
-    return h
 
 
 def lif_update(lif: LIF, x: Tensor, v: Tensor, *, in_place: bool,
                consume: bool = False) -> tuple[Tensor, Tensor]:
-    """The LIF update: `H = beta V + X / tau`, `S = [H >= v_th]`, `V' = H (1 - S)`.
+    """The LIF update: `H = V + (X - V) / tau`, `S = [H >= v_th]`, `V' = H (1 - S)`.
 
+    Rounded as written, in spikingjelly's order (`v + (x - v) / tau`), so that a model imported
+    from the papers' code fires exactly where the original does (`beta V + X / tau` is the
+    same number before rounding, but a spike at the threshold can flip).
     `in_place=False`: differentiable, firing through the surrogate and with the reset
     detached. `in_place=True` (no autograd): the same values, computed in the storage of
-    `X / tau` (of `x` itself when `consume`: pass a fresh temporary nobody else holds), so
+    `X - V` (of `x` itself when `consume`: pass a fresh temporary nobody else holds), so
     only the spikes are allocated besides. Exactly equal because `h >= v_th` is
-    `h - v_th >= 0` in floating point, and `h += beta * v` rounds the product on its own.
+    `h - v_th >= 0` in floating point.
     Large tensors form `1 - S` in the spikes' storage and turn it back (`1 - (1 - S) = S`
     exactly for 0 and 1); small ones multiply by `[H < v_th]` (equal to `1 - S`, and a NaN
     membrane stays NaN either way), fewer operations. Comparisons written straight into float
     tensors avoid slow bool conversions."""
-    h = x.div_(lif.tau) if (in_place and consume) else x / lif.tau
     if not in_place:
-        h = lif.beta * v + h
+        h = v + (x - v) / lif.tau
         s = lif.spike_grad(h - lif.threshold)
         return s, h * (1.0 - s.detach())
-    _add_scaled_(h, v, lif.beta)
+    h = x.sub_(v) if consume else x - v
+    h.div_(lif.tau).add_(v)
     s = torch.ge(h, lif.threshold, out=torch.empty_like(h))
     if h.numel() <= _CHUNK:
         return s, h.mul_(torch.lt(h, lif.threshold, out=torch.empty_like(h)))
@@ -93,9 +83,10 @@ class LIF(snntorch.Leaky):
     """The LIF of DESIGN.md: `H = V + (X - V)/tau`, `S = [H >= v_th]`, `V = H (1 - S)`.
 
     Parameterised as `snntorch.Leaky` (beta = 1 - 1/tau, input scaled by 1/tau, reset to zero,
-    no reset delay, firing through `SpikeGE`). snnTorch's own `forward` keeps the membrane on
-    the module and does not detach the reset; `step` computes the same update on explicit
-    state with the reset detached from the gradient (spikingjelly's `detach_reset`).
+    no reset delay, firing through `SpikeGE`: the same neuron up to rounding). snnTorch's own
+    `forward` keeps the membrane on the module and does not detach the reset; `step` computes
+    the same update on explicit state with the reset detached from the gradient
+    (spikingjelly's `detach_reset`).
     """
 
     def __init__(self, tau: float = 2.0, v_th: float = 1.0, alpha: float = 4.0) -> None:

@@ -158,6 +158,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, help="default 0.01")
     p.add_argument("--warmup-epochs", type=float,
                    help="linear warm-up before the cosine decay, in epochs (default 1)")
+    p.add_argument("--min-lr-ratio", type=float,
+                   help="where the cosine ends, as a fraction of --lr (default 0.01)")
     p.add_argument("--loss", choices=("rate", "tet"),
                    help="rate: cross-entropy of the time-averaged logits; tet: mean of each "
                         "step's cross-entropy (default rate)")
@@ -196,6 +198,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 TRAIN_DEFAULTS: dict[str, Any] = {
     "config": "tiny", "epochs": 10, "cooldown_epochs": 0, "batch_size": 16,
     "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "warmup_epochs": 1.0,
+    "min_lr_ratio": 0.01,
     "loss": "rate", "tet_lambda": 0.0, "label_smoothing": 0.0,
 }
 
@@ -285,7 +288,8 @@ def run(args: argparse.Namespace) -> int:
         model = create_model(args.config, args.attention, args.attention_args, **overrides)
         cfg = TrainConfig(
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, loss=args.loss,
+            weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+            min_lr_ratio=args.min_lr_ratio, loss=args.loss,
             tet_lambda=args.tet_lambda, label_smoothing=args.label_smoothing,
             amp=not args.no_amp, seed=args.seed, num_workers=args.workers, device=args.device,
             optimizer=args.optimizer, cooldown_epochs=args.cooldown_epochs,
