@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -44,6 +45,7 @@ import torch
 from spikestream.pipeline.bin_queue import POLICIES, BinQueue, LatencyHistogram, _Bin
 from spikestream.pipeline.binning import StreamBinner
 from spikestream.pipeline.decider import Decider, EarlyDecision
+from spikestream.pipeline.network.model import SpikingTransformer
 from spikestream.pipeline.recipe import InputRecipe, StreamBinning
 
 __all__ = [
@@ -347,6 +349,10 @@ def _run(source: Iterable[np.ndarray], model: StepModel, binner: StreamBinner,
     result = StreamResult(queue_size=policy.queue_size, policy=policy.queue)
     step_hist, lag_hist = LatencyHistogram(), LatencyHistogram()
     state = model.init_state(1)
+    # the runner owns the state and drops each one for the next: a model's own step may
+    # update it in place
+    step = (partial(model.step, donate=True) if isinstance(model, SpikingTransformer)
+            else model.step)
     thread = threading.Thread(target=capture, name="spikestream-capture", daemon=True)
     start = time.perf_counter()
     thread.start()
@@ -366,7 +372,7 @@ def _run(source: Iterable[np.ndarray], model: StepModel, binner: StreamBinner,
                         break
                     continue
                 t_start = time.perf_counter()
-                logits, state = model.step(_frame_tensor(item.frame, device), state)
+                logits, state = step(_frame_tensor(item.frame, device), state)
                 z = _logits_array(logits)
                 if decider is None:
                     decider = Decider(len(z), window=window, threshold=threshold,

@@ -18,16 +18,10 @@ from spikestream.pipeline import (
     save_checkpoint,
     state_nbytes,
 )
-from spikestream.pipeline.network.state import (
-    flat_state,
-)
+from spikestream.pipeline.network.state import flat_state
 
 SMALL = {"embed_dim": 32, "heads": 2, "stem_pool": (True, True), "num_classes": 5}
 SIZES = [(16, 16), (24, 32)]
-
-
-
-
 
 
 def frames(t: int, b: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
@@ -90,6 +84,34 @@ def test_step_equals_forward(key: str, size: tuple[int, int]) -> None:
     for name in ("sps.stages.1.conv", "blocks.0.attn.proj.linear", "blocks.0.fc2.linear"):
         if name in in_step:
             assert 0 < in_step[name].abs().mean() < 1, name
+
+
+@pytest.mark.parametrize("layout", ["spikestream", "spikformer", "ms"])
+@pytest.mark.parametrize("key", KEYS)
+def test_donated_step_is_the_same_step_in_place(key: str, layout: str) -> None:
+    """`step(..., donate=True)` gives the same logits and state, bit for bit, and writes the
+    membranes into the state it was given (most of the state's bytes); without it the state
+    passed in is left as it was."""
+    torch.manual_seed(0)
+    model = excite(create_model("tiny", key, attention_kwargs(key), input_size=(16, 16),
+                                layout=layout, **SMALL))
+    x = frames(6, 2, (16, 16), seed=1)
+    kept, given = model.init_state(2), model.init_state(2)
+    with torch.inference_mode():
+        for frame in x:
+            before = {k: v.clone() for k, v in flat_state(kept).items()}
+            ptrs = {k: v.data_ptr() for k, v in flat_state(given).items()}
+            y, kept_new = model.step(frame, kept)
+            y_d, given = model.step(frame, given, donate=True)
+            assert all(torch.equal(v, before[k]) for k, v in flat_state(kept).items())
+            kept = kept_new
+            assert torch.equal(y, y_d)
+            new = flat_state(given)
+            assert new.keys() == flat_state(kept).keys()
+            assert all(torch.equal(new[k], v) for k, v in flat_state(kept).items())
+            reused = sum(v.nbytes for k, v in new.items() if v.data_ptr() == ptrs[k])
+            assert reused >= 0.8 * state_nbytes(given)
+    assert any(v.abs().sum() > 0 for v in flat_state(given).values())  # the state moved
 
 
 def test_statten_chunk_mode_model_refuses_to_step() -> None:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from spikestream.pipeline.network.blocks import BLOCKS
-from spikestream.pipeline.network.neurons import LIF
+from spikestream.pipeline.network.neurons import LIF, donated_state
 from spikestream.pipeline.network.state import State, state_nbytes
 from spikestream.pipeline.network.stem import (  # noqa: F401  (names other modules import)
     MSSPS,
@@ -124,8 +124,16 @@ class SpikingTransformer(nn.Module):
                 f"got shape {tuple(frames.shape)}"
             )
 
-    def step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:
-        """One timestep: `frame[B, P, H, W]` -> `(logits[B, C], new state)`."""
+    def step(self, frame: Tensor, state: State, donate: bool = False) -> tuple[Tensor, State]:
+        """One timestep: `frame[B, P, H, W]` -> `(logits[B, C], new state)`.
+
+        `donate=True` (without autograd): the caller gives up `state`, and the LIF membranes,
+        nearly all of it, are updated in their own storage, so the step allocates no new
+        state (the same values either way)."""
+        with donated_state(donate):
+            return self._step(frame, state)
+
+    def _step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:
         self._check(frame, 4)
         x, stem = self.sps.step(frame, state["stem"])
         blocks = []

@@ -8,6 +8,10 @@ place for inference.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import snntorch
 import torch
 from torch import Tensor, nn
@@ -49,6 +53,20 @@ def grad_free() -> bool:
 # Elements per piece of the in-place update: its small temporaries stay small.
 _CHUNK = 1 << 15
 
+_DONATED: ContextVar[bool] = ContextVar("spikestream_donated_state", default=False)
+
+
+@contextmanager
+def donated_state(on: bool = True) -> Iterator[None]:
+    """Inside it, grad-free LIF steps write the new membrane into the storage of the old one
+    and return that tensor: the caller gives up the state it passes in
+    (`SpikingTransformer.step(..., donate=True)`), and a step allocates no new membranes."""
+    token = _DONATED.set(on)
+    try:
+        yield
+    finally:
+        _DONATED.reset(token)
+
 
 def lif_update(lif: LIF, x: Tensor, v: Tensor, *, in_place: bool,
                consume: bool = False) -> tuple[Tensor, Tensor]:
@@ -71,6 +89,15 @@ def lif_update(lif: LIF, x: Tensor, v: Tensor, *, in_place: bool,
         s = lif.spike_grad(h - lif.threshold)
         return s, h * (1.0 - s.detach())
     h = x.sub_(v) if consume else x - v
+    if _DONATED.get() and h.shape == v.shape and v.is_contiguous():
+        # the same sum as below (IEEE addition commutes), written into the donated membrane;
+        # the spikes then reuse the temporary's storage
+        v.add_(h.div_(lif.tau))
+        s = torch.ge(v, lif.threshold, out=h)
+        if v.numel() <= _CHUNK:
+            return s, v.mul_(torch.lt(v, lif.threshold, out=torch.empty_like(v)))
+        v.mul_(s.neg_().add_(1.0))
+        return s.neg_().add_(1.0), v
     h.div_(lif.tau).add_(v)
     s = torch.ge(h, lif.threshold, out=torch.empty_like(h))
     if h.numel() <= _CHUNK:
