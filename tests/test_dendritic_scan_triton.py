@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -140,6 +143,48 @@ def test_gradients_equal_autograd_through_the_loop(heads, head_dim, k, n, batch,
         if k > 1 and not (name == "readout_rest" and theta == float("inf")):
             assert b.abs().sum() > 0, name
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
+
+
+# Compiles both kernels for an H100 (sm_90) with Triton's own ptxas, no GPU needed, in a process
+# without the interpreter; the forward pass must hold no fused multiply-add (its bit-exactness
+# with the CPU kernel rests on that). Exit code 77: no NVIDIA backend or ptxas to compile with.
+_COMPILE = textwrap.dedent("""
+    import sys
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+        get_ptxas(90).path
+    except Exception as e:
+        print(f"no NVIDIA backend or ptxas: {e}")
+        sys.exit(77)
+    from spikestream.pipeline.network.attention import dendritic_scan_triton as D
+
+    for dtype, k in (("fp64", 3), ("fp32", 8)):
+        launch = D._launch(k, 200)
+        options = {key: launch.pop(key) for key in ("num_warps", "enable_fp_fusion")}
+        for kernel, flags in ((D._scan_forward, {"RESETS": True, "KEEP": True}),
+                              (D._scan_backward, {})):
+            consts = {**launch, **flags}
+            sig = {name: "constexpr" if name in consts else
+                   "*" + dtype if name.endswith("_ptr") else "i32" for name in kernel.arg_names}
+            out = triton.compile(ASTSource(kernel, sig, constexprs=consts),
+                                 target=GPUTarget("cuda", 90, 32), options=options)
+            assert out.asm["cubin"], kernel
+            if kernel is D._scan_forward:
+                assert "fma." not in out.asm["ptx"], "the forward pass holds fused multiply-adds"
+    print("compiled")
+""")
+
+
+def test_kernels_compile_for_a_cuda_gpu():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True,
+                         text=True, timeout=240)
+    if run.returncode == 77:
+        pytest.skip(run.stdout.strip())
+    assert run.returncode == 0 and "compiled" in run.stdout, run.stdout + run.stderr
 
 
 @pytest.mark.skipif(not CUDA, reason="no CUDA device")
