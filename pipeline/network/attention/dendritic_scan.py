@@ -206,20 +206,21 @@ Kernel = Literal["numba", "triton"]
 
 
 @functools.cache
-def _triton_importable() -> bool:
+def triton_usable() -> bool:
+    """Whether triton imports and has what the kernels use (`tl.gather`: Triton >= 3.3)."""
     try:
-        import triton  # noqa: F401
+        import triton.language as tl
     except ImportError:  # not installed, or no usable build for this platform
         return False
-    return True
+    return hasattr(tl, "gather")
 
 
 def scan_kernel(device: torch.device) -> Kernel | None:
     """The compiled scan for tensors on `device`: numba on the CPU, Triton on CUDA where
-    triton imports, else None (the caller runs the loop)."""
+    `triton_usable()`, else None (the caller runs the loop)."""
     if device.type == "cpu":
         return "numba"
-    if device.type == "cuda" and _triton_importable():
+    if device.type == "cuda" and triton_usable():
         return "triton"
     return None
 
