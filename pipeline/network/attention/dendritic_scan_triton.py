@@ -8,12 +8,13 @@ order, its state `[k, BLOCK]` in registers, so a training step launches two scan
 however many tokens it has, where the loop launches several per token.
 
 The forward pass does the numba kernel's arithmetic in its order: the tridiagonal charge
-summed lower, diagonal, upper neighbour then input, the readout summed compartment by
-compartment (rows are picked out of the register tile by masked sums, which add exact
-zeros), and the kernels are compiled without fused multiply-adds. Its spikes, states and
-peaks therefore equal the CPU kernel's bit for bit. For the backward pass it stores the state
-before every token and the potentials, as the CPU kernel does; the backward accumulates the
-parameter gradients per column and sums them over columns and blocks at the end.
+summed lower, diagonal, upper neighbour then input (the neighbours gathered from the register
+tile), the readout a sum over the compartments, and no fused multiply-adds (the kernels are
+compiled without them). Under the interpreter its spikes, states and peaks equal the CPU
+kernel's bit for bit; compiled for a GPU, the readout's sum runs in the order of Triton's
+reduction, equal to rounding. For the backward pass it stores the state before every token and
+the potentials, as the CPU kernel does; the backward accumulates the parameter gradients per
+column and sums them over columns and blocks at the end.
 
 Without a GPU the kernels run under Triton's interpreter (`TRITON_INTERPRET=1` set before
 triton is imported) on CPU tensors: `tests/test_dendritic_scan_triton.py`.
