@@ -16,6 +16,12 @@ $(STAMP): pyproject.toml
 	# spikingjelly's LIF is the official models' neuron (tests/test_reference.py). Without
 	# --no-deps its torchvision requirement replaces torch 2.13.0 by a multi-GB CUDA build.
 	$(PY) -m pip install -q --no-deps spikingjelly==0.0.0.0.14
+	# Triton (the `gpu` extra): the CUDA path of the LRF-Dyn scan, whose tests run its kernels in
+	# Triton's interpreter on the CPU. It declares no dependencies (--no-deps keeps it so); a
+	# triton that is already there (CUDA builds of torch bring their own) is left as it is, and
+	# where no wheel fits (macOS, Python < 3.11 for this pin) those tests skip.
+	$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install -q --no-deps triton==3.9.0 \
+		|| echo "triton not installed: the Triton scan tests will skip"
 	touch $(STAMP)
 
 test: $(STAMP)

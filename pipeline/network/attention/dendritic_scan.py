@@ -13,11 +13,15 @@ Written with torch operations this is a Python loop of N small batched matmuls p
 `DendriticScan` is a `torch.autograd.Function` whose backward is the exact adjoint of that
 recurrence, A being tridiagonal (the reset contributes no gradient, as `s.detach()` makes it
 in the loop), so its gradients equal autograd's through the loop
-(`tests/test_dendritic_scan.py`). The loop in `DendriticCore.scan_loop` stays the reference,
-and the path for other devices.
+(`tests/test_dendritic_scan.py`). On CUDA the same Function runs as Triton kernels
+(`dendritic_scan_triton`); `dendritic_scan` checks the arguments once and picks the kernel.
+The loop in `DendriticCore.scan_loop` stays the reference, and the path for other devices.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Literal
 
 import numpy as np
 import torch
@@ -198,21 +202,56 @@ class DendriticScan(torch.autograd.Function):
 _TORCH = {"float32": torch.float32, "float64": torch.float64}
 
 
+Kernel = Literal["numba", "triton"]
+
+
+@functools.cache
+def triton_usable() -> bool:
+    """Whether triton imports and has what the kernels use (`tl.gather`: Triton >= 3.3)."""
+    try:
+        import triton.language as tl
+    except ImportError:  # not installed, or no usable build for this platform
+        return False
+    return hasattr(tl, "gather")
+
+
+def scan_kernel(device: torch.device) -> Kernel | None:
+    """The compiled scan for tensors on `device`: numba on the CPU, Triton on CUDA where
+    `triton_usable()`, else None (the caller runs the loop)."""
+    if device.type == "cpu":
+        return "numba"
+    if device.type == "cuda" and triton_usable():
+        return "triton"
+    return None
+
+
 def dendritic_scan(u: Tensor, diag: Tensor, lower: Tensor, upper: Tensor, gamma: Tensor,
                    c: Tensor, x0: Tensor, theta: float, alpha: float, resets: bool = True,
-                   steps: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+                   steps: int = 0, kernel: Kernel | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """The compiled scan (module docstring): `u[n, h, m]` -> `(s[n, h, m], x[h, k, m],
     peaks[steps, h])`. A is tridiagonal per head: `diag`, `lower[r] = A[r, r-1]`,
     `upper[r] = A[r, r+1]` (`[h, k]`). The n tokens are `steps` timesteps of n / steps
     tokens, and `peaks` holds each head's largest |state| at the end of each (no rows for
-    `steps=0`)."""
+    `steps=0`). `kernel` defaults to `scan_kernel(u.device)`; "triton" also runs CPU tensors
+    under `TRITON_INTERPRET=1` (how the Triton kernels are tested without a GPU)."""
     if steps and u.shape[0] % steps:
         raise ValueError(f"{u.shape[0]} tokens are not {steps} timesteps of equal length")
     if u.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"the compiled scan runs float32 or float64, got {u.dtype}")
-    peaks = torch.zeros(steps, u.shape[1], dtype=u.dtype)
+    kernel = kernel or scan_kernel(u.device)
+    if kernel == "numba":
+        function: type[torch.autograd.Function] = DendriticScan
+    elif kernel == "triton":
+        from spikestream.pipeline.network.attention.dendritic_scan_triton import (
+            TritonDendriticScan,
+        )
+
+        function = TritonDendriticScan
+    else:
+        raise ValueError(f"no compiled scan for {u.device} (kernel={kernel!r})")
+    peaks = torch.zeros(steps, u.shape[1], dtype=u.dtype, device=u.device)
     params = (u, diag, lower, upper, gamma, c, x0)
     if not torch.is_grad_enabled():  # a parameter passed as it is still requires grad: the
         params = tuple(t.detach() for t in params)  # forward would keep every token's state
-    s, x = DendriticScan.apply(*params, theta, alpha, resets, peaks)
+    s, x = function.apply(*params, theta, alpha, resets, peaks)
     return s, x, peaks

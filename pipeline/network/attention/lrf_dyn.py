@@ -36,7 +36,11 @@ import torch
 from torch import Tensor, nn
 
 from spikestream.pipeline.network.attention.base import State, register_attention
-from spikestream.pipeline.network.attention.dendritic_scan import dendritic_scan
+from spikestream.pipeline.network.attention.dendritic_scan import (
+    Kernel,
+    dendritic_scan,
+    scan_kernel,
+)
 from spikestream.pipeline.network.attention.local import LocalRF
 from spikestream.pipeline.network.attention.qkv import SpikingQKV
 from spikestream.pipeline.network.neurons import grad_free, spike_ge
@@ -71,8 +75,9 @@ class DendriticCore(nn.Module):
         self.max_shift = int(max_shift)
         self.quantize_decay = bool(quantize_decay)
         self.alpha = float(alpha)
-        #: run `scan` as the compiled loop on the CPU (False: always `scan_loop`)
-        self.compiled_scan = True
+        #: `scan` as one compiled loop: True picks the kernel for the tensors' device (numba on
+        #: the CPU, Triton on CUDA), "numba" or "triton" names it, False: always `scan_loop`
+        self.compiled_scan: bool | Kernel = True
         self.register_buffer("theta", torch.tensor(float(theta)))
         # time constants spread over 2**1 .. 2**8 tokens (1 .. 8 shifts)
         shifts = torch.linspace(1.0, min(8.0, float(self.max_shift)), k) if k > 1 else torch.ones(1)
@@ -138,32 +143,38 @@ class DendriticCore(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """`step`, optionally also returning the soma potentials `y[B, N, D]` before firing.
 
-        On the CPU (without `keep_potential`) the recurrence runs as one compiled loop with
-        its own backward (`dendritic_scan`); elsewhere, and as the reference, `scan_loop`."""
-        if keep_potential or not self._compiled_for(u):
+        On the CPU and CUDA (without `keep_potential`) the recurrence runs as one compiled
+        loop with its own backward (`dendritic_scan`); elsewhere, and as the reference,
+        `scan_loop`."""
+        kernel = self._compiled_for(u)
+        if keep_potential or kernel is None:
             return self.scan_loop(u, x, keep_potential)
-        s, x = self._scan_compiled(u, x, 1)
+        s, x = self._scan_compiled(u, x, 1, kernel)
         return s, x, None
 
     def forward_seq(self, u: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """All timesteps of `u[T, B, N, D]` from state `x`: `(s[T, B, N, D], X)`, equal to
         stepping through them. The state carries from each timestep's last token to the
         next one's first, so the compiled path scans the T * N tokens in one call."""
-        if not self._compiled_for(u):
+        kernel = self._compiled_for(u)
+        if kernel is None:
             out = []
             for u_t in u:
                 s, x = self.step(u_t, x)
                 out.append(s)
             return torch.stack(out), x
         t, b, n, d = u.shape
-        s, x = self._scan_compiled(u.transpose(0, 1).reshape(b, t * n, d), x, t)
+        s, x = self._scan_compiled(u.transpose(0, 1).reshape(b, t * n, d), x, t, kernel)
         return s.reshape(b, t, n, d).transpose(0, 1), x
 
-    def _compiled_for(self, u: Tensor) -> bool:
-        return (self.compiled_scan and u.device.type == "cpu"
-                and u.dtype in (torch.float32, torch.float64))
+    def _compiled_for(self, u: Tensor) -> Kernel | None:
+        """The compiled scan's kernel for `u`, None for the loop."""
+        if not self.compiled_scan or u.dtype not in (torch.float32, torch.float64):
+            return None
+        return scan_kernel(u.device) if self.compiled_scan is True else self.compiled_scan
 
-    def _scan_compiled(self, u: Tensor, x: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+    def _scan_compiled(self, u: Tensor, x: Tensor, steps: int,
+                       kernel: Kernel) -> tuple[Tensor, Tensor]:
         """The compiled scan of `u[B, L, D]`, L tokens being `steps` timesteps."""
         b, n, _ = u.shape
         h, k, d = self.heads, self.k, self.head_dim
@@ -174,7 +185,7 @@ class DendriticCore(nn.Module):
         s, x, peaks = dendritic_scan(
             us, *(p.to(u.dtype) for p in (self.decays(), lower, upper, self.gamma,
                                           self.readout())),
-            x, theta, self.alpha, math.isfinite(theta), steps,
+            x, theta, self.alpha, math.isfinite(theta), steps, kernel,
         )  # fmt: skip
         self._track_peak(peaks)
         return self._tokens(s, b), self._unfold_state(x, b)
