@@ -1,10 +1,10 @@
-"""Prophesee EVT 2.0 / EVT 3.0 `.raw` and DAT files: EVT 2.0 and DAT via `expelliarmus`, EVT 3.0
-by our own decoder (`datasets/evt3.py`: expelliarmus's EVT 3.0 timestamps do not follow the format).
+"""Prophesee EVT 2.0 / EVT 3.0 `.raw` and DAT files, decoded by our compiled decoders
+(`datasets/prophesee_decoders.py`; the EVT 3.0 word table and why not expelliarmus's decoder:
+`datasets/evt3.py`), written through expelliarmus (EVT 2.0, DAT) and faery (EVT 3.0).
 
-expelliarmus needs the file to end in `.raw` (EVT) or `.dat` (DAT); a file with another name is
-read through a hard link (or a temporary copy) with the right suffix. It reports errors by
-printing and stopping early, so we check that it reached the end of the file and locate the first
-bad word ourselves.
+The decoders write the events' fields in one pass over each block of words and check them on
+the way (word types, time base, field ranges, overflow repairs, time order, sensor bounds), so a
+read costs one pass; any problem is an error naming the file and the byte offset.
 The sensor size comes from the `%` header (`% geometry WxH`, `% format ...;width=..;height=..`,
 `% Width`/`% Height`, or a known plugin name); when the header names none it is inferred from the
 events (metadata `sensor_size_inferred`).
@@ -12,7 +12,6 @@ events (metadata `sensor_size_inferred`).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import re
@@ -24,12 +23,17 @@ from typing import Any
 
 import numpy as np
 
-from spikestream.datasets.evt3 import iter_evt3
 from spikestream.datasets.formats import Format, register_format
-from spikestream.datasets.native_output import quiet_next
 from spikestream.datasets.textheader import read_text_header
 from spikestream.datasets.timestamps import MAX_STEP_32BIT_US, check_steps
-from spikestream.events import EventFormatError, Recording, SensorSize, checked_events
+from spikestream.events import (
+    EVENT_DTYPE,
+    MAX_TIME_US,
+    EventFormatError,
+    Recording,
+    SensorSize,
+    validate_events,
+)
 
 #: Prophesee HAL plugin-name fragments -> (width, height).
 PLUGINS: dict[str, tuple[int, int]] = {
@@ -39,14 +43,18 @@ PLUGINS: dict[str, tuple[int, int]] = {
     "gen3": (640, 480),
 }
 
-#: EVT 2.0 word types (top 4 bits) that expelliarmus decodes.
-_EVT2_TYPES = (0x0, 0x1, 0x8)
-
-
 def parse_header(path: Path) -> tuple[int, list[str]]:
     """Byte offset of the binary data and the `%` header lines (without `% `)."""
-    pos, lines = read_text_header(path, b"%", end="end")
-    return pos, [ln.strip() for ln in lines]
+    st = os.stat(path)
+    pos, lines = _parsed_header(str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    return pos, list(lines)
+
+
+@functools.lru_cache(maxsize=32)
+def _parsed_header(path: str, inode: int, size: int, mtime_ns: int) -> tuple[int, tuple[str, ...]]:
+    """`parse_header` of one version of a file (sniffing and opening read the header once)."""
+    pos, lines = read_text_header(Path(path), b"%", end="end")
+    return pos, tuple(ln.strip() for ln in lines)
 
 
 def encoding_of(lines: list[str], suffix: str) -> str | None:
@@ -90,25 +98,86 @@ def header_t0(lines: list[str]) -> int:
     return 0
 
 
-def _first_bad_word(path: Path, start: int, encoding: str) -> int | None:
-    """Byte offset of the first EVT 2.0 word whose type expelliarmus does not decode (read in
-    chunks)."""
-    dtype, shift, ok = np.dtype("<u4"), 28, _EVT2_TYPES
-    pos = start
-    with open(path, "rb") as f:
-        f.seek(start)
-        while buf := f.read((1 << 20) * dtype.itemsize):
-            words = np.frombuffer(buf[: len(buf) // dtype.itemsize * dtype.itemsize], dtype)
-            bad = np.flatnonzero(~np.isin(words >> shift, ok))
-            if bad.size:
-                return pos + int(bad[0]) * dtype.itemsize
-            pos += len(buf)
-    return None
+class DecodedPackets:
+    """Packets of a Prophesee file's words from byte `body` to `size`, decoded `block_words` at a
+    time by the compiled decoders (`prophesee_decoders`), which also check time order and the
+    bounds `check_within` sets: `EventStream` then checks the packets no further."""
+
+    def __init__(self, path: Path, enc: str, body: int, size: int, block_words: int,
+                 t0: int = 0) -> None:
+        self.path, self.enc, self.body, self.size, self.t0 = path, enc, body, size, t0
+        self.unit = 2 if enc == "evt3" else 4  # bytes a word
+        self.block = block_words + (block_words % 2 if enc == "dat" else 0)  # DAT: whole records
+        self.bounds = (1 << 16, 1 << 16)  # the u2 fields' range until the sensor is known
+
+    def check_within(self, width: int, height: int) -> None:
+        """Events must lie inside a `width` x `height` sensor."""
+        self.bounds = (int(width), int(height))
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        from spikestream.datasets import prophesee_decoders as dec  # numba: when reading only
+
+        decode = {"evt3": dec.decode_evt3, "evt2": dec.decode_evt2, "dat": dec.decode_dat}[
+            self.enc]
+        state = dec.new_state()
+        w, h = self.bounds
+        first, pos = 0, self.body
+        buf = np.empty(min(self.block, (self.size - self.body) // self.unit),
+                       "<u2" if self.unit == 2 else "<u4")
+        with open(self.path, "rb") as f:
+            f.seek(self.body)
+            while pos < self.size:
+                got = f.readinto(buf) // self.unit
+                if got <= 0:
+                    return
+                words = buf[:got]
+                cap = dec.count_evt3(words) if self.enc == "evt3" else got
+                ev = np.empty(cap, EVENT_DTYPE)
+                n, code, at, value = decode(words, state, ev["x"], ev["y"], ev["t"], ev["p"], w, h,
+                                            self.t0, MAX_TIME_US - self.t0, MAX_STEP_32BIT_US)
+                if code != dec.OK:
+                    self._fail(dec, code, ev, int(n), first, pos + self.unit * int(at),
+                               int(value), state)
+                if n:
+                    yield ev[:n], None
+                first += n
+                pos += got * self.unit
+
+    def _fail(self, dec: Any, code: int, ev: np.ndarray, n: int, first: int, offset: int,
+              value: int, state: np.ndarray) -> None:
+        """Raise the error a decoder's problem `code` at event `n`, word `offset` stands for."""
+        path, name = self.path, {"evt3": "EVT 3.0", "evt2": "EVT 2.0", "dat": "DAT"}[self.enc]
+        at = np.array([offset, offset])
+        last_t = int(state[dec.LAST_T]) if state[dec.HAS_LAST] else None
+        if code == dec.WORD_TYPE:
+            raise EventFormatError(path, f"undefined {name} word type 0x{value:X}", offset=offset,
+                                   expected=f"a defined {name} word type")
+        if code in (dec.NO_TIME_HIGH, dec.NO_ROW, dec.NO_BASE):
+            what = {dec.NO_TIME_HIGH: "EVT_TIME_HIGH", dec.NO_ROW: "EVT_ADDR_Y",
+                    dec.NO_BASE: "VECT_BASE_X"}[code]
+            raise EventFormatError(path, f"a CD event before the first {what}", offset=offset,
+                                   expected="time high, y and x base words before events")
+        if code == dec.X_RANGE:
+            raise EventFormatError(path, f"x={value}", offset=offset, record=first + n,
+                                   expected="0 <= x <= 65535")
+        if code == dec.T_RANGE:
+            raise EventFormatError(path, f"t={value}" + (f" (+ offset {self.t0})" if self.t0
+                                                         else ""),
+                                   offset=offset, record=first + n,
+                                   expected=f"0 <= t <= {MAX_TIME_US - self.t0}")
+        if code == dec.STEP:
+            check_steps(path, ev["t"][n:n + 1], last_t, MAX_STEP_32BIT_US, first=first + n,
+                        offsets=at)
+        # time order or sensor bounds: the contract's own check names the event
+        lo = n - 1 if n else n
+        validate_events(ev[lo:n + 1], self.bounds, source=path, first=first + lo, offsets=at,
+                        last_t=None if n else last_t)
+        raise AssertionError(f"decoder problem {code} not raised")  # pragma: no cover
 
 
 def open_source(
     path: Path, chunk_events: int, encoding: str | None = None
-) -> tuple[SensorSize | None, Iterator[tuple[np.ndarray, np.ndarray | None]], dict[str, Any]]:
+) -> tuple[SensorSize | None, DecodedPackets, dict[str, Any]]:
     """Sensor size (None if the header names none), packets, metadata of an EVT2/EVT3/DAT file."""
     start, lines = parse_header(path)
     enc = encoding or encoding_of(lines, path.suffix.lower())
@@ -131,50 +200,13 @@ def open_source(
                                offset=bad, expected=f"{unit}-byte words")
     wh = header_size(lines)
     t0 = header_t0(lines)
-
-    def evt3_packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        first, last_t = 0, None
-        for x, y, t, p in iter_evt3(path, body, chunk_words=max(chunk_events, 4096)):
-            ev = checked_events(x, y, t, p, source=path, first=first, t_offset=t0)
-            check_steps(path, ev["t"], last_t, MAX_STEP_32BIT_US, first=first)
-            if len(ev):
-                last_t = int(ev["t"][-1])
-                first += len(ev)
-                yield ev, None
-
-    def packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        suffix = ".dat" if enc == "dat" else ".raw"
-        with contextlib.ExitStack() as stack:
-            src = path
-            if path.resolve().suffix != suffix:
-                # expelliarmus resolves links and checks the suffix: hard link, else copy
-                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="spikestream-"))
-                src = Path(tmp) / f"events{suffix}"
-                try:
-                    os.link(path.resolve(), src)
-                except OSError:
-                    shutil.copyfile(path, src)
-            from expelliarmus import Wizard  # 0.5 s to import: only when a file needs it
-
-            wizard = Wizard(encoding=enc, fpath=src, chunk_size=max(chunk_events, 16))
-            first, last_t = 0, None
-            chunks = wizard.read_chunk()
-            while (arr := quiet_next(chunks)) is not None:  # it prints warnings on stdout
-                ev = checked_events(arr["x"], arr["y"], arr["t"], arr["p"] > 0, source=path,
-                                    first=first, t_offset=t0)
-                check_steps(path, ev["t"], last_t, MAX_STEP_32BIT_US, first=first)
-                if len(ev):
-                    last_t = int(ev["t"][-1])
-                first += len(ev)
-                yield ev, None
-            if not wizard.cargo.events_info.finished and size > body:
-                at = _first_bad_word(path, body, enc) if enc == "evt2" else None
-                raise EventFormatError(path, f"{enc.upper()} decoding stopped early", offset=at,
-                                       expected=f"valid {enc.upper()} words")
-
+    if t0 > MAX_TIME_US:
+        raise EventFormatError(path, f"time offset {t0} µs", expected=f"t0 <= {MAX_TIME_US}")
     meta: dict[str, Any] = {"encoding": enc, "header": lines, "t0_us": t0}
-    stream = evt3_packets() if enc == "evt3" else packets()
-    return ((wh[0], wh[1], 2) if wh else None), stream, meta
+    # a block of words holds at most one event a word (EVT 2.0) or a record (DAT, two words)
+    block = max(chunk_events, 4096) * (2 if enc == "dat" else 1)
+    return ((wh[0], wh[1], 2) if wh else None), DecodedPackets(path, enc, body, size, block,
+                                                               t0), meta
 
 
 def sniff_encoding(path: Path, head: bytes) -> str | None:
@@ -254,7 +286,7 @@ for _enc, _ext, _magic in (("evt2", ".raw", "% header naming evt 2.0"),
                            ("evt3", ".raw", "% header naming evt 3.0"),
                            ("dat", ".dat", "% header, then type/size bytes")):
     register_format(Format(
-        _enc, (_ext,), _magic, "own, vectorised" if _enc == "evt3" else "expelliarmus", "chunked",
+        _enc, (_ext,), _magic, "own, compiled (numba)", "chunked",
         open=functools.partial(open_source, encoding=_enc),
         sniff=lambda path, head, enc=_enc: sniff_encoding(path, head) == enc,
         write=functools.partial(write_prophesee, encoding=_enc)))

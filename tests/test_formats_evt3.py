@@ -1,5 +1,6 @@
 """EVT 3.0 decoding against the format: a file this test encodes word by word from known events,
-and the real sample against a word-by-word reference decoder, faery and expelliarmus."""
+and the real sample against a word-by-word reference decoder, faery and expelliarmus; the
+compiled decoder in blocks of any size (state carried across block boundaries)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from spikestream import EventFormatError
 from spikestream.datasets import iter_events, read_events
-from spikestream.datasets.evt3 import iter_evt3
+from spikestream.datasets.prophesee import DecodedPackets
 
 HEADER = b"% evt 3.0\n% format EVT3;width=1280;height=720\n% end\n"
 
@@ -73,6 +74,11 @@ def synthetic_events(rng: np.random.Generator) -> np.ndarray:
     return ev[np.lexsort((ev["x"], ev["p"], ev["y"], ev["t"]))]
 
 
+def blocks(path: Path, block_words: int, start: int = len(HEADER)) -> DecodedPackets:
+    """The compiled decoder's packets of an EVT 3.0 file, `block_words` words at a time."""
+    return DecodedPackets(path, "evt3", start, path.stat().st_size, block_words)
+
+
 def test_synthetic_file_decodes_to_its_events(tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     truth = synthetic_events(rng)
@@ -86,12 +92,11 @@ def test_synthetic_file_decodes_to_its_events(tmp_path: Path) -> None:
     assert rec.metadata["format"] == "evt3" and rec.sensor_size == (1280, 720, 2)
     for k in "xytp":
         np.testing.assert_array_equal(rec.events[k], truth[k], err_msg=k)
-    # state carried across every chunk boundary, vector runs split between chunks included
-    for chunk_words in (1, 2, 3, 7, 4096):
-        parts = list(iter_evt3(path, len(HEADER), chunk_words))
-        got = {k: np.concatenate([c[i] for c in parts]) for i, k in enumerate("xytp")}
+    # state carried across every block boundary, vector runs split between blocks included
+    for block in (1, 2, 3, 7, 4096):
+        got = np.concatenate([p for p, _ in blocks(path, block)])
         for k in "xytp":
-            np.testing.assert_array_equal(got[k], truth[k], err_msg=f"{k}, {chunk_words}")
+            np.testing.assert_array_equal(got[k], truth[k], err_msg=f"{k}, {block}")
     packets = list(iter_events(path, chunk_events=333))
     assert [len(q) for q in packets[:-1]] == [333] * (len(packets) - 1)
     np.testing.assert_array_equal(np.concatenate(packets)["t"], truth["t"])
@@ -217,15 +222,11 @@ def test_written_file_round_trips(tmp_path: Path) -> None:
         np.testing.assert_array_equal(back.events[k], truth[k], err_msg=k)
 
 
-def test_vector_base_carried_across_chunks() -> None:
-    """A VECT_12 whose VECT_BASE_X lies in an earlier chunk starts where the last vector ended."""
-    from spikestream.datasets.evt3 import Evt3State, decode_words
-
-    state = Evt3State()
-    words = np.asarray([0x8001, 0x6002, 0x0005, 0x3800 | 100, 0x4000 | 0b101, 0x5000 | 1,
-                        0x4000 | 0b11], "<u2")
-    got = [decode_words(words[i:i + 1], state, "w", 2 * i) for i in range(len(words))]
-    x = np.concatenate([g[0] for g in got])
-    assert x.tolist() == [100, 102, 112, 120, 121]
-    assert np.concatenate([g[3] for g in got]).tolist() == [1] * 5
-    assert set(np.concatenate([g[2] for g in got]).tolist()) == {(1 << 12) + 2}
+def test_vector_base_carried_across_blocks(tmp_path: Path) -> None:
+    """A VECT_12 whose VECT_BASE_X lies in an earlier block starts where the last vector ended."""
+    path = words_file(tmp_path, [0x8001, 0x6002, 0x0005, 0x3800 | 100, 0x4000 | 0b101,
+                                 0x5000 | 1, 0x4000 | 0b11])
+    got = np.concatenate([p for p, _ in blocks(path, 1)])
+    assert got["x"].tolist() == [100, 102, 112, 120, 121]
+    assert got["p"].tolist() == [1] * 5
+    assert set(got["t"].tolist()) == {(1 << 12) + 2}
