@@ -1,4 +1,4 @@
-"""The EVT 3.0 word table; decoded per the format by `prophesee_decoders.decode_evt3` (compiled).
+"""The EVT 3.0 word table; decoded per the format by `compiled_decoders.decode_evt3` (compiled).
 
 Our own decoder rather than expelliarmus's: expelliarmus counts a 2^24 µs wrap whenever an
 EVT_TIME_LOW value goes down instead of following the EVT_TIME_HIGH words, so on files that

@@ -5,9 +5,9 @@
 events (the last may be shorter) that knows its `sensor_size` before the first packet and is a
 context manager. Every packet is checked on the way out: timestamps non-decreasing (also across
 packets) and coordinates inside the sensor (by `validate_events`, or by a source that declares
-`check_within(width, height)` and checks its packets in its own decoding pass); any problem, and
-any error of an underlying library, becomes an `EventFormatError` naming the file and the byte
-offset or record.
+`check_within(width, height) -> True` and checks its packets in its own decoding pass); any
+problem, and any error of an underlying library, becomes an `EventFormatError` naming the file
+and the byte offset or record.
 """
 
 from __future__ import annotations
@@ -107,14 +107,14 @@ class EventStream:
         last_t: int | None = None
         pending: list[np.ndarray] = []
         n_pending = 0
-        # a source that checks its packets itself, in its decoding pass, is told the bounds
+        # a source that can check its packets itself, in its decoding pass, is told the bounds
+        # and says whether it does
         check_within = getattr(self._source, "check_within", None)
-        if check_within is not None:
-            check_within(w, h)
+        checked = bool(check_within(w, h)) if check_within is not None else False
         for ev, offs in _guard(self.path, self._source):
             if not len(ev):
                 continue
-            if check_within is None:
+            if not checked:
                 validate_events(ev, (w, h), source=self.path, first=self.n_events + n_pending,
                                 offsets=offs, last_t=last_t)
                 last_t = int(ev["t"][-1])

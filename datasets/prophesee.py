@@ -1,5 +1,5 @@
 """Prophesee EVT 2.0 / EVT 3.0 `.raw` and DAT files, decoded by our compiled decoders
-(`datasets/prophesee_decoders.py`; the EVT 3.0 word table and why not expelliarmus's decoder:
+(`datasets/compiled_decoders.py`; the EVT 3.0 word table and why not expelliarmus's decoder:
 `datasets/evt3.py`), written through expelliarmus (EVT 2.0, DAT) and faery (EVT 3.0).
 
 The decoders write the events' fields in one pass over each block of words and check them on
@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from spikestream.datasets.decoder_choice import use_compiled
 from spikestream.datasets.formats import Format, register_format
 from spikestream.datasets.textheader import read_text_header
 from spikestream.datasets.timestamps import MAX_STEP_32BIT_US, check_steps
@@ -32,6 +33,7 @@ from spikestream.events import (
     EventFormatError,
     Recording,
     SensorSize,
+    checked_events,
     validate_events,
 )
 
@@ -100,55 +102,86 @@ def header_t0(lines: list[str]) -> int:
 
 class DecodedPackets:
     """Packets of a Prophesee file's words from byte `body` to `size`, decoded `block_words` at a
-    time by the compiled decoders (`prophesee_decoders`), which also check time order and the
-    bounds `check_within` sets: `EventStream` then checks the packets no further."""
+    time. The compiled decoders (`compiled_decoders`) also check time order and the bounds
+    `check_within` sets, so `EventStream` checks their packets no further; the numpy decoders
+    (`prophesee_numpy`, for small reads: `decoder_choice`) leave that check to `EventStream`."""
 
     def __init__(self, path: Path, enc: str, body: int, size: int, block_words: int,
-                 t0: int = 0) -> None:
+                 t0: int = 0, compiled: bool | None = None) -> None:
         self.path, self.enc, self.body, self.size, self.t0 = path, enc, body, size, t0
         self.unit = 2 if enc == "evt3" else 4  # bytes a word
         self.block = block_words + (block_words % 2 if enc == "dat" else 0)  # DAT: whole records
         self.bounds = (1 << 16, 1 << 16)  # the u2 fields' range until the sensor is known
+        self.compiled = use_compiled(size - body) if compiled is None else compiled
 
-    def check_within(self, width: int, height: int) -> None:
-        """Events must lie inside a `width` x `height` sensor."""
+    def check_within(self, width: int, height: int) -> bool:
+        """Events must lie inside a `width` x `height` sensor; True when the decoder checks
+        that (and time order) itself."""
         self.bounds = (int(width), int(height))
+        return self.compiled
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        from spikestream.datasets import prophesee_decoders as dec  # numba: when reading only
-
-        decode = {"evt3": dec.decode_evt3, "evt2": dec.decode_evt2, "dat": dec.decode_dat}[
-            self.enc]
-        state = dec.new_state()
-        w, h = self.bounds
-        first, pos = 0, self.body
+    def _blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(byte offset, words) of each block, read into one reused buffer."""
         buf = np.empty(min(self.block, (self.size - self.body) // self.unit),
                        "<u2" if self.unit == 2 else "<u4")
+        pos = self.body
         with open(self.path, "rb") as f:
             f.seek(self.body)
             while pos < self.size:
                 got = f.readinto(buf) // self.unit
                 if got <= 0:
                     return
-                words = buf[:got]
-                cap = dec.count_evt3(words) if self.enc == "evt3" else got
-                ev = np.empty(cap, EVENT_DTYPE)
-                n, code, at, value = decode(words, state, ev["x"], ev["y"], ev["t"], ev["p"], w, h,
-                                            self.t0, MAX_TIME_US - self.t0, MAX_STEP_32BIT_US)
-                if code != dec.OK:
-                    self._fail(dec, code, ev, int(n), first, pos + self.unit * int(at),
-                               int(value), state)
-                if n:
-                    yield ev[:n], None
-                first += n
+                yield pos, buf[:got]
                 pos += got * self.unit
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        return self._compiled() if self.compiled else self._numpy()
+
+    def _numpy(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        from spikestream.datasets import prophesee_numpy as npd
+
+        decode = {"evt3": npd.decode_evt3, "evt2": npd.decode_evt2, "dat": npd.decode_dat}[
+            self.enc]
+        state = npd.new_state()
+        first, last_t = 0, None
+        for pos, words in self._blocks():
+            x, y, t, p = decode(words, state, self.path, pos)
+            ev = checked_events(x, y, t, p, source=self.path, first=first, t_offset=self.t0)
+            check_steps(self.path, ev["t"], last_t, MAX_STEP_32BIT_US, first=first)
+            if len(ev):
+                last_t = int(ev["t"][-1])
+                first += len(ev)
+                yield ev, None
+
+    def _compiled(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        from spikestream.datasets import compiled_decoders as dec  # numba: when reading only
+        from spikestream.datasets.prophesee_numpy import new_state
+
+        decode = {"evt3": dec.decode_evt3, "evt2": dec.decode_evt2, "dat": dec.decode_dat}[
+            self.enc]
+        state = new_state()
+        w, h = self.bounds
+        first = 0
+        for pos, words in self._blocks():
+            cap = dec.count_evt3(words) if self.enc == "evt3" else len(words)
+            ev = np.empty(cap, EVENT_DTYPE)
+            n, code, at, value = decode(words, state, ev["x"], ev["y"], ev["t"], ev["p"], w, h,
+                                        self.t0, MAX_TIME_US - self.t0, MAX_STEP_32BIT_US)
+            if code != dec.OK:
+                self._fail(dec, code, ev, int(n), first, pos + self.unit * int(at), int(value),
+                           state)
+            if n:
+                yield ev[:n], None
+            first += n
 
     def _fail(self, dec: Any, code: int, ev: np.ndarray, n: int, first: int, offset: int,
               value: int, state: np.ndarray) -> None:
         """Raise the error a decoder's problem `code` at event `n`, word `offset` stands for."""
         path, name = self.path, {"evt3": "EVT 3.0", "evt2": "EVT 2.0", "dat": "DAT"}[self.enc]
         at = np.array([offset, offset])
-        last_t = int(state[dec.LAST_T]) if state[dec.HAS_LAST] else None
+        from spikestream.datasets.prophesee_numpy import HAS_LAST, LAST_T
+
+        last_t = int(state[LAST_T]) if state[HAS_LAST] else None
         if code == dec.WORD_TYPE:
             raise EventFormatError(path, f"undefined {name} word type 0x{value:X}", offset=offset,
                                    expected=f"a defined {name} word type")

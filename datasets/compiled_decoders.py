@@ -8,9 +8,9 @@ timestamp (`timestamps.MAX_STEP_32BIT_US`), time order and the sensor's bounds. 
 first problem and returns its code, the word and the offending value; `prophesee.py` turns that
 into an `EventFormatError` naming the file and the byte offset.
 
-Decoding state carried from one block to the next lives in an int64 array (`new_state`).
-The word tables are in `evt3.py` (EVT 3.0) and `prophesee.py` (EVT 2.0, DAT). This module
-imports numba: `prophesee.py` imports it when a file is read, not when formats are listed.
+Decoding state carried from one block to the next lives in an int64 array
+(`prophesee_numpy.new_state`, whose numpy decoders give the same events). This module imports
+numba: `prophesee.py` imports it when a file is read, not when formats are listed.
 """
 
 from __future__ import annotations
@@ -29,14 +29,22 @@ from spikestream.datasets.evt3 import (
     VECT_BASE_X,
     WRAP_US,
 )
+from spikestream.datasets.prophesee_numpy import (
+    BASE_X,
+    HAS_LAST,
+    HIGH,
+    LAST_T,
+    LOW,
+    OVERFLOWS,
+    RAW_T,
+    VECT_P,
+    WRAPS,
+    Y,
+)
 
 #: Problem codes the decoders return (OK: none).
 OK, WORD_TYPE, NO_TIME_HIGH, NO_ROW, NO_BASE, X_RANGE, T_RANGE, STEP, BACK, OUTSIDE = range(10)
 
-#: Slots of the state array: EVT 3.0 row, x base, vector polarity, time low, time high (-1: not
-#: seen), 24-bit wraps; DAT 32-bit overflows and last raw time; EVT 2.0 time high; the last
-#: event's time and whether there was one (time order and steps are checked across blocks).
-Y, BASE_X, VECT_P, LOW, HIGH, WRAPS, OVERFLOWS, RAW_T, LAST_T, HAS_LAST = range(10)
 
 _DEFINED_EVT3 = np.zeros(16, np.bool_)
 _DEFINED_EVT3[list(DEFINED_TYPES)] = True
@@ -54,13 +62,6 @@ def _events_per_word() -> np.ndarray:
 #: A table rather than branches: the word types of a real stream follow no pattern a branch
 #: predictor learns.
 _EVENTS_PER_WORD = _events_per_word()
-
-
-def new_state() -> np.ndarray:
-    """The state before the first word of a file."""
-    state = np.zeros(10, np.int64)
-    state[[Y, BASE_X, HIGH]] = -1
-    return state
 
 
 @numba.njit(cache=True, nogil=True)
