@@ -1,4 +1,5 @@
-"""Compiled (numba) decoders of Prophesee EVT 2.0, EVT 3.0 and DAT words into event fields.
+"""Compiled (numba) decoders of Prophesee EVT 2.0, EVT 3.0 and DAT words into event fields, and
+the copy of AEDAT 4 packets' columns (decoded by the `aedat` package) into them.
 
 Each decoder is one pass over a block of words that writes the events straight into the fields
 of an `EVENT_DTYPE` array and checks, on the way, what the event contract and the formats
@@ -41,9 +42,12 @@ from spikestream.datasets.prophesee_numpy import (
     WRAPS,
     Y,
 )
+from spikestream.events import MAX_TIME_US, validate_events
 
 #: Problem codes the decoders return (OK: none).
 OK, WORD_TYPE, NO_TIME_HIGH, NO_ROW, NO_BASE, X_RANGE, T_RANGE, STEP, BACK, OUTSIDE = range(10)
+#: No step limit (a format without timestamp repairs).
+MAX_STEP_NONE = MAX_TIME_US
 
 
 _DEFINED_EVT3 = np.zeros(16, np.bool_)
@@ -224,3 +228,36 @@ def decode_dat(words, state, ox, oy, ot, op, w, h, t_offset, t_limit, max_step):
     state[OVERFLOWS], state[RAW_T] = overflows, raw_prev
     state[LAST_T], state[HAS_LAST] = last, has_last
     return n, OK, -1, 0
+
+
+@numba.njit(cache=True, nogil=True)
+def copy_columns(t, x, y, on, state, ox, oy, ot, op, w, h, t_limit):
+    """Copy decoded columns (`t` u8, `x`, `y` u2, `on` u1) into `ox, oy, ot, op`, checking
+    each event as the decoders do (t within `t_limit`, time order, sensor bounds).
+    Returns (problem code, event index); the state keeps the last time across calls."""
+    last, has_last = state[LAST_T], state[HAS_LAST]
+    for i in range(t.shape[0]):
+        ti = t[i]
+        if ti > t_limit:  # both unsigned: no conversion that could wrap
+            return T_RANGE, i
+        tt = np.int64(ti)
+        xi, yi = np.int64(x[i]), np.int64(y[i])
+        ox[i], oy[i], ot[i], op[i] = xi, yi, tt, on[i]
+        code = _check(xi, yi, tt, tt, last, has_last, w, h, MAX_TIME_US, MAX_STEP_NONE)
+        if code != OK:
+            state[LAST_T], state[HAS_LAST] = last, has_last
+            return code, i
+        last, has_last = tt, 1
+    state[LAST_T], state[HAS_LAST] = last, has_last
+    return OK, -1
+
+
+def raise_order_or_bounds(ev: np.ndarray, n: int, first: int, bounds: tuple[int, int],
+                          last_t: int | None, source: object, offset: int | None = None) -> None:
+    """Raise the error of event `n` of `ev`, which goes back in time or lies outside the sensor
+    (a decoder's BACK or OUTSIDE): the event contract's own check names it."""
+    lo = n - 1 if n else n
+    validate_events(ev[lo:n + 1], bounds, source=source, first=first + lo,
+                    offsets=None if offset is None else np.array([offset, offset]),
+                    last_t=None if n else last_t)
+    raise AssertionError("the decoder reported a problem the event check does not see")

@@ -13,19 +13,20 @@ events (metadata `sensor_size_inferred`).
 from __future__ import annotations
 
 import functools
+import io
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from spikestream.datasets.decoder_choice import use_compiled
-from spikestream.datasets.formats import Format, register_format
-from spikestream.datasets.textheader import read_text_header
+from spikestream.datasets.formats import HEAD_BYTES, Format, register_format
+from spikestream.datasets.textheader import parse_text_header, read_text_header
 from spikestream.datasets.timestamps import MAX_STEP_32BIT_US, check_steps
 from spikestream.events import (
     EVENT_DTYPE,
@@ -34,7 +35,6 @@ from spikestream.events import (
     Recording,
     SensorSize,
     checked_events,
-    validate_events,
 )
 
 #: Prophesee HAL plugin-name fragments -> (width, height).
@@ -45,18 +45,14 @@ PLUGINS: dict[str, tuple[int, int]] = {
     "gen3": (640, 480),
 }
 
-def parse_header(path: Path) -> tuple[int, list[str]]:
-    """Byte offset of the binary data and the `%` header lines (without `% `)."""
-    st = os.stat(path)
-    pos, lines = _parsed_header(str(path), st.st_ino, st.st_size, st.st_mtime_ns)
-    return pos, list(lines)
-
-
-@functools.lru_cache(maxsize=32)
-def _parsed_header(path: str, inode: int, size: int, mtime_ns: int) -> tuple[int, tuple[str, ...]]:
-    """`parse_header` of one version of a file (sniffing and opening read the header once)."""
-    pos, lines = read_text_header(Path(path), b"%", end="end")
-    return pos, tuple(ln.strip() for ln in lines)
+def parse_header(path: Path, f: BinaryIO | None = None) -> tuple[int, list[str]]:
+    """Byte offset of the binary data and the `%` header lines (without `% `); from the open
+    file (or bytes) `f` when given."""
+    if f is None:
+        pos, lines = read_text_header(path, b"%", end="end")
+    else:
+        pos, lines = parse_text_header(f, path, b"%", end="end")
+    return pos, [ln.strip() for ln in lines]
 
 
 def encoding_of(lines: list[str], suffix: str) -> str | None:
@@ -176,9 +172,9 @@ class DecodedPackets:
 
     def _fail(self, dec: Any, code: int, ev: np.ndarray, n: int, first: int, offset: int,
               value: int, state: np.ndarray) -> None:
-        """Raise the error a decoder's problem `code` at event `n`, word `offset` stands for."""
+        """Raise the error that a decoder's problem `code` at event `n`, byte `offset` stands for
+        (time order and bounds: `EventStream`'s own words)."""
         path, name = self.path, {"evt3": "EVT 3.0", "evt2": "EVT 2.0", "dat": "DAT"}[self.enc]
-        at = np.array([offset, offset])
         from spikestream.datasets.prophesee_numpy import HAS_LAST, LAST_T
 
         last_t = int(state[LAST_T]) if state[HAS_LAST] else None
@@ -200,29 +196,25 @@ class DecodedPackets:
                                    expected=f"0 <= t <= {MAX_TIME_US - self.t0}")
         if code == dec.STEP:
             check_steps(path, ev["t"][n:n + 1], last_t, MAX_STEP_32BIT_US, first=first + n,
-                        offsets=at)
-        # time order or sensor bounds: the contract's own check names the event
-        lo = n - 1 if n else n
-        validate_events(ev[lo:n + 1], self.bounds, source=path, first=first + lo, offsets=at,
-                        last_t=None if n else last_t)
-        raise AssertionError(f"decoder problem {code} not raised")  # pragma: no cover
+                        offsets=np.array([offset]))
+        dec.raise_order_or_bounds(ev, n, first, self.bounds, last_t, path, offset)
 
 
 def open_source(
     path: Path, chunk_events: int, encoding: str | None = None
 ) -> tuple[SensorSize | None, DecodedPackets, dict[str, Any]]:
     """Sensor size (None if the header names none), packets, metadata of an EVT2/EVT3/DAT file."""
-    start, lines = parse_header(path)
+    with open(path, "rb") as f:
+        start, lines = parse_header(path, f)
+        f.seek(start)
+        ts = f.read(2)  # DAT: the event type and size bytes
+        size = os.fstat(f.fileno()).st_size
     enc = encoding or encoding_of(lines, path.suffix.lower())
     if enc not in ("evt2", "evt3", "dat"):
         raise EventFormatError(path, "the '%' header names no event encoding",
                                expected="'% evt 2.0', '% evt 3.0' or format='evt3'/'evt2'/'dat'")
-    size = path.stat().st_size
-    body = start + (2 if enc == "dat" else 0)  # DAT: event type and size bytes follow the header
+    body = start + (2 if enc == "dat" else 0)
     if enc == "dat":
-        with open(path, "rb") as f:
-            f.seek(start)
-            ts = f.read(2)
         if len(ts) < 2 or ts[1] != 8:
             raise EventFormatError(path, f"DAT event type/size bytes {ts!r}", offset=start,
                                    expected="event size 8")
@@ -243,10 +235,19 @@ def open_source(
 
 
 def sniff_encoding(path: Path, head: bytes) -> str | None:
-    """The encoding a `%` header names ('evt2', 'evt3', 'dat'); None for a file without one."""
+    """The encoding a `%` header names ('evt2', 'evt3', 'dat'); None for a file without one.
+    Parsed from `head` (the file's first bytes, no file access) when the header ends in it."""
     if not head.startswith(b"%"):
         return None
-    _, lines = parse_header(path)
+    whole = len(head) < HEAD_BYTES  # `head` is the whole file
+    try:
+        pos, lines = parse_header(path, io.BytesIO(head))
+    except EventFormatError:
+        if whole:
+            raise
+        pos = len(head)  # a line cut where `head` ends
+    if pos >= len(head) and not whole:  # the header may go on past `head`: read the file
+        _, lines = parse_header(path)
     enc = encoding_of(lines, path.suffix.lower())
     if enc is None:
         raise EventFormatError(path, "Prophesee '%' header names no encoding",
