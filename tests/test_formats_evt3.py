@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from decoder_paths import decoder_path  # noqa: F401
 
 from spikestream import EventFormatError
 from spikestream.datasets import iter_events, read_events
@@ -79,6 +80,7 @@ def blocks(path: Path, block_words: int, start: int = len(HEADER)) -> DecodedPac
     return DecodedPackets(path, "evt3", start, path.stat().st_size, block_words)
 
 
+@pytest.mark.usefixtures("decoder_path")
 def test_synthetic_file_decodes_to_its_events(tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     truth = synthetic_events(rng)
@@ -102,6 +104,7 @@ def test_synthetic_file_decodes_to_its_events(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.concatenate(packets)["t"], truth["t"])
 
 
+@pytest.mark.usefixtures("decoder_path")
 def test_t0_header_is_added(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     truth = synthetic_events(rng)[:200]
@@ -117,6 +120,7 @@ def words_file(tmp_path: Path, words: list[int]) -> Path:
     return path
 
 
+@pytest.mark.usefixtures("decoder_path")
 def test_undefined_word_and_missing_time_base_name_the_offset(tmp_path: Path) -> None:
     ok = [0x8001, 0x6002, 0x0005, 0x2000 | 9]
     for bad_type in (0x1, 0x9, 0xB, 0xC, 0xD):
@@ -167,6 +171,7 @@ def reference_decode(words: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
+@pytest.mark.usefixtures("decoder_path")
 def test_real_evt3_sample_follows_the_format(real_data: Path) -> None:
     """The real Gen4.1 recording spans 8.8 ms (PROVENANCE.md). Its `.npy` is expelliarmus's
     output and not ground truth for t: expelliarmus counts a 4,096 µs step whenever a TIME_LOW
@@ -201,6 +206,7 @@ def test_real_evt3_sample_follows_the_format(real_data: Path) -> None:
     np.testing.assert_array_equal(np.concatenate(packets), ev)
 
 
+@pytest.mark.usefixtures("decoder_path")
 def test_written_file_round_trips(tmp_path: Path) -> None:
     """Our EVT 3.0 writer (faery's encoder): the words it writes decode to the events written,
     through the word-by-word reference decoder and through the reader; gaps over 2^24 µs too."""
@@ -222,6 +228,7 @@ def test_written_file_round_trips(tmp_path: Path) -> None:
         np.testing.assert_array_equal(back.events[k], truth[k], err_msg=k)
 
 
+@pytest.mark.usefixtures("decoder_path")
 def test_vector_base_carried_across_blocks(tmp_path: Path) -> None:
     """A VECT_12 whose VECT_BASE_X lies in an earlier block starts where the last vector ended."""
     path = words_file(tmp_path, [0x8001, 0x6002, 0x0005, 0x3800 | 100, 0x4000 | 0b101,
@@ -230,3 +237,37 @@ def test_vector_base_carried_across_blocks(tmp_path: Path) -> None:
     assert got["x"].tolist() == [100, 102, 112, 120, 121]
     assert got["p"].tolist() == [1] * 5
     assert set(got["t"].tolist()) == {(1 << 12) + 2}
+
+
+@pytest.mark.usefixtures("decoder_path")
+def test_values_out_of_range_order_and_bounds_name_the_event(tmp_path: Path) -> None:
+    """A vector base advanced past the u2 range of x, an event outside the sensor and a time
+    going back are errors naming the event (and, compiled, the word's byte offset)."""
+    start = [0x8001, 0x6002, 0x0005, 0x2000 | 9]
+    # VECT_BASE_X 2047 then empty VECT_12 words: the base moves on 12 a word, past 65535
+    empty = (65_536 - 2047 + 11) // 12
+    path = words_file(tmp_path, start + [0x3000 | 2047] + [0x4000] * empty + [0x4000 | 1])
+    with pytest.raises(EventFormatError, match=f"x={2047 + 12 * empty}") as e:
+        read_events(path)
+    assert e.value.record == 1
+    path = words_file(tmp_path, start + [0x2000 | 1300])  # the header names 1280x720
+    with pytest.raises(EventFormatError, match="outside the sensor") as e:
+        read_events(path)
+    assert e.value.record == 1
+    path = words_file(tmp_path, start + [0x6001, 0x2000 | 10])  # TIME_LOW 2 -> 1
+    with pytest.raises(EventFormatError, match="goes back") as e:
+        read_events(path)
+    assert e.value.record == 1
+
+
+def test_both_decoder_paths_agree_on_the_real_sample_in_blocks(real_data: Path) -> None:
+    """The compiled and the numpy decoders, in blocks that cut vector runs, equal the
+    word-by-word reference on the real recording."""
+    path = real_data / "prophesee" / "evt3_sample.raw"
+    ref = reference_decode(np.fromfile(path, "<u2", offset=166))
+    for compiled in (True, False):
+        for block in (5, 4096):
+            got = np.concatenate([p for p, _ in DecodedPackets(
+                path, "evt3", 166, path.stat().st_size, block, compiled=compiled)])
+            for i, k in enumerate("xytp"):
+                np.testing.assert_array_equal(got[k], ref[:, i], err_msg=f"{k} {block}")
