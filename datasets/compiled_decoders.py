@@ -106,36 +106,45 @@ def decode_evt3(words, state, ox, oy, ot, op, w, h, t_offset, t_limit, max_step)
     y, base, vp = state[Y], state[BASE_X], state[VECT_P]
     low, high, wraps = state[LOW], state[HIGH], state[WRAPS]
     last, has_last = state[LAST_T], state[HAS_LAST]
+    # the time of the next event, kept up to date by the time words (-1: no TIME_HIGH yet)
+    t_raw = wraps * WRAP_US + (high << 12) + low if high >= 0 else np.int64(-1)
     n = 0
+    # word types by frequency; EVT_ADDR_X, the most common event word, has a loop of its own
+    # rather than the vectors' bit loop
     for i in range(words.shape[0]):
         word = np.int64(words[i])
         kind = word >> 12
         v = word & 0xFFF
-        if kind == ADDR_X or kind == VECT_12 or kind == VECT_8:
-            if kind == ADDR_X:
-                mask, width, x0, p = np.int64(1), 0, v & 0x7FF, v >> 11
-            elif kind == VECT_12:
-                mask, width, x0, p = v, 12, base, vp
-            else:
-                mask, width, x0, p = v & 0xFF, 8, base, vp
-            if mask:
-                code = OK
-                if high < 0:
-                    code = NO_TIME_HIGH
-                elif y < 0:
-                    code = NO_ROW
-                elif x0 < 0:
-                    code = NO_BASE
-                if code != OK:
-                    state[LAST_T], state[HAS_LAST] = last, has_last
-                    return n, code, i, 0
+        if kind == ADDR_X:
+            if t_raw < 0 or y < 0:
+                state[LAST_T], state[HAS_LAST] = last, has_last
+                return n, NO_TIME_HIGH if t_raw < 0 else NO_ROW, i, 0
+            x = v & 0x7FF
+            t = t_raw + t_offset
+            ox[n], oy[n], ot[n], op[n] = x, y, t, v >> 11
+            code = _check(x, y, t_raw, t, last, has_last, w, h, t_limit, max_step)
+            if code != OK:
+                state[LAST_T], state[HAS_LAST] = last, has_last
+                return n, code, i, t_raw if code == T_RANGE else x
+            last, has_last = t, 1
+            n += 1
+        elif kind == ADDR_Y:
+            y = v & 0x7FF
+        elif kind == TIME_LOW:
+            low = v
+            if high >= 0:
                 t_raw = wraps * WRAP_US + (high << 12) + low
+        elif kind == VECT_12 or kind == VECT_8:
+            mask = v if kind == VECT_12 else v & 0xFF
+            if mask:
+                if t_raw < 0 or y < 0 or base < 0:
+                    state[LAST_T], state[HAS_LAST] = last, has_last
+                    return n, (NO_TIME_HIGH if t_raw < 0 else NO_ROW if y < 0 else NO_BASE), i, 0
                 t = t_raw + t_offset
-                bit = 0
+                x = base
                 while mask:
                     if mask & 1:
-                        x = x0 + bit
-                        ox[n], oy[n], ot[n], op[n] = x, y, t, p
+                        ox[n], oy[n], ot[n], op[n] = x, y, t, vp
                         code = _check(x, y, t_raw, t, last, has_last, w, h, t_limit, max_step)
                         if code != OK:
                             state[LAST_T], state[HAS_LAST] = last, has_last
@@ -143,17 +152,14 @@ def decode_evt3(words, state, ox, oy, ot, op, w, h, t_offset, t_limit, max_step)
                         last, has_last = t, 1
                         n += 1
                     mask >>= 1
-                    bit += 1
-            if width and base >= 0:
-                base += width
+                    x += 1
+            if base >= 0:
+                base += 12 if kind == VECT_12 else 8
         elif kind == TIME_HIGH:
             if high >= 0 and v < high:
                 wraps += 1
             high = v
-        elif kind == TIME_LOW:
-            low = v
-        elif kind == ADDR_Y:
-            y = v & 0x7FF
+            t_raw = wraps * WRAP_US + (high << 12) + low
         elif kind == VECT_BASE_X:
             base, vp = v & 0x7FF, v >> 11
         elif not _DEFINED_EVT3[kind]:

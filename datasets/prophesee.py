@@ -4,7 +4,8 @@
 
 The decoders write the events' fields in one pass over each block of words and check them on
 the way (word types, time base, field ranges, overflow repairs, time order, sensor bounds), so a
-read costs one pass; any problem is an error naming the file and the byte offset.
+read costs one pass; any problem is an error naming the file and the byte offset. A process
+without numba decodes a small file in numpy (`prophesee_numpy.py`, `decoder_choice.py`).
 The sensor size comes from the `%` header (`% geometry WxH`, `% format ...;width=..;height=..`,
 `% Width`/`% Height`, or a known plugin name); when the header names none it is inferred from the
 events (metadata `sensor_size_inferred`).
