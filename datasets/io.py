@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from spikestream.datasets.formats import FORMATS, detect_format, get_format, writable_format
+from spikestream.datasets.records import join_records
 from spikestream.events import (
     EVENT_DTYPE,
     EventFormatError,
@@ -125,13 +126,13 @@ class EventStream:
             pending.append(ev)
             n_pending += len(ev)
             while n_pending >= self.chunk_events:
-                block = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                block = join_records(pending)
                 out, rest = block[: self.chunk_events], block[self.chunk_events:]
                 pending, n_pending = ([rest] if len(rest) else []), len(rest)
                 self.n_events += len(out)
                 yield out
         if n_pending:
-            out = pending[0] if len(pending) == 1 else np.concatenate(pending)
+            out = join_records(pending)
             self.n_events += len(out)
             yield out
 
@@ -198,8 +199,7 @@ def read_events(path: str | Path, format: str | None = None, *,
     with EventStream(path, format=format, chunk_events=READ_CHUNK, sensor_size=sensor_size,
                      _defer_size=True, _whole=True) as s:
         packets = list(s)
-        events = (packets[0] if len(packets) == 1 else np.concatenate(packets) if packets
-                  else np.zeros(0, dtype=EVENT_DTYPE))
+        events = join_records(packets) if packets else np.zeros(0, dtype=EVENT_DTYPE)
         if s.sensor_size is None:
             s.sensor_size = s._size_from_extent(
                 int(events["x"].max()) if len(events) else -1,

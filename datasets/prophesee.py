@@ -97,6 +97,10 @@ def header_t0(lines: list[str]) -> int:
     return 0
 
 
+#: Words a block of the numpy decoders (whose temporaries take ~10 int64 a word).
+NUMPY_BLOCK = 1 << 20
+
+
 class DecodedPackets:
     """Packets of a Prophesee file's words from byte `body` to `size`, decoded `block_words` at a
     time. The compiled decoders (`compiled_decoders`) also check time order and the bounds
@@ -117,9 +121,9 @@ class DecodedPackets:
         self.bounds = (int(width), int(height))
         return self.compiled
 
-    def _blocks(self) -> Iterator[tuple[int, np.ndarray]]:
-        """(byte offset, words) of each block, read into one reused buffer."""
-        buf = np.empty(min(self.block, (self.size - self.body) // self.unit),
+    def _blocks(self, block: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(byte offset, words) of each block of `block` words, read into one reused buffer."""
+        buf = np.empty(min(block, (self.size - self.body) // self.unit),
                        "<u2" if self.unit == 2 else "<u4")
         pos = self.body
         with open(self.path, "rb") as f:
@@ -141,7 +145,7 @@ class DecodedPackets:
             self.enc]
         state = npd.new_state()
         first, last_t = 0, None
-        for pos, words in self._blocks():
+        for pos, words in self._blocks(min(self.block, NUMPY_BLOCK)):
             x, y, t, p = decode(words, state, self.path, pos)
             ev = checked_events(x, y, t, p, source=self.path, first=first, t_offset=self.t0)
             check_steps(self.path, ev["t"], last_t, MAX_STEP_32BIT_US, first=first)
@@ -159,7 +163,7 @@ class DecodedPackets:
         state = new_state()
         w, h = self.bounds
         first = 0
-        for pos, words in self._blocks():
+        for pos, words in self._blocks(self.block):
             cap = dec.count_evt3(words) if self.enc == "evt3" else len(words)
             ev = np.empty(cap, EVENT_DTYPE)
             n, code, at, value = decode(words, state, ev["x"], ev["y"], ev["t"], ev["p"], w, h,
@@ -229,8 +233,10 @@ def open_source(
     if t0 > MAX_TIME_US:
         raise EventFormatError(path, f"time offset {t0} µs", expected=f"t0 <= {MAX_TIME_US}")
     meta: dict[str, Any] = {"encoding": enc, "header": lines, "t0_us": t0}
-    # a block of words holds at most one event a word (EVT 2.0) or a record (DAT, two words)
-    block = max(chunk_events, 4096) * (2 if enc == "dat" else 1)
+    # a block holds at most one event a word (EVT 2.0), a record (DAT, two words); EVT 3.0
+    # takes 1.3-2.6 words an event (1 to 12 events a word), so `read_events` decodes a file of
+    # up to its chunk's events in one block
+    block = max(chunk_events, 4096) * {"evt2": 1, "dat": 2, "evt3": 4}[enc]
     return ((wh[0], wh[1], 2) if wh else None), DecodedPackets(path, enc, body, size, block,
                                                                t0), meta
 
