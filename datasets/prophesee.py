@@ -241,6 +241,14 @@ def open_source(
                                                                t0), meta
 
 
+@functools.lru_cache(maxsize=16)
+def _head_header(head: bytes) -> tuple[int, tuple[str, ...]]:
+    """`parse_header` of a file's first bytes (each Prophesee format's sniffer asks; a pure
+    function of the bytes, so it is parsed once)."""
+    pos, lines = parse_header(Path("<head>"), io.BytesIO(head))
+    return pos, tuple(lines)
+
+
 def sniff_encoding(path: Path, head: bytes) -> str | None:
     """The encoding a `%` header names ('evt2', 'evt3', 'dat'); None for a file without one.
     Parsed from `head` (the file's first bytes, no file access) when the header ends in it."""
@@ -248,10 +256,11 @@ def sniff_encoding(path: Path, head: bytes) -> str | None:
         return None
     whole = len(head) < HEAD_BYTES  # `head` is the whole file
     try:
-        pos, lines = parse_header(path, io.BytesIO(head))
+        pos, cached = _head_header(head)
+        lines = list(cached)
     except EventFormatError:
         if whole:
-            raise
+            parse_header(path, io.BytesIO(head))  # the error, naming the file
         pos = len(head)  # a line cut where `head` ends
     if pos >= len(head) and not whole:  # the header may go on past `head`: read the file
         _, lines = parse_header(path)
