@@ -164,7 +164,10 @@ class DecodedPackets:
         w, h = self.bounds
         first = 0
         for pos, words in self._blocks(self.block):
-            cap = dec.count_evt3(words) if self.enc == "evt3" else len(words)
+            # room for every event: counted (EVT 3.0), or one a word or record (room left
+            # unwritten is never resident)
+            cap = (dec.count_evt3(words) if self.enc == "evt3" else
+                   len(words) // 2 if self.enc == "dat" else len(words))
             ev = np.empty(cap, EVENT_DTYPE)
             n, code, at, value = decode(words, state, ev["x"], ev["y"], ev["t"], ev["p"], w, h,
                                         self.t0, MAX_TIME_US - self.t0, MAX_STEP_32BIT_US)
