@@ -7,11 +7,14 @@ encoder (uniformly random events on a 1280x720 sensor, 10 million by default, `-
 million) into a temporary folder.
 
 Each reader decodes the whole file into memory, in its own output form:
-- ours: `read_events(path)`, a `Recording` of `EVENT_DTYPE` (format detected, every packet
-  checked for time order and sensor bounds, timestamp-overflow repairs checked);
-- the wrapped library: expelliarmus `Wizard(encoding).read()` (EVT2/DAT; for EVT3 a peer only,
-  whose timestamps do not follow the format) or aedat
-  `Decoder` with its packets concatenated (AEDAT 4);
+- ours: `read_events(path)`, a `Recording` of `EVENT_DTYPE` (format detected, every event
+  checked for time order and sensor bounds, timestamp-overflow repairs checked), with the
+  compiled decoders loaded (imported above: numba's start-up, about 1 s, is paid once a
+  process, as the peers' imports are, which are not timed either; a process that has not
+  loaded numba decodes small files in numpy, see `datasets/decoder_choice.py`);
+- expelliarmus `Wizard(encoding).read()` (EVT2/DAT; for EVT3 its timestamps do not follow the
+  format) and aedat `Decoder` with its packets concatenated (AEDAT 4, the library
+  `read_events` wraps; Prophesee files are decoded by our own compiled decoders);
 - evlib: `load_events(path).collect()` (a polars DataFrame; polars on one thread);
 - faery: `events_stream_from_file(path).to_array()` (a numpy structured array).
 The figure is the best of `--repeats` interleaved runs, in million events per second, and
@@ -38,7 +41,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from spikestream.datasets import read_events  # noqa: E402
+from spikestream.datasets import compiled_decoders, read_events  # noqa: E402, F401
 
 TARGET = 0.9
 REAL = (("prophesee/evt3_sample.raw", "evt3"), ("prophesee/dat_test_NCARS.dat", "dat"),
@@ -62,7 +65,8 @@ def ours(path: Path) -> Callable[[], dict]:
 
 
 def wrapped(path: Path, kind: str) -> Callable[[], dict]:
-    """The library `read_events` wraps for this format, called directly."""
+    """The format's own library (aedat for AEDAT 4, which `read_events` wraps; expelliarmus for
+    the Prophesee formats), called directly."""
     if kind == "aedat4":
         import aedat
 

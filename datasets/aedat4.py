@@ -17,10 +17,12 @@ from typing import IO, Any
 import aedat
 import numpy as np
 
+from spikestream.datasets.decoder_choice import use_compiled
 from spikestream.datasets.formats import Format, register_format
-from spikestream.datasets.native_output import captured_native_output, quiet_next
+from spikestream.datasets.native_output import captured_native_output
+from spikestream.datasets.records import join_records
 from spikestream.datasets.textheader import aedat_version
-from spikestream.events import EVENT_DTYPE, EventFormatError, Recording, SensorSize
+from spikestream.events import EVENT_DTYPE, MAX_TIME_US, EventFormatError, Recording, SensorSize
 
 MAGIC = b"#!AER-DAT4.0\r\n"
 
@@ -126,8 +128,9 @@ def check_packets(path: Path, start: int, stop: int, stream_ids: set[int]) -> No
 
 def open_source(
     path: Path, chunk_events: int
-) -> tuple[SensorSize, Iterator[tuple[np.ndarray, np.ndarray | None]], dict[str, Any]]:
-    """Sensor size of the first events stream, its packets (no byte offsets), metadata."""
+) -> tuple[SensorSize, Aedat4Packets, dict[str, Any]]:
+    """Sensor size of the first events stream, its packets (`Aedat4Packets`, no byte offsets),
+    metadata."""
     _, table_pos, header_end = _io_header(path)
     try:
         with captured_native_output():
@@ -144,37 +147,93 @@ def open_source(
     w, h = int(streams[sid]["width"]), int(streams[sid]["height"])
     check_packets(path, header_end, table_pos, set(streams))
 
-    def packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        with tempfile.TemporaryFile() as sink:  # one capture file for every packet
-            yield from decoded(sink)
-
-    def decoded(sink: IO[bytes]) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        index = 0
-        while True:
-            try:
-                packet = quiet_next(decoder, sink)
-            except RuntimeError as e:
-                raise EventFormatError(path, f"AEDAT 4 packet: {e}", record=index,
-                                       expected="a whole LZ4/flatbuffer packet") from e
-            if packet is None:
-                return
-            index += 1
-            if packet.get("stream_id") != sid or "events" not in packet:
-                continue
-            src = packet["events"]
-            ev = np.empty(len(src), dtype=EVENT_DTYPE)
-            ev["x"] = src["x"]
-            ev["y"] = src["y"]
-            t = src["t"]
-            if len(t) and int(t.max()) >= 2**63:
-                raise EventFormatError(path, "timestamp beyond int64", record=index - 1,
-                                       expected="µs timestamps < 2^63")
-            ev["t"] = t
-            ev["p"] = src["on"]
-            yield ev, None
-
+    size = path.stat().st_size
+    source = Aedat4Packets(path, decoder, sid, chunk_events, use_compiled(size - header_end))
     meta: dict[str, Any] = {"stream_id": sid, "streams": {k: v["type"] for k, v in streams.items()}}
-    return (w, h, 2), packets(), meta
+    return (w, h, 2), source, meta
+
+
+class Aedat4Packets:
+    """The events of one stream of an AEDAT 4 file, in packets of at least `chunk_events`
+    events (the last may be shorter) joined from the decoder's packets, whose native output is
+    captured once a packet of ours rather than once theirs. Compiled, the copy into
+    `EVENT_DTYPE` also checks time order and the bounds `check_within` sets (one pass);
+    in numpy, `EventStream` checks them."""
+
+    def __init__(self, path: Path, decoder: Any, sid: int, chunk_events: int,
+                 compiled: bool) -> None:
+        self.path, self.decoder, self.sid, self.chunk = path, decoder, sid, chunk_events
+        self.compiled = compiled
+        self.bounds = (1 << 16, 1 << 16)
+        self.index = 0  # packets of the file decoded
+
+    def check_within(self, width: int, height: int) -> bool:
+        """Events must lie inside a `width` x `height` sensor; True when checked here."""
+        self.bounds = (int(width), int(height))
+        return self.compiled
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        state = np.zeros(10, np.int64)  # the compiled copy's last time (`prophesee_numpy` slots)
+        first = 0
+        with tempfile.TemporaryFile() as sink:  # one capture file for every packet
+            while True:
+                parts, packets = self._gather(sink)
+                if not parts:
+                    return
+                ev = self._events(parts, packets, state, first)
+                first += len(ev)
+                yield ev, None
+
+    def _gather(self, sink: IO[bytes]) -> tuple[list[np.ndarray], list[int]]:
+        """The event columns of the next packets, `chunk_events` or more, and their packet
+        indices (the decoder's output captured around all of them)."""
+        parts: list[np.ndarray] = []
+        packets: list[int] = []
+        n = 0
+        with captured_native_output(sink=sink):
+            while n < self.chunk:
+                try:
+                    packet = next(self.decoder, None)
+                except RuntimeError as e:
+                    raise EventFormatError(self.path, f"AEDAT 4 packet: {e}", record=self.index,
+                                           expected="a whole LZ4/flatbuffer packet") from e
+                if packet is None:
+                    break
+                self.index += 1
+                if packet.get("stream_id") != self.sid or "events" not in packet:
+                    continue
+                parts.append(packet["events"])
+                packets.append(self.index - 1)
+                n += len(parts[-1])
+        return parts, packets
+
+    def _events(self, parts: list[np.ndarray], packets: list[int], state: np.ndarray,
+                first: int) -> np.ndarray:
+        src = join_records(parts)
+        ev = np.empty(len(src), dtype=EVENT_DTYPE)
+        if self.compiled:
+            from spikestream.datasets import compiled_decoders as dec
+
+            code, i = dec.copy_columns(src["t"], src["x"], src["y"], src["on"].view(np.uint8),
+                                       state, ev["x"], ev["y"], ev["t"], ev["p"],
+                                       *self.bounds, np.uint64(MAX_TIME_US))
+            if code == dec.T_RANGE:
+                self._beyond_int64(packets, parts, int(i))
+            if code != dec.OK:
+                last = int(state[dec.LAST_T]) if state[dec.HAS_LAST] else None
+                dec.raise_order_or_bounds(ev, int(i), first, self.bounds, last, self.path)
+            return ev
+        t = src["t"]
+        if len(t) and int(t.max()) > MAX_TIME_US:
+            self._beyond_int64(packets, parts, int(np.argmax(t > MAX_TIME_US)))
+        ev["x"], ev["y"], ev["t"], ev["p"] = src["x"], src["y"], t, src["on"]
+        return ev
+
+    def _beyond_int64(self, packets: list[int], parts: list[np.ndarray], i: int) -> None:
+        ends = np.cumsum([len(p) for p in parts])
+        raise EventFormatError(self.path, "timestamp beyond int64",
+                               record=packets[int(np.searchsorted(ends, i, side="right"))],
+                               expected="µs timestamps < 2^63")
 
 
 def write_aedat4(path: Path, recording: Recording) -> None:
@@ -193,6 +252,6 @@ def write_aedat4(path: Path, recording: Recording) -> None:
 
 
 register_format(Format(
-    "aedat4", (".aedat4",), "#!AER-DAT4", "aedat", "packet by packet",
+    "aedat4", (".aedat4",), "#!AER-DAT4", "aedat", "packets joined up to the chunk",
     open=open_source, sniff=lambda path, head: aedat_version(path, head) == "4",
     write=write_aedat4))

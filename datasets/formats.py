@@ -58,9 +58,15 @@ def register_format(fmt: Format) -> Format:
     return fmt
 
 
+_loaded: list[bool] = []
+
+
 def _load_builtin() -> None:
+    if _loaded:  # every read looks formats up: the imports below cost more than a small read
+        return
     for name in BUILTIN_MODULES:
         importlib.import_module(f"spikestream.datasets.{name}")
+    _loaded.append(True)
 
 
 def get_format(name: str) -> Format:

@@ -4,8 +4,10 @@
 `open_events`) returns an `EventStream`: an iterable of `EVENT_DTYPE` packets of `chunk_events`
 events (the last may be shorter) that knows its `sensor_size` before the first packet and is a
 context manager. Every packet is checked on the way out: timestamps non-decreasing (also across
-packets) and coordinates inside the sensor; any problem, and any error of an underlying library,
-becomes an `EventFormatError` naming the file and the byte offset or record.
+packets) and coordinates inside the sensor (by `validate_events`, or by a source that declares
+`check_within(width, height) -> True` and checks its packets in its own decoding pass); any
+problem, and any error of an underlying library, becomes an `EventFormatError` naming the file
+and the byte offset or record.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from spikestream.datasets.formats import FORMATS, detect_format, get_format, writable_format
+from spikestream.datasets.records import join_records
 from spikestream.events import (
     EVENT_DTYPE,
     EventFormatError,
@@ -30,6 +33,9 @@ from spikestream.events import (
 )
 
 DEFAULT_CHUNK = 1 << 16
+#: The chunk `read_events` asks readers for: large, so that a file of up to 16 M events is
+#: decoded into one array (joining packets costs a copy, slow for a packed record dtype).
+READ_CHUNK = 1 << 24
 
 
 # Errors that are about the file system, not the file's content: passed through unchanged.
@@ -44,7 +50,7 @@ class EventStream:
 
     def __init__(self, path: str | Path, *, format: str | None = None,
                  chunk_events: int = DEFAULT_CHUNK, sensor_size: SensorSize | None = None,
-                 _defer_size: bool = False) -> None:
+                 _defer_size: bool = False, _whole: bool = False) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such file")
@@ -65,6 +71,7 @@ class EventStream:
         # None only inside `read_events`, which sizes the sensor from the events it loaded
         self.sensor_size: SensorSize = size  # type: ignore[assignment]
         self._iterated = False
+        self._whole = _whole  # `read_events`: packets as decoded, never cut or joined here
         self.n_events = 0
 
     def _scan_size(self) -> SensorSize:
@@ -101,22 +108,31 @@ class EventStream:
         last_t: int | None = None
         pending: list[np.ndarray] = []
         n_pending = 0
+        # a source that can check its packets itself, in its decoding pass, is told the bounds
+        # and says whether it does
+        check_within = getattr(self._source, "check_within", None)
+        checked = bool(check_within(w, h)) if check_within is not None else False
         for ev, offs in _guard(self.path, self._source):
             if not len(ev):
                 continue
-            validate_events(ev, (w, h), source=self.path, first=self.n_events + n_pending,
-                            offsets=offs, last_t=last_t)
-            last_t = int(ev["t"][-1])
+            if not checked:
+                validate_events(ev, (w, h), source=self.path, first=self.n_events + n_pending,
+                                offsets=offs, last_t=last_t)
+                last_t = int(ev["t"][-1])
+            if self._whole:
+                self.n_events += len(ev)
+                yield ev
+                continue
             pending.append(ev)
             n_pending += len(ev)
             while n_pending >= self.chunk_events:
-                block = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                block = join_records(pending)
                 out, rest = block[: self.chunk_events], block[self.chunk_events:]
                 pending, n_pending = ([rest] if len(rest) else []), len(rest)
                 self.n_events += len(out)
                 yield out
         if n_pending:
-            out = np.concatenate(pending)
+            out = join_records(pending)
             self.n_events += len(out)
             yield out
 
@@ -180,11 +196,10 @@ open_events = iter_events
 def read_events(path: str | Path, format: str | None = None, *,
                 sensor_size: SensorSize | None = None) -> Recording:
     """Read a whole file into a `Recording` (format by magic bytes / header, else extension)."""
-    with EventStream(path, format=format, chunk_events=1 << 22, sensor_size=sensor_size,
-                     _defer_size=True) as s:
+    with EventStream(path, format=format, chunk_events=READ_CHUNK, sensor_size=sensor_size,
+                     _defer_size=True, _whole=True) as s:
         packets = list(s)
-        events = (packets[0] if len(packets) == 1 else np.concatenate(packets) if packets
-                  else np.zeros(0, dtype=EVENT_DTYPE))
+        events = join_records(packets) if packets else np.zeros(0, dtype=EVENT_DTYPE)
         if s.sensor_size is None:
             s.sensor_size = s._size_from_extent(
                 int(events["x"].max()) if len(events) else -1,

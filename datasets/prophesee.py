@@ -1,10 +1,11 @@
-"""Prophesee EVT 2.0 / EVT 3.0 `.raw` and DAT files: EVT 2.0 and DAT via `expelliarmus`, EVT 3.0
-by our own decoder (`datasets/evt3.py`: expelliarmus's EVT 3.0 timestamps do not follow the format).
+"""Prophesee EVT 2.0 / EVT 3.0 `.raw` and DAT files, decoded by our compiled decoders
+(`datasets/compiled_decoders.py`; the EVT 3.0 word table and why not expelliarmus's decoder:
+`datasets/evt3.py`), written through expelliarmus (EVT 2.0, DAT) and faery (EVT 3.0).
 
-expelliarmus needs the file to end in `.raw` (EVT) or `.dat` (DAT); a file with another name is
-read through a hard link (or a temporary copy) with the right suffix. It reports errors by
-printing and stopping early, so we check that it reached the end of the file and locate the first
-bad word ourselves.
+The decoders write the events' fields in one pass over each block of words and check them on
+the way (word types, time base, field ranges, overflow repairs, time order, sensor bounds), so a
+read costs one pass; any problem is an error naming the file and the byte offset. A process
+without numba decodes a small file in numpy (`prophesee_numpy.py`, `decoder_choice.py`).
 The sensor size comes from the `%` header (`% geometry WxH`, `% format ...;width=..;height=..`,
 `% Width`/`% Height`, or a known plugin name); when the header names none it is inferred from the
 events (metadata `sensor_size_inferred`).
@@ -12,24 +13,30 @@ events (metadata `sensor_size_inferred`).
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import io
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from spikestream.datasets.evt3 import iter_evt3
-from spikestream.datasets.formats import Format, register_format
-from spikestream.datasets.native_output import quiet_next
-from spikestream.datasets.textheader import read_text_header
+from spikestream.datasets.decoder_choice import use_compiled
+from spikestream.datasets.formats import HEAD_BYTES, Format, register_format
+from spikestream.datasets.textheader import parse_text_header, read_text_header
 from spikestream.datasets.timestamps import MAX_STEP_32BIT_US, check_steps
-from spikestream.events import EventFormatError, Recording, SensorSize, checked_events
+from spikestream.events import (
+    EVENT_DTYPE,
+    MAX_TIME_US,
+    EventFormatError,
+    Recording,
+    SensorSize,
+    checked_events,
+)
 
 #: Prophesee HAL plugin-name fragments -> (width, height).
 PLUGINS: dict[str, tuple[int, int]] = {
@@ -39,13 +46,13 @@ PLUGINS: dict[str, tuple[int, int]] = {
     "gen3": (640, 480),
 }
 
-#: EVT 2.0 word types (top 4 bits) that expelliarmus decodes.
-_EVT2_TYPES = (0x0, 0x1, 0x8)
-
-
-def parse_header(path: Path) -> tuple[int, list[str]]:
-    """Byte offset of the binary data and the `%` header lines (without `% `)."""
-    pos, lines = read_text_header(path, b"%", end="end")
+def parse_header(path: Path, f: BinaryIO | None = None) -> tuple[int, list[str]]:
+    """Byte offset of the binary data and the `%` header lines (without `% `); from the open
+    file (or bytes) `f` when given."""
+    if f is None:
+        pos, lines = read_text_header(path, b"%", end="end")
+    else:
+        pos, lines = parse_text_header(f, path, b"%", end="end")
     return pos, [ln.strip() for ln in lines]
 
 
@@ -90,37 +97,132 @@ def header_t0(lines: list[str]) -> int:
     return 0
 
 
-def _first_bad_word(path: Path, start: int, encoding: str) -> int | None:
-    """Byte offset of the first EVT 2.0 word whose type expelliarmus does not decode (read in
-    chunks)."""
-    dtype, shift, ok = np.dtype("<u4"), 28, _EVT2_TYPES
-    pos = start
-    with open(path, "rb") as f:
-        f.seek(start)
-        while buf := f.read((1 << 20) * dtype.itemsize):
-            words = np.frombuffer(buf[: len(buf) // dtype.itemsize * dtype.itemsize], dtype)
-            bad = np.flatnonzero(~np.isin(words >> shift, ok))
-            if bad.size:
-                return pos + int(bad[0]) * dtype.itemsize
-            pos += len(buf)
-    return None
+#: Words a block of the numpy decoders (whose temporaries take ~10 int64 a word).
+NUMPY_BLOCK = 1 << 20
+
+
+class DecodedPackets:
+    """Packets of a Prophesee file's words from byte `body` to `size`, decoded `block_words` at a
+    time. The compiled decoders (`compiled_decoders`) also check time order and the bounds
+    `check_within` sets, so `EventStream` checks their packets no further; the numpy decoders
+    (`prophesee_numpy`, for small reads: `decoder_choice`) leave that check to `EventStream`."""
+
+    def __init__(self, path: Path, enc: str, body: int, size: int, block_words: int,
+                 t0: int = 0, compiled: bool | None = None) -> None:
+        self.path, self.enc, self.body, self.size, self.t0 = path, enc, body, size, t0
+        self.unit = 2 if enc == "evt3" else 4  # bytes a word
+        self.block = block_words + (block_words % 2 if enc == "dat" else 0)  # DAT: whole records
+        self.bounds = (1 << 16, 1 << 16)  # the u2 fields' range until the sensor is known
+        self.compiled = use_compiled(size - body) if compiled is None else compiled
+
+    def check_within(self, width: int, height: int) -> bool:
+        """Events must lie inside a `width` x `height` sensor; True when the decoder checks
+        that (and time order) itself."""
+        self.bounds = (int(width), int(height))
+        return self.compiled
+
+    def _blocks(self, block: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(byte offset, words) of each block of `block` words, read into one reused buffer."""
+        buf = np.empty(min(block, (self.size - self.body) // self.unit),
+                       "<u2" if self.unit == 2 else "<u4")
+        pos = self.body
+        with open(self.path, "rb") as f:
+            f.seek(self.body)
+            while pos < self.size:
+                got = f.readinto(buf) // self.unit
+                if got <= 0:
+                    return
+                yield pos, buf[:got]
+                pos += got * self.unit
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        return self._compiled() if self.compiled else self._numpy()
+
+    def _numpy(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        from spikestream.datasets import prophesee_numpy as npd
+
+        decode = {"evt3": npd.decode_evt3, "evt2": npd.decode_evt2, "dat": npd.decode_dat}[
+            self.enc]
+        state = npd.new_state()
+        first, last_t = 0, None
+        for pos, words in self._blocks(min(self.block, NUMPY_BLOCK)):
+            x, y, t, p = decode(words, state, self.path, pos)
+            ev = checked_events(x, y, t, p, source=self.path, first=first, t_offset=self.t0)
+            check_steps(self.path, ev["t"], last_t, MAX_STEP_32BIT_US, first=first)
+            if len(ev):
+                last_t = int(ev["t"][-1])
+                first += len(ev)
+                yield ev, None
+
+    def _compiled(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        from spikestream.datasets import compiled_decoders as dec  # numba: when reading only
+        from spikestream.datasets.prophesee_numpy import new_state
+
+        decode = {"evt3": dec.decode_evt3, "evt2": dec.decode_evt2, "dat": dec.decode_dat}[
+            self.enc]
+        state = new_state()
+        w, h = self.bounds
+        first = 0
+        for pos, words in self._blocks(self.block):
+            # room for every event: counted (EVT 3.0), or one a word or record (room left
+            # unwritten is never resident)
+            cap = (dec.count_evt3(words) if self.enc == "evt3" else
+                   len(words) // 2 if self.enc == "dat" else len(words))
+            ev = np.empty(cap, EVENT_DTYPE)
+            n, code, at, value = decode(words, state, ev["x"], ev["y"], ev["t"], ev["p"], w, h,
+                                        self.t0, MAX_TIME_US - self.t0, MAX_STEP_32BIT_US)
+            if code != dec.OK:
+                self._fail(dec, code, ev, int(n), first, pos + self.unit * int(at), int(value),
+                           state)
+            if n:
+                yield ev[:n], None
+            first += n
+
+    def _fail(self, dec: Any, code: int, ev: np.ndarray, n: int, first: int, offset: int,
+              value: int, state: np.ndarray) -> None:
+        """Raise the error that a decoder's problem `code` at event `n`, byte `offset` stands for
+        (time order and bounds: `EventStream`'s own words)."""
+        path, name = self.path, {"evt3": "EVT 3.0", "evt2": "EVT 2.0", "dat": "DAT"}[self.enc]
+        from spikestream.datasets.prophesee_numpy import HAS_LAST, LAST_T
+
+        last_t = int(state[LAST_T]) if state[HAS_LAST] else None
+        if code == dec.WORD_TYPE:
+            raise EventFormatError(path, f"undefined {name} word type 0x{value:X}", offset=offset,
+                                   expected=f"a defined {name} word type")
+        if code in (dec.NO_TIME_HIGH, dec.NO_ROW, dec.NO_BASE):
+            what = {dec.NO_TIME_HIGH: "EVT_TIME_HIGH", dec.NO_ROW: "EVT_ADDR_Y",
+                    dec.NO_BASE: "VECT_BASE_X"}[code]
+            raise EventFormatError(path, f"a CD event before the first {what}", offset=offset,
+                                   expected="time high, y and x base words before events")
+        if code == dec.X_RANGE:
+            raise EventFormatError(path, f"x={value}", offset=offset, record=first + n,
+                                   expected="0 <= x <= 65535")
+        if code == dec.T_RANGE:
+            raise EventFormatError(path, f"t={value}" + (f" (+ offset {self.t0})" if self.t0
+                                                         else ""),
+                                   offset=offset, record=first + n,
+                                   expected=f"0 <= t <= {MAX_TIME_US - self.t0}")
+        if code == dec.STEP:
+            check_steps(path, ev["t"][n:n + 1], last_t, MAX_STEP_32BIT_US, first=first + n,
+                        offsets=np.array([offset]))
+        dec.raise_order_or_bounds(ev, n, first, self.bounds, last_t, path, offset)
 
 
 def open_source(
     path: Path, chunk_events: int, encoding: str | None = None
-) -> tuple[SensorSize | None, Iterator[tuple[np.ndarray, np.ndarray | None]], dict[str, Any]]:
+) -> tuple[SensorSize | None, DecodedPackets, dict[str, Any]]:
     """Sensor size (None if the header names none), packets, metadata of an EVT2/EVT3/DAT file."""
-    start, lines = parse_header(path)
+    with open(path, "rb") as f:
+        start, lines = parse_header(path, f)
+        f.seek(start)
+        ts = f.read(2)  # DAT: the event type and size bytes
+        size = os.fstat(f.fileno()).st_size
     enc = encoding or encoding_of(lines, path.suffix.lower())
     if enc not in ("evt2", "evt3", "dat"):
         raise EventFormatError(path, "the '%' header names no event encoding",
                                expected="'% evt 2.0', '% evt 3.0' or format='evt3'/'evt2'/'dat'")
-    size = path.stat().st_size
-    body = start + (2 if enc == "dat" else 0)  # DAT: event type and size bytes follow the header
+    body = start + (2 if enc == "dat" else 0)
     if enc == "dat":
-        with open(path, "rb") as f:
-            f.seek(start)
-            ts = f.read(2)
         if len(ts) < 2 or ts[1] != 8:
             raise EventFormatError(path, f"DAT event type/size bytes {ts!r}", offset=start,
                                    expected="event size 8")
@@ -131,57 +233,40 @@ def open_source(
                                offset=bad, expected=f"{unit}-byte words")
     wh = header_size(lines)
     t0 = header_t0(lines)
-
-    def evt3_packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        first, last_t = 0, None
-        for x, y, t, p in iter_evt3(path, body, chunk_words=max(chunk_events, 4096)):
-            ev = checked_events(x, y, t, p, source=path, first=first, t_offset=t0)
-            check_steps(path, ev["t"], last_t, MAX_STEP_32BIT_US, first=first)
-            if len(ev):
-                last_t = int(ev["t"][-1])
-                first += len(ev)
-                yield ev, None
-
-    def packets() -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        suffix = ".dat" if enc == "dat" else ".raw"
-        with contextlib.ExitStack() as stack:
-            src = path
-            if path.resolve().suffix != suffix:
-                # expelliarmus resolves links and checks the suffix: hard link, else copy
-                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="spikestream-"))
-                src = Path(tmp) / f"events{suffix}"
-                try:
-                    os.link(path.resolve(), src)
-                except OSError:
-                    shutil.copyfile(path, src)
-            from expelliarmus import Wizard  # 0.5 s to import: only when a file needs it
-
-            wizard = Wizard(encoding=enc, fpath=src, chunk_size=max(chunk_events, 16))
-            first, last_t = 0, None
-            chunks = wizard.read_chunk()
-            while (arr := quiet_next(chunks)) is not None:  # it prints warnings on stdout
-                ev = checked_events(arr["x"], arr["y"], arr["t"], arr["p"] > 0, source=path,
-                                    first=first, t_offset=t0)
-                check_steps(path, ev["t"], last_t, MAX_STEP_32BIT_US, first=first)
-                if len(ev):
-                    last_t = int(ev["t"][-1])
-                first += len(ev)
-                yield ev, None
-            if not wizard.cargo.events_info.finished and size > body:
-                at = _first_bad_word(path, body, enc) if enc == "evt2" else None
-                raise EventFormatError(path, f"{enc.upper()} decoding stopped early", offset=at,
-                                       expected=f"valid {enc.upper()} words")
-
+    if t0 > MAX_TIME_US:
+        raise EventFormatError(path, f"time offset {t0} µs", expected=f"t0 <= {MAX_TIME_US}")
     meta: dict[str, Any] = {"encoding": enc, "header": lines, "t0_us": t0}
-    stream = evt3_packets() if enc == "evt3" else packets()
-    return ((wh[0], wh[1], 2) if wh else None), stream, meta
+    # a block holds at most one event a word (EVT 2.0), a record (DAT, two words); EVT 3.0
+    # takes 1.3-2.6 words an event (1 to 12 events a word), so `read_events` decodes a file of
+    # up to its chunk's events in one block
+    block = max(chunk_events, 4096) * {"evt2": 1, "dat": 2, "evt3": 4}[enc]
+    return ((wh[0], wh[1], 2) if wh else None), DecodedPackets(path, enc, body, size, block,
+                                                               t0), meta
+
+
+@functools.lru_cache(maxsize=16)
+def _head_header(head: bytes) -> tuple[int, tuple[str, ...]]:
+    """`parse_header` of a file's first bytes (each Prophesee format's sniffer asks; a pure
+    function of the bytes, so it is parsed once)."""
+    pos, lines = parse_header(Path("<head>"), io.BytesIO(head))
+    return pos, tuple(lines)
 
 
 def sniff_encoding(path: Path, head: bytes) -> str | None:
-    """The encoding a `%` header names ('evt2', 'evt3', 'dat'); None for a file without one."""
+    """The encoding a `%` header names ('evt2', 'evt3', 'dat'); None for a file without one.
+    Parsed from `head` (the file's first bytes, no file access) when the header ends in it."""
     if not head.startswith(b"%"):
         return None
-    _, lines = parse_header(path)
+    whole = len(head) < HEAD_BYTES  # `head` is the whole file
+    try:
+        pos, cached = _head_header(head)
+        lines = list(cached)
+    except EventFormatError:
+        if whole:
+            parse_header(path, io.BytesIO(head))  # the error, naming the file
+        pos = len(head)  # a line cut where `head` ends
+    if pos >= len(head) and not whole:  # the header may go on past `head`: read the file
+        _, lines = parse_header(path)
     enc = encoding_of(lines, path.suffix.lower())
     if enc is None:
         raise EventFormatError(path, "Prophesee '%' header names no encoding",
@@ -254,7 +339,7 @@ for _enc, _ext, _magic in (("evt2", ".raw", "% header naming evt 2.0"),
                            ("evt3", ".raw", "% header naming evt 3.0"),
                            ("dat", ".dat", "% header, then type/size bytes")):
     register_format(Format(
-        _enc, (_ext,), _magic, "own, vectorised" if _enc == "evt3" else "expelliarmus", "chunked",
+        _enc, (_ext,), _magic, "own, compiled (numba)", "chunked",
         open=functools.partial(open_source, encoding=_enc),
         sniff=lambda path, head, enc=_enc: sniff_encoding(path, head) == enc,
         write=functools.partial(write_prophesee, encoding=_enc)))

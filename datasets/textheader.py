@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 from spikestream.events import EventFormatError
 
@@ -16,27 +17,36 @@ def read_text_header(
     Stops at the first line that does not start with `marker`, or after the line whose text is
     `end` (not included). With `end_required`, a header that stops before `end` is an error.
     """
+    with open(path, "rb") as f:
+        return parse_text_header(f, path, marker, end=end, end_required=end_required)
+
+
+def parse_text_header(
+    f: BinaryIO, path: Path, marker: bytes, *, end: str | None = None,
+    end_required: bool = False
+) -> tuple[int, list[str]]:
+    """`read_text_header` of the open file (or `io.BytesIO` of its first bytes) `f`, read from
+    its position (the file's start)."""
     mark = marker.decode()
     lines: list[str] = []
     pos = 0
-    with open(path, "rb") as f:
-        while True:
-            if f.read(1) != marker:
-                if end_required:
-                    raise EventFormatError(
-                        path, f"header ended without '{mark}{end}'", offset=pos,
-                        expected=f"'{mark}' header lines up to '{mark}{end}'",
-                    )
-                return pos, lines
-            line = f.readline(1 << 20)
-            if not line.endswith(b"\n"):
-                raise EventFormatError(path, "header line not terminated", offset=pos,
-                                       expected=f"'\\n' ending a '{mark}' line")
-            pos += 1 + len(line)
-            text = line.decode("latin-1").rstrip("\r\n")
-            if end is not None and text.strip() == end:
-                return pos, lines
-            lines.append(text)
+    while True:
+        if f.read(1) != marker:
+            if end_required:
+                raise EventFormatError(
+                    path, f"header ended without '{mark}{end}'", offset=pos,
+                    expected=f"'{mark}' header lines up to '{mark}{end}'",
+                )
+            return pos, lines
+        line = f.readline(1 << 20)
+        if not line.endswith(b"\n"):
+            raise EventFormatError(path, "header line not terminated", offset=pos,
+                                   expected=f"'\\n' ending a '{mark}' line")
+        pos += 1 + len(line)
+        text = line.decode("latin-1").rstrip("\r\n")
+        if end is not None and text.strip() == end:
+            return pos, lines
+        lines.append(text)
 
 
 _AEDAT_VERSIONS = {b"2.": "2", b"3.1": "3.1", b"4.": "4"}

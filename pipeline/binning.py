@@ -40,8 +40,14 @@ _OK, _OUTSIDE, _UNSORTED = 0, 1, 2
 
 
 @numba.njit(cache=True, nogil=True)
-def _accumulate(x, y, p, t, starts, ends, xlut, ylut, plut, out, binary, maxval, check_sorted):
-    """Count events `starts[k]:ends[k]` into the flat frame `out[k]`.
+def _accumulate(x, y, p, t, starts, ends, xlut, ylut, plut, out, binary, maxval, check_sorted,
+                fresh):
+    """Count events `starts[k]:ends[k]` into the flat frame `out[k]` (zeroed first if `fresh`).
+
+    Zeroing each frame just before its events land, rather than taking a zeroed output,
+    brings the frame into the cache in one sequential pass: the events' scattered increments
+    then hit the cache instead of each missing it once per cache line (at 346x260 a frame is
+    352 KiB; counting into a zeroed but cold output ran at a third of the speed).
 
     An event goes to `out[k, plut[p] + ylut[y] + xlut[x]]`; the tables cover every value of
     the field types and map coordinates outside the sensor past the frame's end. Counts
@@ -53,6 +59,8 @@ def _accumulate(x, y, p, t, starts, ends, xlut, ylut, plut, out, binary, maxval,
     size = out.shape[1]
     for k in range(starts.shape[0]):
         frame = out[k]
+        if fresh:
+            frame[:] = 0
         lo = starts[k]
         hi = ends[k]
         saturate = (not binary) and hi - lo > maxval
@@ -202,16 +210,18 @@ def _count(
     out: np.ndarray,
     binary: bool,
     check_sorted: bool = False,
+    fresh: bool = False,
 ) -> None:
-    """Count `events[starts[k]:ends[k]]` into `out[k]` (in place); with `check_sorted`, raise
-    unless all timestamps are non-decreasing."""
+    """Count `events[starts[k]:ends[k]]` into `out[k]` (in place; `fresh`: `out` is
+    uninitialised, each frame is zeroed first); with `check_sorted`, raise unless all
+    timestamps are non-decreasing."""
     starts = np.ascontiguousarray(starts, dtype=np.int64)
     ends = np.ascontiguousarray(ends, dtype=np.int64)
     t = events["t"]
     code, bad = _accumulate(
         events["x"], events["y"], events["p"], t, starts, ends,
         maps.xlut, maps.ylut, maps.plut, out.reshape(len(out), -1), binary,
-        _maxval(out.dtype), check_sorted,
+        _maxval(out.dtype), check_sorted, fresh,
     )
     if code == _OK and check_sorted:
         bad = _unvisited_unsorted(t, starts, ends)
@@ -337,9 +347,9 @@ def to_frames(
         start_time=start_time,
         end_time=end_time,
     )
-    out = np.zeros((len(starts), *maps.shape), dtype)
+    out = np.empty((len(starts), *maps.shape), dtype)
     by_time = time_window is not None or n_time_bins is not None
-    _count(events, starts, ends, maps, out, binary, check_sorted=by_time)
+    _count(events, starts, ends, maps, out, binary, check_sorted=by_time, fresh=True)
     return out
 
 
@@ -465,8 +475,8 @@ class StreamBinner:
         n_full, tail = divmod(rest, count)
         bounds = fill + np.arange(n_full + 1, dtype=np.int64) * count
         if n_full:
-            block = np.zeros((n_full, *self.frame_shape), self.dtype)
-            _count(ev, bounds[:-1], bounds[1:], self._maps, block, self.binary)
+            block = np.empty((n_full, *self.frame_shape), self.dtype)
+            _count(ev, bounds[:-1], bounds[1:], self._maps, block, self.binary, fresh=True)
             out.extend(block)
             self.frames_out += n_full
         if tail:
@@ -510,8 +520,8 @@ class StreamBinner:
             self._acc_events += int(ends[0] - starts[0])
             starts, ends, bins = starts[1:], ends[1:], bins[1:]
         if len(bins):
-            block = np.zeros((len(bins), *self.frame_shape), self.dtype)
-            _count(ev, starts, ends, self._maps, block, self.binary)
+            block = np.empty((len(bins), *self.frame_shape), self.dtype)
+            _count(ev, starts, ends, self._maps, block, self.binary, fresh=True)
             self._close_open(out, int(bins[0] - self._bin - 1))
             for j in range(len(bins) - 1):
                 out.append(block[j])

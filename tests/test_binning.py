@@ -273,3 +273,26 @@ def test_stream_binner_before_any_event_and_unsorted_packet() -> None:
                     (W, H, 2), time_window=100, include_incomplete=True,
                     end_time=int(ev["t"][-1]) + 1)
     np.testing.assert_array_equal(np.stack(frames), ref)
+
+
+def test_fresh_output_is_zeroed_frame_by_frame() -> None:
+    """`to_frames` counts into an uninitialised output, each frame zeroed just before its
+    events (cache-friendly): frames over garbage, empty slices included, equal frames counted
+    into zeros."""
+    from spikestream.pipeline.binning import _count, _Maps, slice_indices
+
+    rng = np.random.default_rng(3)
+    t = np.sort(rng.integers(0, 50_000, 2_000))
+    t[500:900] = t[499]  # a burst, then a gap: slices without events
+    t[900:] += 30_000
+    ev = make_events(rng.integers(0, 40, 2_000), rng.integers(0, 30, 2_000), t,
+                     rng.integers(0, 2, 2_000))
+    maps = _Maps((40, 30, 2), False, None)
+    starts, ends = slice_indices(ev, time_window=1_000, overlap=300)
+    assert (starts == ends).any()
+    ref = np.zeros((len(starts), *maps.shape), np.int16)
+    _count(ev, starts, ends, maps, ref, False)
+    dirty = np.full_like(ref, 7)
+    _count(ev, starts, ends, maps, dirty, False, fresh=True)
+    np.testing.assert_array_equal(dirty, ref)
+    np.testing.assert_array_equal(to_frames(ev, (40, 30, 2), time_window=1_000, overlap=300), ref)

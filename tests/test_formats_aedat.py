@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from decoder_paths import decoder_path  # noqa: F401
 
 from spikestream import EVENT_DTYPE, EventFormatError
 from spikestream.datasets import detect_format, iter_events, read_events
@@ -190,6 +191,7 @@ def test_tonic_read_dvs_ibm_fails_on_aedat31(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- AEDAT 4
 
 
+@pytest.mark.usefixtures("decoder_path")
 def test_aedat4_sample(real_data: Path) -> None:
     path = real_data / "aedat4" / "sample.aedat4"
     rec = read_events(path)
@@ -205,6 +207,7 @@ def test_aedat4_sample(real_data: Path) -> None:
     np.testing.assert_array_equal(np.concatenate(packets), rec.events)
 
 
+@pytest.mark.usefixtures("decoder_path")
 def test_aedat4_agrees_with_tonic(real_data: Path) -> None:
     tonic_io = pytest.importorskip("tonic.io")
     path = real_data / "aedat4" / "sample.aedat4"
@@ -234,3 +237,17 @@ def test_aedat2_addresses_of_a_smaller_chip_than_named_warn_with_the_chip_assume
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         read_events(src)  # the correctly named file does not warn
+
+
+@pytest.mark.usefixtures("decoder_path")
+def test_aedat4_event_outside_a_given_sensor_is_named(real_data: Path) -> None:
+    """Packets joined across the decoder's packets: the first event outside the sensor is named
+    by its index in the whole stream, on either decoder path."""
+    path = real_data / "aedat4" / "sample.aedat4"
+    ev = read_events(path).events
+    first_out = int(np.flatnonzero(ev["x"] >= 100)[0])
+    for chunk in (1 << 24, 3_000):
+        with pytest.raises(EventFormatError, match="outside the sensor") as e:
+            for _ in iter_events(path, chunk_events=chunk, sensor_size=(100, 240)):
+                pass
+        assert e.value.record == first_out

@@ -1,5 +1,6 @@
 """EVT 3.0 decoding against the format: a file this test encodes word by word from known events,
-and the real sample against a word-by-word reference decoder, faery and expelliarmus."""
+and the real sample against a word-by-word reference decoder, faery and expelliarmus; the
+compiled decoder in blocks of any size (state carried across block boundaries)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from decoder_paths import decoder_path  # noqa: F401
 
 from spikestream import EventFormatError
 from spikestream.datasets import iter_events, read_events
-from spikestream.datasets.evt3 import iter_evt3
+from spikestream.datasets.prophesee import DecodedPackets
 
 HEADER = b"% evt 3.0\n% format EVT3;width=1280;height=720\n% end\n"
 
@@ -73,6 +75,12 @@ def synthetic_events(rng: np.random.Generator) -> np.ndarray:
     return ev[np.lexsort((ev["x"], ev["p"], ev["y"], ev["t"]))]
 
 
+def blocks(path: Path, block_words: int, start: int = len(HEADER)) -> DecodedPackets:
+    """The compiled decoder's packets of an EVT 3.0 file, `block_words` words at a time."""
+    return DecodedPackets(path, "evt3", start, path.stat().st_size, block_words)
+
+
+@pytest.mark.usefixtures("decoder_path")
 def test_synthetic_file_decodes_to_its_events(tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     truth = synthetic_events(rng)
@@ -86,17 +94,17 @@ def test_synthetic_file_decodes_to_its_events(tmp_path: Path) -> None:
     assert rec.metadata["format"] == "evt3" and rec.sensor_size == (1280, 720, 2)
     for k in "xytp":
         np.testing.assert_array_equal(rec.events[k], truth[k], err_msg=k)
-    # state carried across every chunk boundary, vector runs split between chunks included
-    for chunk_words in (1, 2, 3, 7, 4096):
-        parts = list(iter_evt3(path, len(HEADER), chunk_words))
-        got = {k: np.concatenate([c[i] for c in parts]) for i, k in enumerate("xytp")}
+    # state carried across every block boundary, vector runs split between blocks included
+    for block in (1, 2, 3, 7, 4096):
+        got = np.concatenate([p for p, _ in blocks(path, block)])
         for k in "xytp":
-            np.testing.assert_array_equal(got[k], truth[k], err_msg=f"{k}, {chunk_words}")
+            np.testing.assert_array_equal(got[k], truth[k], err_msg=f"{k}, {block}")
     packets = list(iter_events(path, chunk_events=333))
     assert [len(q) for q in packets[:-1]] == [333] * (len(packets) - 1)
     np.testing.assert_array_equal(np.concatenate(packets)["t"], truth["t"])
 
 
+@pytest.mark.usefixtures("decoder_path")
 def test_t0_header_is_added(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     truth = synthetic_events(rng)[:200]
@@ -112,6 +120,7 @@ def words_file(tmp_path: Path, words: list[int]) -> Path:
     return path
 
 
+@pytest.mark.usefixtures("decoder_path")
 def test_undefined_word_and_missing_time_base_name_the_offset(tmp_path: Path) -> None:
     ok = [0x8001, 0x6002, 0x0005, 0x2000 | 9]
     for bad_type in (0x1, 0x9, 0xB, 0xC, 0xD):
@@ -162,6 +171,7 @@ def reference_decode(words: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
+@pytest.mark.usefixtures("decoder_path")
 def test_real_evt3_sample_follows_the_format(real_data: Path) -> None:
     """The real Gen4.1 recording spans 8.8 ms (PROVENANCE.md). Its `.npy` is expelliarmus's
     output and not ground truth for t: expelliarmus counts a 4,096 µs step whenever a TIME_LOW
@@ -196,6 +206,7 @@ def test_real_evt3_sample_follows_the_format(real_data: Path) -> None:
     np.testing.assert_array_equal(np.concatenate(packets), ev)
 
 
+@pytest.mark.usefixtures("decoder_path")
 def test_written_file_round_trips(tmp_path: Path) -> None:
     """Our EVT 3.0 writer (faery's encoder): the words it writes decode to the events written,
     through the word-by-word reference decoder and through the reader; gaps over 2^24 µs too."""
@@ -217,15 +228,46 @@ def test_written_file_round_trips(tmp_path: Path) -> None:
         np.testing.assert_array_equal(back.events[k], truth[k], err_msg=k)
 
 
-def test_vector_base_carried_across_chunks() -> None:
-    """A VECT_12 whose VECT_BASE_X lies in an earlier chunk starts where the last vector ended."""
-    from spikestream.datasets.evt3 import Evt3State, decode_words
+@pytest.mark.usefixtures("decoder_path")
+def test_vector_base_carried_across_blocks(tmp_path: Path) -> None:
+    """A VECT_12 whose VECT_BASE_X lies in an earlier block starts where the last vector ended."""
+    path = words_file(tmp_path, [0x8001, 0x6002, 0x0005, 0x3800 | 100, 0x4000 | 0b101,
+                                 0x5000 | 1, 0x4000 | 0b11])
+    got = np.concatenate([p for p, _ in blocks(path, 1)])
+    assert got["x"].tolist() == [100, 102, 112, 120, 121]
+    assert got["p"].tolist() == [1] * 5
+    assert set(got["t"].tolist()) == {(1 << 12) + 2}
 
-    state = Evt3State()
-    words = np.asarray([0x8001, 0x6002, 0x0005, 0x3800 | 100, 0x4000 | 0b101, 0x5000 | 1,
-                        0x4000 | 0b11], "<u2")
-    got = [decode_words(words[i:i + 1], state, "w", 2 * i) for i in range(len(words))]
-    x = np.concatenate([g[0] for g in got])
-    assert x.tolist() == [100, 102, 112, 120, 121]
-    assert np.concatenate([g[3] for g in got]).tolist() == [1] * 5
-    assert set(np.concatenate([g[2] for g in got]).tolist()) == {(1 << 12) + 2}
+
+@pytest.mark.usefixtures("decoder_path")
+def test_values_out_of_range_order_and_bounds_name_the_event(tmp_path: Path) -> None:
+    """A vector base advanced past the u2 range of x, an event outside the sensor and a time
+    going back are errors naming the event (and, compiled, the word's byte offset)."""
+    start = [0x8001, 0x6002, 0x0005, 0x2000 | 9]
+    # VECT_BASE_X 2047 then empty VECT_12 words: the base moves on 12 a word, past 65535
+    empty = (65_536 - 2047 + 11) // 12
+    path = words_file(tmp_path, start + [0x3000 | 2047] + [0x4000] * empty + [0x4000 | 1])
+    with pytest.raises(EventFormatError, match=f"x={2047 + 12 * empty}") as e:
+        read_events(path)
+    assert e.value.record == 1
+    path = words_file(tmp_path, start + [0x2000 | 1300])  # the header names 1280x720
+    with pytest.raises(EventFormatError, match="outside the sensor") as e:
+        read_events(path)
+    assert e.value.record == 1
+    path = words_file(tmp_path, start + [0x6001, 0x2000 | 10])  # TIME_LOW 2 -> 1
+    with pytest.raises(EventFormatError, match="goes back") as e:
+        read_events(path)
+    assert e.value.record == 1
+
+
+def test_both_decoder_paths_agree_on_the_real_sample_in_blocks(real_data: Path) -> None:
+    """The compiled and the numpy decoders, in blocks that cut vector runs, equal the
+    word-by-word reference on the real recording."""
+    path = real_data / "prophesee" / "evt3_sample.raw"
+    ref = reference_decode(np.fromfile(path, "<u2", offset=166))
+    for compiled in (True, False):
+        for block in (997, 1 << 16):  # blocks that end inside vector runs, and larger
+            got = np.concatenate([p for p, _ in DecodedPackets(
+                path, "evt3", 166, path.stat().st_size, block, compiled=compiled)])
+            for i, k in enumerate("xytp"):
+                np.testing.assert_array_equal(got[k], ref[:, i], err_msg=f"{k} {block}")
