@@ -31,8 +31,14 @@ def sparse_maps(shape: tuple[int, ...], density: float, seed: int) -> np.ndarray
     return ((rng.random(shape) < density) * rng.integers(1, 4, shape)).astype(np.float32)
 
 
+#: a workspace with room for every kernel test here, and one with none (the kernels then
+#: allocate what they take)
+ROOMY, EMPTY = (1 << 18, 1 << 14), (0, 0)
+
+
+@pytest.mark.parametrize("room", [ROOMY, EMPTY])
 @pytest.mark.parametrize("stride", [1, 2, 4, 8])
-def test_conv_scatter_is_conv2d(stride):
+def test_conv_scatter_is_conv2d(stride, room):
     k = 3 if stride == 1 else stride + 1
     c_in, c_out, size = 3, 16, 32
     x = sparse_maps((c_in, size, size), 0.1, stride)
@@ -40,8 +46,10 @@ def test_conv_scatter_is_conv2d(stride):
     want = F.conv2d(torch.from_numpy(x)[None], torch.from_numpy(w), stride=stride, padding=1)[0]
     out_h, out_w = want.shape[1:]
     acc = np.zeros((out_h * out_w, c_out), np.float32)
+    ws = K.workspace(*room)
     K.conv_scatter(x.transpose(1, 2, 0), np.ascontiguousarray(w.transpose(1, 2, 3, 0)), stride,
-                   acc, out_w)
+                   acc, out_w, ws)
+    assert ws[2][0] == ws[2][1] == 0 and ws[2][3] > 0  # its index scratch handed back
     got = acc.reshape(out_h, out_w, c_out).transpose(2, 0, 1)
     np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-4)
     assert np.abs(got).sum() > 0
@@ -51,7 +59,7 @@ def test_linear_scatter_is_a_matrix_product():
     x = sparse_maps((64, 48), 0.2, 0)
     wt = np.random.default_rng(2).standard_normal((48, 80)).astype(np.float32)
     acc = np.zeros((64, 80), np.float32)
-    K.linear_scatter(x, wt, acc)
+    K.linear_scatter(x, wt, acc, K.workspace(*ROOMY))
     np.testing.assert_allclose(acc, x @ wt, rtol=0, atol=1e-4)
 
 
@@ -61,12 +69,15 @@ def test_pools_are_torch_pools():
     t = torch.from_numpy(x)[None]
     want_max = F.max_pool2d(t, 3, stride=2, padding=1)[0].numpy()
     want_avg = F.avg_pool2d(t, 2, stride=2)[0].numpy()
-    np.testing.assert_array_equal(K.max_pool_3s2(hwc).transpose(2, 0, 1), want_max)
-    np.testing.assert_array_equal(K.avg_pool_2s2(hwc).transpose(2, 0, 1), want_avg)
+    got_max, got_avg = np.empty((2, 8, 6, 8), np.float32)
+    K.max_pool_3s2(hwc, got_max, K.workspace(*ROOMY))
+    K.avg_pool_2s2(hwc, got_avg)
+    np.testing.assert_array_equal(got_max.transpose(2, 0, 1), want_max)
+    np.testing.assert_array_equal(got_avg.transpose(2, 0, 1), want_avg)
     grid = sparse_maps((5, 7, 6), 0.3, 4)  # tokens [N, D] of a 5x7 grid
     tokens = np.ascontiguousarray(grid.reshape(35, 6))
     want = F.max_pool2d(torch.from_numpy(grid).permute(2, 0, 1)[None], 3, stride=1, padding=1)
-    np.testing.assert_array_equal(AK.token_max_pool_3s1(tokens, 5, 7),
+    np.testing.assert_array_equal(AK.token_max_pool_3s1(tokens, 5, 7, K.workspace(*ROOMY)),
                                   want[0].permute(1, 2, 0).reshape(35, 6).numpy())
 
 
@@ -74,7 +85,7 @@ def test_ssa_scores_are_exact():
     rng = np.random.default_rng(5)
     q, k, v = ((rng.random((64, 32)) < 0.3).astype(np.float32) for _ in range(3))
     heads, scale = 4, np.float32(0.125)
-    got = AK.ssa_scores(q, k, v, heads, scale)
+    got = AK.ssa_scores(q, k, v, heads, scale, K.workspace(*ROOMY))
     split = [torch.from_numpy(a).reshape(64, heads, 8).transpose(0, 1) for a in (q, k, v)]
     want = ((split[0] @ split[1].transpose(-1, -2)) @ split[2] * 0.125).transpose(0, 1)
     np.testing.assert_array_equal(got, want.reshape(64, 32).numpy())  # integer sums: exact
@@ -223,7 +234,7 @@ def test_dendritic_scan_is_the_core():
         params = [A.f32(t) for t in (core.decays(), lower, upper, core.gamma, core.readout())]
     x_new = np.empty((heads * k, d), np.float32)
     got_s = AK.dendritic_scan(u[0].numpy(), x0[0].reshape(heads * k, d).numpy(), x_new, *params,
-                             np.float32(1.0), heads)
+                             np.float32(1.0), heads, K.workspace(*ROOMY))
     np.testing.assert_array_equal(got_s, want_s[0].numpy())
     np.testing.assert_allclose(x_new.reshape(heads, k, d), want_x[0].numpy(), rtol=0, atol=1e-5)
     assert 0.05 < got_s.mean() < 0.95
@@ -237,7 +248,8 @@ def test_local_rf_is_the_dilated_convolutions():
         want = local(x[None])[0].numpy()
         w = np.concatenate([A.f32(c.weight[:, 0].permute(1, 2, 0).reshape(9, -1))
                             for c in local.convs])
-    got = AK.local_rf(x.numpy(), w, np.array(local.dilations, np.int64), *grid)
+    got = AK.local_rf(x.numpy(), w, np.array(local.dilations, np.int64), *grid,
+                      K.workspace(*ROOMY))
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     assert np.abs(got).sum() > 0
 
@@ -273,3 +285,45 @@ def test_step_reuses_its_output_buffers():
     finally:
         tracemalloc.stop()
     assert peak < buffered.nbytes, (peak, buffered.nbytes)
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_steps_after_the_first_allocate_nothing(key):
+    """Counted by numba's runtime: a compiled loop of steps (the arguments wrapped once, as
+    the loop's own) allocates as often for 6 steps as for 1, so a step allocates nothing once
+    the first has sized the workspace; results equal eager steps throughout."""
+    from numba import njit
+    from numba.core.runtime import _nrt_python, rtsys
+
+    from spikestream.pipeline.engines.numba_network import step_kernel
+
+    @njit
+    def steps(count, args, other):
+        for i in range(count):
+            step_kernel(*(args if i % 2 == 0 else other))
+
+    torch.manual_seed(0)
+    model = excite(create_model("tiny", key, attention_kwargs(key), input_size=32),
+                   seed=2).eval()
+    fast = NumbaStep(model)
+    frame = torch.from_numpy(sparse_maps((1, 2, 32, 32), 0.1, 7))
+    _, state = fast.step(frame, fast.init_state(1))
+    assert fast.scratch_nbytes > 0
+    hwc = frame.numpy()[0].transpose(1, 2, 0)
+    a, b = fast.init_state(1), fast.init_state(1)
+    args, other = fast.kernel_args(hwc, a, b), fast.kernel_args(hwc, b, a)
+    counts = []
+    _nrt_python.memsys_enable_stats()
+    try:
+        for count in (1, 6, 1):
+            a[:] = 0
+            before = rtsys.get_allocation_stats().alloc
+            steps(count, args, other)
+            counts.append(rtsys.get_allocation_stats().alloc - before)
+    finally:
+        _nrt_python.memsys_disable_stats()
+    assert counts[0] == counts[1] == counts[2], counts
+    with torch.inference_mode():  # the last loop: one step from zero membranes into `b`
+        want, st = model.step(frame, model.init_state(1))
+    np.testing.assert_allclose(b, fast.from_model_state(st), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fast._logits, want.numpy(), rtol=1e-4, atol=1e-5)

@@ -4,10 +4,12 @@ dispatches on the code (`numba_attention` says which mechanism uses which code).
 Every kernel takes input spike tokens `s[N, D]`, the block's packed attention arrays
 `aw[wi:]` (linear weights `[D_in, D_out]`, norms `[2, C]`, other parameters as 2-D float32
 arrays), neurons `alif[li:]` (`(tau, beta, v_th)`), integer and float options `ai`, `af`, and
-the attention's own state leaves `v[vi:]` (in the order of its `init_state`, each as
-`[rows, last axis]`) updated into `v_new[vi:]`, and returns `y[N, D]` after the output
-projection `BN(W_o .)`. The mechanisms built on `SpikingQKV` pack `[W_q, BN_q, W_k, BN_k, W_v,
-BN_v, W_o, BN_o]` first, neurons q, k, v (and attn), state q, k, v (and attn) first.
+the attention's own state leaves from leaf `vi` of the flat states `st = (state, new, layout)`
+(in the order of its `init_state`, each as `[rows, last axis]`: `old(st, i)` is read,
+`new(st, i)` written), and the workspace `ws` its scratch comes from (`numba_kernels.take`),
+and returns `y[N, D]` after the output projection `BN(W_o .)`, taken from `ws`.
+The mechanisms built on `SpikingQKV` pack `[W_q, BN_q, W_k, BN_k, W_v, BN_v, W_o, BN_o]`
+first, neurons q, k, v (and attn), state q, k, v (and attn) first.
 """
 
 from __future__ import annotations
@@ -15,22 +17,47 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from spikestream.pipeline.engines.numba_kernels import ONE, ZERO, lif_tokens, proj, proj_fire
+from spikestream.pipeline.engines.numba_kernels import (
+    ONE,
+    ZERO,
+    leaf,
+    lif_tokens,
+    mark,
+    proj,
+    proj_fire,
+    release,
+    take,
+    take_ints,
+    take_zeros,
+)
 
 (KERNEL_SSA, KERNEL_SDSA, KERNEL_LRF_DYN, KERNEL_LRF_SSA, KERNEL_A2OS2A, KERNEL_SSSA,
  KERNEL_STATTEN) = range(7)
 
 
+@njit(cache=False, nogil=True, inline="always")
+def old(st, i):  # pragma: no cover - compiled
+    """State leaf `i` before the step."""
+    return leaf(st[0], st[2], i)
+
+
+@njit(cache=False, nogil=True, inline="always")
+def new(st, i):  # pragma: no cover - compiled
+    """State leaf `i` after the step (written by it)."""
+    return leaf(st[1], st[2], i)
+
+
 @njit(cache=False, nogil=True)
-def ssa_scores(q, k, v, heads, scale):  # pragma: no cover - compiled
+def ssa_scores(q, k, v, heads, scale, ws):  # pragma: no cover - compiled
     """Spikformer SSA before its neuron: `scale * (Q_h K_h^T) V_h` per head, for spike tokens
     `q, k, v[N, D]`. Sums of spikes are small integers, exact in any order; the product by
     `scale` rounds once, as in `(q @ k^T) @ v * scale`."""
     n, d_all = q.shape
     d = d_all // heads
-    out = np.zeros((n, d_all), np.float32)
-    counts = np.empty(n, np.float32)
-    active = np.empty(d, np.int64)
+    out = take_zeros(ws, n, d_all)
+    tops = mark(ws)
+    counts = take(ws, 1, n)[0]
+    active = take_ints(ws, d)
     for head in range(heads):
         lo = head * d
         for i in range(n):
@@ -55,18 +82,21 @@ def ssa_scores(q, k, v, heads, scale):  # pragma: no cover - compiled
                     row[o] += qk * v[m, o]
             for o in range(lo, lo + d):
                 row[o] = row[o] * scale
+    release(ws, tops)
     return out
 
 
 @njit(cache=False, nogil=True)
-def token_max_pool_3s1(x, gh, gw):  # pragma: no cover - compiled
+def token_max_pool_3s1(x, gh, gw, ws):  # pragma: no cover - compiled
     """3x3 stride-1 max-pool (padding 1) of tokens `x[N, D]` over their `gh x gw` grid."""
     n, d = x.shape
-    out = np.empty((n, d), np.float32)
+    out = take(ws, n, d)
     for gy in range(gh):
         for gx in range(gw):
             row = out[gy * gw + gx]
-            row[:] = x[gy * gw + gx]
+            here = x[gy * gw + gx]
+            for o in range(d):
+                row[o] = here[o]
             for y in range(max(gy - 1, 0), min(gy + 2, gh)):
                 for xx in range(max(gx - 1, 0), min(gx + 2, gw)):
                     other = x[y * gw + xx]
@@ -76,31 +106,34 @@ def token_max_pool_3s1(x, gh, gw):  # pragma: no cover - compiled
 
 
 @njit(cache=False, nogil=True)
-def sdsa_mask(q, k, v, lif, va, va_new):  # pragma: no cover - compiled
+def sdsa_mask(q, k, v, lif, va, va_new, ws):  # pragma: no cover - compiled
     """Spike-driven SDSA before its projection: per channel the token sum of `k * v` fires
     the attention neuron (membranes `va, va_new[1, D]`), whose spike masks `q[N, D]`."""
     n, d = q.shape
-    kv = np.zeros((1, d), np.float32)
+    out = take(ws, n, d)
+    tops = mark(ws)
+    kv = take_zeros(ws, 1, d)
     for i in range(n):
         for o in range(d):
             kv[0, o] += k[i, o] * v[i, o]
-    s = np.empty((1, d), np.float32)
+    s = take(ws, 1, d)
     lif_tokens(kv, lif, va, va_new, s)
-    out = np.empty((n, d), np.float32)
     for i in range(n):
         for o in range(d):
             out[i, o] = q[i, o] * s[0, o]
+    release(ws, tops)
     return out
 
 
 @njit(cache=False, nogil=True)
-def local_rf(x, w, dilations, gh, gw):  # pragma: no cover - compiled
+def local_rf(x, w, dilations, gh, gw, ws):  # pragma: no cover - compiled
     """`LocalRF`: the sum of depthwise 3x3 convolutions (padding = dilation) of tokens
     `x[N, D]` on their `gh x gw` grid, scattered from the non-zero inputs;
     `w[di * 9 + ky * 3 + kx, D]` is dilation `di`'s kernel."""
     n, d = x.shape
-    out = np.zeros((n, d), np.float32)
-    active = np.empty(d, np.int64)
+    out = take_zeros(ws, n, d)
+    tops = mark(ws)
+    active = take_ints(ws, d)
     for p in range(n):
         na = 0
         for c in range(d):
@@ -123,12 +156,13 @@ def local_rf(x, w, dilations, gh, gw):  # pragma: no cover - compiled
                     for a in range(na):
                         c = active[a]
                         row[c] += x[p, c] * wr[c]
+    release(ws, tops)
     return out
 
 
 @njit(cache=False, nogil=True)
-def dendritic_scan(u, x, x_new, decay, lower, upper, gamma, readout, theta,
-                   heads):  # pragma: no cover - compiled
+def dendritic_scan(u, x, x_new, decay, lower, upper, gamma, readout, theta, heads,
+                   ws):  # pragma: no cover - compiled
     """`DendriticCore.step`: the N tokens of `u[N, D]` in order through each channel's k
     compartments, `X = A X + Gamma u`, `y = C . X`, fire `[y - theta >= 0]`, subtract theta
     from the soma; state `x, x_new[heads * k, d]`, parameters `[heads, k]` (A tridiagonal:
@@ -138,8 +172,10 @@ def dendritic_scan(u, x, x_new, decay, lower, upper, gamma, readout, theta,
     n, d_all = u.shape
     d = d_all // heads
     k = decay.shape[1]
-    coef = np.zeros((5, k, d_all), np.float32)  # decay, lower, upper, gamma, readout
-    cur = np.empty((k, d_all), np.float32)
+    s = take_zeros(ws, n, d_all)
+    tops = mark(ws)
+    coef = take_zeros(ws, 5 * k, d_all).reshape((5, k, d_all))  # decay, lower, upper, ...
+    cur = take(ws, k, d_all)
     for h in range(heads):
         for j in range(k):
             for c in range(h * d, (h + 1) * d):
@@ -150,9 +186,8 @@ def dendritic_scan(u, x, x_new, decay, lower, upper, gamma, readout, theta,
                 if j < k - 1:
                     coef[2, j, c] = upper[h, j]
                 cur[j, c] = x[h * k + j, c - h * d]
-    s = np.zeros((n, d_all), np.float32)
-    nxt = np.empty((k, d_all), np.float32)
-    y = np.empty(d_all, np.float32)
+    nxt = take(ws, k, d_all)
+    y = take(ws, 1, d_all)[0]
     for t in range(n):
         ut = u[t]
         y[:] = ZERO
@@ -187,6 +222,7 @@ def dendritic_scan(u, x, x_new, decay, lower, upper, gamma, readout, theta,
         for j in range(k):
             for c in range(d):
                 x_new[h * k + j, c] = cur[j, h * d + c]
+    release(ws, tops)
     return s
 
 
@@ -206,13 +242,14 @@ def ternary_tokens(x, lif, v, v_new, s):  # pragma: no cover - compiled
 
 
 @njit(cache=False, nogil=True)
-def kv_product(q, k, v, heads, scale):  # pragma: no cover - compiled
+def kv_product(q, k, v, heads, scale, ws):  # pragma: no cover - compiled
     """`scale * Q_h (K_h^T V_h)` per head for tokens `q, k, v[N, D]` (any values; a zero in
     `q` or `k` is skipped): O(N d^2) per head."""
     n, d_all = q.shape
     d = d_all // heads
-    out = np.zeros((n, d_all), np.float32)
-    kv = np.empty((d, d), np.float32)
+    out = take_zeros(ws, n, d_all)
+    tops = mark(ws)
+    kv = take(ws, d, d)
     for head in range(heads):
         lo = head * d
         kv[:, :] = ZERO
@@ -233,72 +270,79 @@ def kv_product(q, k, v, heads, scale):  # pragma: no cover - compiled
                     row[lo + j] += qi * kv[i, j]
             for j in range(lo, lo + d):
                 row[j] = row[j] * scale
+    release(ws, tops)
     return out
 
 
 @njit(cache=False, nogil=True)
-def _qkv(s, aw, wi, alif, li, v, v_new, vi, which):  # pragma: no cover - compiled
+def _qkv(s, aw, wi, alif, li, st, vi, which, ws):  # pragma: no cover - compiled
     """Q (0), K (1) or V (2) of `SpikingQKV`: `SN(BN(W s))`."""
     return proj_fire(s, aw[wi + 2 * which], aw[wi + 2 * which + 1], alif[li + which],
-                     v[vi + which], v_new[vi + which])
+                     old(st, vi + which), new(st, vi + which), ws)
 
 
 @njit(cache=False, nogil=True)
-def _fire_proj(a, aw, wi, lif, va, va_new):  # pragma: no cover - compiled
+def _fire_proj(a, aw, wi, lif, va, va_new, ws):  # pragma: no cover - compiled
     """`BN(W_o SN_0.5(a))`: the attention neuron and the output projection."""
-    spikes = np.empty_like(a)
+    spikes = take(ws, a.shape[0], a.shape[1])
     lif_tokens(a, lif, va, va_new, spikes)
-    return proj(spikes, aw[wi + 6], aw[wi + 7])
+    return proj(spikes, aw[wi + 6], aw[wi + 7], ws)
 
 
 @njit(cache=False, nogil=True)
-def lrf_dyn(s, aw, wi, alif, li, ai, af, v, v_new, vi, gh, gw):  # pragma: no cover - compiled
+def lrf_dyn(s, aw, wi, alif, li, ai, af, st, vi, gh, gw, ws):  # pragma: no cover - compiled
     """LRF-Dyn: `q * core(k * v) + LocalRF(v)`; arrays 8-12 the core's decay, lower, upper,
     gamma and readout `[h, k]`, 13 the local kernels; `ai = (heads, n_dil, dilations...)`,
     `af = (theta,)`; state q, k, v, attn, core `[h * k, d]`."""
-    sv = _qkv(s, aw, wi, alif, li, v, v_new, vi, 2)
-    sk = _qkv(s, aw, wi, alif, li, v, v_new, vi, 1)
-    local = local_rf(sv, aw[wi + 13], ai[2:2 + ai[1]], gh, gw)
-    core = dendritic_scan(sk * sv, v[vi + 4], v_new[vi + 4], aw[wi + 8], aw[wi + 9],
-                          aw[wi + 10], aw[wi + 11], aw[wi + 12], af[0], ai[0])
-    a = _qkv(s, aw, wi, alif, li, v, v_new, vi, 0) * core + local
-    return _fire_proj(a, aw, wi, alif[li + 3], v[vi + 3], v_new[vi + 3])
+    sv = _qkv(s, aw, wi, alif, li, st, vi, 2, ws)
+    sk = _qkv(s, aw, wi, alif, li, st, vi, 1, ws)
+    local = local_rf(sv, aw[wi + 13], ai[2:2 + ai[1]], gh, gw, ws)
+    n, d = sk.shape
+    for i in range(n):  # k * v, in k's storage
+        for o in range(d):
+            sk[i, o] = sk[i, o] * sv[i, o]
+    core = dendritic_scan(sk, old(st, vi + 4), new(st, vi + 4), aw[wi + 8], aw[wi + 9],
+                          aw[wi + 10], aw[wi + 11], aw[wi + 12], af[0], ai[0], ws)
+    a = _qkv(s, aw, wi, alif, li, st, vi, 0, ws)
+    for i in range(n):  # q * core + local, in q's storage
+        for o in range(d):
+            a[i, o] = a[i, o] * core[i, o] + local[i, o]
+    return _fire_proj(a, aw, wi, alif[li + 3], old(st, vi + 3), new(st, vi + 3), ws)
 
 
 @njit(cache=False, nogil=True)
-def a2os2a(s, aw, wi, alif, li, ai, af, v, v_new, vi, gh, gw):  # pragma: no cover - compiled
+def a2os2a(s, aw, wi, alif, li, ai, af, st, vi, gh, gw, ws):  # pragma: no cover - compiled
     """A²OS²A: binary Q, real `K = ReLU(BN(W_k s))`, ternary V, `SN_0.5(Q K^T V)`; neurons
     q, v (ternary), attn; state q, v, attn; `ai = (heads, reassociate)`."""
-    sq = proj_fire(s, aw[wi], aw[wi + 1], alif[li], v[vi], v_new[vi])
-    k = proj(s, aw[wi + 2], aw[wi + 3])
+    sq = proj_fire(s, aw[wi], aw[wi + 1], alif[li], old(st, vi), new(st, vi), ws)
+    k = proj(s, aw[wi + 2], aw[wi + 3], ws)
     for i in range(k.shape[0]):
         for o in range(k.shape[1]):
             k[i, o] = max(k[i, o], ZERO)
-    x = proj(s, aw[wi + 4], aw[wi + 5])
-    sv = np.empty_like(x)
-    ternary_tokens(x, alif[li + 1], v[vi + 1], v_new[vi + 1], sv)
-    return _fire_proj(kv_product(sq, k, sv, ai[0], ONE), aw, wi, alif[li + 2], v[vi + 2],
-                      v_new[vi + 2])
+    x = proj(s, aw[wi + 4], aw[wi + 5], ws)
+    ternary_tokens(x, alif[li + 1], old(st, vi + 1), new(st, vi + 1), x)  # spikes in x
+    return _fire_proj(kv_product(sq, k, x, ai[0], ONE, ws), aw, wi, alif[li + 2],
+                      old(st, vi + 2), new(st, vi + 2), ws)
 
 
 @njit(cache=False, nogil=True)
-def sssa(s, aw, wi, alif, li, ai, af, v, v_new, vi, gh, gw):  # pragma: no cover - compiled
+def sssa(s, aw, wi, alif, li, ai, af, st, vi, gh, gw, ws):  # pragma: no cover - compiled
     """SSSA: salience `Patch = Q'_n sum_m K'_m / (N d^2)` per head, the saccadic neuron's
     running sums `H_r = lam_r H_r + Patch`, fire `[sum_r w_r H_r - th >= 0]`, gate V; arrays
     8-10: lam `[h, R]`, w `[h, R]`, th `[1, h]`; neurons q, k, v; state q, k, v, h
     `[h * R, N]`."""
-    sq = _qkv(s, aw, wi, alif, li, v, v_new, vi, 0)
-    sk = _qkv(s, aw, wi, alif, li, v, v_new, vi, 1)
-    sv = _qkv(s, aw, wi, alif, li, v, v_new, vi, 2)
+    sq = _qkv(s, aw, wi, alif, li, st, vi, 0, ws)
+    sk = _qkv(s, aw, wi, alif, li, st, vi, 1, ws)
+    sv = _qkv(s, aw, wi, alif, li, st, vi, 2, ws)
     lam, w, th = aw[wi + 8], aw[wi + 9], aw[wi + 10]
     heads = ai[0]
     n, d_all = sq.shape
     d = d_all // heads
     rates = lam.shape[1]
-    hs, hs_new = v[vi + 3], v_new[vi + 3]
+    hs, hs_new = old(st, vi + 3), new(st, vi + 3)
     norm = np.float32(n * d * d)
-    gated = np.zeros((n, d_all), np.float32)
-    qc = np.empty(n, np.float32)
+    gated = take_zeros(ws, n, d_all)
+    qc = take(ws, 1, n)[0]
     for head in range(heads):
         lo = head * d
         ksum = ZERO
@@ -319,24 +363,24 @@ def sssa(s, aw, wi, alif, li, ai, af, v, v_new, vi, gh, gw):  # pragma: no cover
             if total - th[0, head] >= 0:
                 for o in range(lo, lo + d):
                     gated[t, o] = sv[t, o]
-    return proj(gated, aw[wi + 6], aw[wi + 7])
+    return proj(gated, aw[wi + 6], aw[wi + 7], ws)
 
 
 @njit(cache=False, nogil=True)
-def statten(s, aw, wi, alif, li, ai, af, v, v_new, vi, gh, gw):  # pragma: no cover - compiled
+def statten(s, aw, wi, alif, li, ai, af, st, vi, gh, gw, ws):  # pragma: no cover - compiled
     """STAtten, causal mode: the chunk's running `sum K^T V` (state 4, `[h * d, d]`), cleared
     when the step within the chunk (state 5, `[1, 1]`) is 0; `a = scale * Q (KV)`, then
     `BN(W_o SN_0.5(a))`; `ai = (heads, chunk)`, `af = (scale,)`."""
-    sq = _qkv(s, aw, wi, alif, li, v, v_new, vi, 0)
-    sk = _qkv(s, aw, wi, alif, li, v, v_new, vi, 1)
-    sv = _qkv(s, aw, wi, alif, li, v, v_new, vi, 2)
+    sq = _qkv(s, aw, wi, alif, li, st, vi, 0, ws)
+    sk = _qkv(s, aw, wi, alif, li, st, vi, 1, ws)
+    sv = _qkv(s, aw, wi, alif, li, st, vi, 2, ws)
     heads = ai[0]
     n, d_all = sq.shape
     d = d_all // heads
-    kv, kv_new = v[vi + 4], v_new[vi + 4]
-    pos = v[vi + 5][0, 0]
+    kv, kv_new = old(st, vi + 4), new(st, vi + 4)
+    pos = old(st, vi + 5)[0, 0]
     keep = ONE - np.float32(pos == 0)
-    a = np.zeros((n, d_all), np.float32)
+    a = take_zeros(ws, n, d_all)
     for head in range(heads):
         lo = head * d
         for i in range(d):
@@ -355,35 +399,35 @@ def statten(s, aw, wi, alif, li, ai, af, v, v_new, vi, gh, gw):  # pragma: no co
     for t in range(n):
         for j in range(d_all):
             a[t, j] = a[t, j] * af[0]
-    v_new[vi + 5][0, 0] = (pos + 1) % ai[1]
-    return _fire_proj(a, aw, wi, alif[li + 3], v[vi + 3], v_new[vi + 3])
+    new(st, vi + 5)[0, 0] = (pos + 1) % ai[1]
+    return _fire_proj(a, aw, wi, alif[li + 3], old(st, vi + 3), new(st, vi + 3), ws)
 
 
 @njit(cache=False, nogil=True)
-def attend(code, s, aw, wi, alif, li, ai, af, v, v_new, vi, gh, gw):  # pragma: no cover
+def attend(code, s, aw, wi, alif, li, ai, af, st, vi, gh, gw, ws):  # pragma: no cover
     """The attention of kernel `code` on spike tokens `s[N, D]` (module docstring)."""
     if code == KERNEL_LRF_DYN:
-        return lrf_dyn(s, aw, wi, alif, li, ai, af, v, v_new, vi, gh, gw)
+        return lrf_dyn(s, aw, wi, alif, li, ai, af, st, vi, gh, gw, ws)
     if code == KERNEL_A2OS2A:
-        return a2os2a(s, aw, wi, alif, li, ai, af, v, v_new, vi, gh, gw)
+        return a2os2a(s, aw, wi, alif, li, ai, af, st, vi, gh, gw, ws)
     if code == KERNEL_SSSA:
-        return sssa(s, aw, wi, alif, li, ai, af, v, v_new, vi, gh, gw)
+        return sssa(s, aw, wi, alif, li, ai, af, st, vi, gh, gw, ws)
     if code == KERNEL_STATTEN:
-        return statten(s, aw, wi, alif, li, ai, af, v, v_new, vi, gh, gw)
-    sv = _qkv(s, aw, wi, alif, li, v, v_new, vi, 2)
-    sk = _qkv(s, aw, wi, alif, li, v, v_new, vi, 1)
-    sq = _qkv(s, aw, wi, alif, li, v, v_new, vi, 0)
+        return statten(s, aw, wi, alif, li, ai, af, st, vi, gh, gw, ws)
+    sv = _qkv(s, aw, wi, alif, li, st, vi, 2, ws)
+    sk = _qkv(s, aw, wi, alif, li, st, vi, 1, ws)
+    sq = _qkv(s, aw, wi, alif, li, st, vi, 0, ws)
     if code == KERNEL_SDSA:  # ai = (heads, dvs_pool)
         if ai[1]:
-            sk, sv = token_max_pool_3s1(sk, gh, gw), token_max_pool_3s1(sv, gh, gw)
-        return proj(sdsa_mask(sq, sk, sv, alif[li + 3], v[vi + 3], v_new[vi + 3]), aw[wi + 6],
-                    aw[wi + 7])
+            sk, sv = token_max_pool_3s1(sk, gh, gw, ws), token_max_pool_3s1(sv, gh, gw, ws)
+        return proj(sdsa_mask(sq, sk, sv, alif[li + 3], old(st, vi + 3), new(st, vi + 3), ws),
+                    aw[wi + 6], aw[wi + 7], ws)
     # ssa and lrf_ssa: ai = (heads,), af = (scale,) or (scale, lam)
-    a = ssa_scores(sq, sk, sv, ai[0], af[0])
+    a = ssa_scores(sq, sk, sv, ai[0], af[0], ws)
     if code == KERNEL_LRF_SSA:
-        local = local_rf(sv, aw[wi + 8], ai[2:2 + ai[1]], gh, gw)
+        local = local_rf(sv, aw[wi + 8], ai[2:2 + ai[1]], gh, gw, ws)
         lam = af[1]
         for t in range(a.shape[0]):
             for o in range(a.shape[1]):
                 a[t, o] = (ONE - lam) * a[t, o] + lam * local[t, o]
-    return _fire_proj(a, aw, wi, alif[li + 3], v[vi + 3], v_new[vi + 3])
+    return _fire_proj(a, aw, wi, alif[li + 3], old(st, vi + 3), new(st, vi + 3), ws)

@@ -17,6 +17,13 @@ batch-normed input `acc * alpha + shift` (ATen's eval batch norm: `alpha = gamma
 sqrt(var + eps)`, `shift = b - mean * alpha`) or, for neurons on the residual stream, the
 tokens themselves.
 
+Scratch: no kernel allocates. Every temporary array is taken from a workspace `ws = (floats,
+ints, cursor)` that `numba_step.NumbaStep` allocates once: `take` / `take_ints` hand out the
+next rows of `floats` / `ints` (a bump allocator; a kernel that is done with its temporaries
+sets the cursor back with `release`). `cursor = [float top, int top, float high-water, int
+high-water]`. A workspace too small for a step is not an error: `take` then allocates, the
+high-water marks record what the step needed, and the owner grows the workspace after it.
+
 Packed parameters (see `numba_step`): `lif[i] = (tau, beta, v_th)`; `bn[i] = [alpha; shift]`
 (`[2, C]`); linear weights `[D_in, D_out]`; stem layers `cfg[i] = (stride, pool)` with pool 0
 none, 1 max 3/2/1, 2 avg 2/2.
@@ -32,12 +39,73 @@ ZERO = np.float32(0.0)
 POOL_NONE, POOL_MAX, POOL_AVG = 0, 1, 2
 
 
+def workspace(floats: int = 0, ints: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A workspace of `floats` float32 and `ints` int64 slots (module docstring)."""
+    return np.zeros(floats, np.float32), np.zeros(ints, np.int64), np.zeros(4, np.int64)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def take(ws, rows, cols):  # pragma: no cover - compiled
+    """`[rows, cols]` float32 scratch (uninitialised) from workspace `ws` (module docstring)."""
+    floats, cursor = ws[0], ws[2]
+    start = cursor[0]
+    end = start + rows * cols
+    cursor[0] = end
+    cursor[2] = max(cursor[2], end)
+    if end > floats.shape[0]:  # too small: this step allocates, the owner grows `floats`
+        return np.empty((rows, cols), np.float32)
+    return floats[start:end].reshape((rows, cols))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def take_zeros(ws, rows, cols):  # pragma: no cover - compiled
+    """`take`, filled with zeros."""
+    out = take(ws, rows, cols)
+    for i in range(rows):
+        for j in range(cols):
+            out[i, j] = ZERO
+    return out
+
+
+@njit(cache=True, nogil=True, inline="always")
+def take_ints(ws, n):  # pragma: no cover - compiled
+    """`[n]` int64 scratch (uninitialised) from workspace `ws`."""
+    ints, cursor = ws[1], ws[2]
+    start = cursor[1]
+    end = start + n
+    cursor[1] = end
+    cursor[3] = max(cursor[3], end)
+    if end > ints.shape[0]:
+        return np.empty(n, np.int64)
+    return ints[start:end]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def mark(ws):  # pragma: no cover - compiled
+    """The workspace's tops, for `release`."""
+    return ws[2][0], ws[2][1]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def release(ws, tops):  # pragma: no cover - compiled
+    """Hand back everything taken since `mark` gave `tops` (none of it may be used after)."""
+    ws[2][0], ws[2][1] = tops[0], tops[1]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def leaf(flat, layout, i):  # pragma: no cover - compiled
+    """State leaf `i` of a flat state: `layout[i] = (offset, rows, columns)`, as `[rows,
+    columns]` (a view)."""
+    start, rows, cols = layout[i, 0], layout[i, 1], layout[i, 2]
+    return flat[start:start + rows * cols].reshape((rows, cols))
+
+
 @njit(cache=True, nogil=True)
-def _reach(size, out_size, k, stride):  # pragma: no cover - compiled
+def _reach(size, out_size, k, stride, ws):  # pragma: no cover - compiled
     """For each input index, the first and last output index whose window (stride, padding
     1, kernel k) covers it: output o covers inputs `o * stride - 1 .. o * stride - 2 + k`."""
-    lo = np.empty(size, np.int64)
-    hi = np.empty(size, np.int64)
+    lo = take_ints(ws, size)
+    hi = take_ints(ws, size)
     for i in range(size):
         lo[i] = max(0, -((k - 2 - i) // stride))  # ceil((i + 2 - k) / stride)
         hi[i] = min(out_size - 1, (i + 1) // stride)
@@ -45,16 +113,17 @@ def _reach(size, out_size, k, stride):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def conv_scatter(x, w, stride, acc, out_w):  # pragma: no cover - compiled
+def conv_scatter(x, w, stride, acc, out_w, ws):  # pragma: no cover - compiled
     """`acc[Ho * Wo, Co] += conv2d(x[H, W, C], w[C, K, K, Co])` (stride, padding 1)."""
     h, wd, c_in = x.shape
     k = w.shape[1]
     c_out = w.shape[3]
     out_h = acc.shape[0] // out_w
-    y_lo, y_hi = _reach(h, out_h, k, stride)
-    x_lo, x_hi = _reach(wd, out_w, k, stride)
-    cols = np.empty(wd * c_in, np.int64)
-    chans = np.empty(wd * c_in, np.int64)
+    tops = mark(ws)
+    y_lo, y_hi = _reach(h, out_h, k, stride, ws)
+    x_lo, x_hi = _reach(wd, out_w, k, stride, ws)
+    cols = take_ints(ws, wd * c_in)
+    chans = take_ints(ws, wd * c_in)
     for y in range(h):
         n = 0
         for xx in range(wd):  # the row's non-zero inputs, without a branch per input
@@ -72,14 +141,16 @@ def conv_scatter(x, w, stride, acc, out_w):  # pragma: no cover - compiled
                     r = oy * out_w + ox
                     for o in range(c_out):
                         acc[r, o] += val * w[c, ky, kx, o]
+    release(ws, tops)
 
 
 @njit(cache=True, nogil=True)
-def linear_scatter(x, wt, acc):  # pragma: no cover - compiled
+def linear_scatter(x, wt, acc, ws):  # pragma: no cover - compiled
     """`acc[N, Do] += x[N, Di] @ wt[Di, Do]`, one row of `wt` per non-zero input."""
     n, d_in = x.shape
     d_out = wt.shape[1]
-    cols = np.empty(d_in, np.int64)
+    tops = mark(ws)
+    cols = take_ints(ws, d_in)
     for i in range(n):
         m = 0
         for c in range(d_in):  # the token's non-zero inputs, without a branch per input
@@ -90,6 +161,7 @@ def linear_scatter(x, wt, acc):  # pragma: no cover - compiled
             val = x[i, c]
             for o in range(d_out):
                 acc[i, o] += val * wt[c, o]
+    release(ws, tops)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -133,67 +205,76 @@ def batch_norm(acc, bn):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def max_pool_3s2(x):  # pragma: no cover - compiled
-    """3x3 max-pool, stride 2, padding 1, of `x[H, W, C]` (H and W even)."""
+def max_pool_3s2(x, out, ws):  # pragma: no cover - compiled
+    """3x3 max-pool, stride 2, padding 1, of `x[H, W, C]` (H and W even) into `out`."""
     h, w, c = x.shape
-    rows = np.empty((h // 2, w, c), np.float32)
+    tops = mark(ws)
+    rows = take(ws, (h // 2) * w, c).reshape((h // 2, w, c))
     for oy in range(h // 2):
         for xx in range(w):
             for o in range(c):
                 m = max(x[2 * oy, xx, o], x[2 * oy + 1, xx, o])
                 rows[oy, xx, o] = max(m, x[2 * oy - 1, xx, o]) if oy > 0 else m
-    out = np.empty((h // 2, w // 2, c), np.float32)
     for oy in range(h // 2):
         for ox in range(w // 2):
             for o in range(c):
                 m = max(rows[oy, 2 * ox, o], rows[oy, 2 * ox + 1, o])
                 out[oy, ox, o] = max(m, rows[oy, 2 * ox - 1, o]) if ox > 0 else m
-    return out
+    release(ws, tops)
 
 
 @njit(cache=True, nogil=True)
-def avg_pool_2s2(x):  # pragma: no cover - compiled
-    """2x2 average pool, stride 2, of `x[H, W, C]`."""
+def avg_pool_2s2(x, out):  # pragma: no cover - compiled
+    """2x2 average pool, stride 2, of `x[H, W, C]` into `out`."""
     h, w, c = x.shape
-    out = np.empty((h // 2, w // 2, c), np.float32)
     for oy in range(h // 2):
         for ox in range(w // 2):
             for o in range(c):
                 total = (x[2 * oy, 2 * ox, o] + x[2 * oy, 2 * ox + 1, o]
                          + x[2 * oy + 1, 2 * ox, o] + x[2 * oy + 1, 2 * ox + 1, o])
                 out[oy, ox, o] = total / np.float32(4.0)
+
+
+@njit(cache=True, nogil=True)
+def stem_layer(x, w, bn, lif, stride, pool, v, v_new, ws):  # pragma: no cover - compiled
+    """conv - BN - LIF (- pool) of maps `x[H, W, C]`; membranes `v, v_new[H' * W', C']`.
+    The output is taken from `ws` and stays there; a pooled layer's full map is handed back."""
+    c = w.shape[3]
+    out_w = x.shape[1] // stride
+    out_h = v.shape[0] // out_w
+    if pool == POOL_NONE:
+        acc = take_zeros(ws, v.shape[0], c)
+        conv_scatter(x, w, stride, acc, out_w, ws)
+        bn_lif(acc, bn, lif, v, v_new, acc)  # spikes in the accumulator's storage
+        return acc.reshape((out_h, out_w, c))
+    out = take(ws, (out_h // 2) * (out_w // 2), c).reshape((out_h // 2, out_w // 2, c))
+    tops = mark(ws)
+    acc = take_zeros(ws, v.shape[0], c)
+    conv_scatter(x, w, stride, acc, out_w, ws)
+    bn_lif(acc, bn, lif, v, v_new, acc)
+    s3 = acc.reshape((out_h, out_w, c))
+    if pool == POOL_MAX:
+        max_pool_3s2(s3, out, ws)
+    else:
+        avg_pool_2s2(s3, out)
+    release(ws, tops)
     return out
 
 
 @njit(cache=True, nogil=True)
-def stem_layer(x, w, bn, lif, stride, pool, v, v_new):  # pragma: no cover - compiled
-    """conv - BN - LIF (- pool) of maps `x[H, W, C]`; membranes `v, v_new[H' * W', C']`."""
-    c = w.shape[3]
-    out_w = x.shape[1] // stride
-    acc = np.zeros(v.shape, np.float32)
-    conv_scatter(x, w, stride, acc, out_w)
-    bn_lif(acc, bn, lif, v, v_new, acc)  # spikes in the accumulator's storage
-    s3 = acc.reshape((v.shape[0] // out_w, out_w, c))
-    if pool == POOL_MAX:
-        return max_pool_3s2(s3)
-    if pool == POOL_AVG:
-        return avg_pool_2s2(s3)
-    return s3
-
-
-@njit(cache=True, nogil=True)
-def proj(x, wt, bn):  # pragma: no cover - compiled
-    """`BN(W x)` of tokens `x[N, D_in]`: `[N, D_out]`."""
-    acc = np.zeros((x.shape[0], wt.shape[1]), np.float32)
-    linear_scatter(x, wt, acc)
+def proj(x, wt, bn, ws):  # pragma: no cover - compiled
+    """`BN(W x)` of tokens `x[N, D_in]`: `[N, D_out]`, taken from `ws`."""
+    acc = take_zeros(ws, x.shape[0], wt.shape[1])
+    linear_scatter(x, wt, acc, ws)
     batch_norm(acc, bn)
     return acc
 
 
 @njit(cache=True, nogil=True)
-def proj_fire(x, wt, bn, lif, v, v_new):  # pragma: no cover - compiled
-    """`SN(BN(W x))` of tokens `x[N, D_in]`: spikes `[N, D_out]`, membranes `v -> v_new`."""
-    acc = np.zeros((x.shape[0], wt.shape[1]), np.float32)
-    linear_scatter(x, wt, acc)
+def proj_fire(x, wt, bn, lif, v, v_new, ws):  # pragma: no cover - compiled
+    """`SN(BN(W x))` of tokens `x[N, D_in]`: spikes `[N, D_out]` taken from `ws`, membranes
+    `v -> v_new`."""
+    acc = take_zeros(ws, x.shape[0], wt.shape[1])
+    linear_scatter(x, wt, acc, ws)
     bn_lif(acc, bn, lif, v, v_new, acc)  # spikes in the accumulator's storage
     return acc

@@ -19,28 +19,52 @@ import numpy as np
 from numba import njit
 
 from spikestream.pipeline.engines import numba_attention_kernels, numba_kernels
-from spikestream.pipeline.engines.numba_attention_kernels import attend
-from spikestream.pipeline.engines.numba_kernels import ZERO, lif_tokens, proj, proj_fire, stem_layer
+from spikestream.pipeline.engines.numba_attention_kernels import attend, new, old
+from spikestream.pipeline.engines.numba_kernels import (
+    ZERO,
+    lif_tokens,
+    mark,
+    proj,
+    proj_fire,
+    release,
+    stem_layer,
+    take,
+    take_zeros,
+)
 
 #: Per block: the MLP's two projections as `[W^T, BN]` each, and three neurons (attn_in,
 #: mlp_in, mlp_hidden); its state leaves are attn_in, the attention's, mlp_in, mlp_hidden.
 BLOCK_ARRAYS, BLOCK_NEURONS = 4, 3
 
 
+@njit(cache=False, nogil=True, inline="always")
+def add_into(x, y):  # pragma: no cover - compiled
+    """`x += y` for `[N, D]` arrays."""
+    for i in range(x.shape[0]):
+        for o in range(x.shape[1]):
+            x[i, o] += y[i, o]
+
+
 @njit(cache=False, nogil=True)
-def block(x, j, w, lif, v, v_new, vi, code, aw, n_aw, alif, n_alif, ai, af, n_av, gh,
-          gw):  # pragma: no cover - compiled
-    """Block `j`: `x + Attn(SN(x))`, then `+ BN(W_2 SN(BN(W_1 SN(.))))`, on tokens `x[N, D]`;
-    its state leaves start at `v[vi]`, its attention's `n_av` at `v[vi + 1]`."""
+def block(x, j, w, lif, st, vi, code, aw, n_aw, alif, n_alif, ai, af, n_av, gh, gw,
+          ws):  # pragma: no cover - compiled
+    """Block `j`, in place on tokens `x[N, D]`: `x + Attn(SN(x))`, then
+    `+ BN(W_2 SN(BN(W_1 SN(.))))`; its state leaves start at leaf `vi` of `st`, its attention's
+    `n_av` at `vi + 1`. Its scratch is handed back to `ws` before it returns."""
     wi, ni = j * BLOCK_ARRAYS, j * BLOCK_NEURONS
-    s = np.empty_like(x)
-    lif_tokens(x, lif[ni], v[vi], v_new[vi], s)
-    x = x + attend(code, s, aw, j * n_aw, alif, j * n_alif, ai[j], af[j], v, v_new, vi + 1,
-                   gh, gw)
+    n, d = x.shape
+    tops = mark(ws)
+    s = take(ws, n, d)
+    lif_tokens(x, lif[ni], old(st, vi), new(st, vi), s)
+    add_into(x, attend(code, s, aw, j * n_aw, alif, j * n_alif, ai[j], af[j], st, vi + 1,
+                       gh, gw, ws))
+    release(ws, tops)
     m = vi + 1 + n_av
-    lif_tokens(x, lif[ni + 1], v[m], v_new[m], s)
-    h = proj_fire(s, w[wi], w[wi + 1], lif[ni + 2], v[m + 1], v_new[m + 1])
-    return x + proj(h, w[wi + 2], w[wi + 3])
+    s = take(ws, n, d)
+    lif_tokens(x, lif[ni + 1], old(st, m), new(st, m), s)
+    h = proj_fire(s, w[wi], w[wi + 1], lif[ni + 2], old(st, m + 1), new(st, m + 1), ws)
+    add_into(x, proj(h, w[wi + 2], w[wi + 3], ws))
+    release(ws, tops)
 
 
 def _step_kernel(sources_digest: int):
@@ -48,33 +72,34 @@ def _step_kernel(sources_digest: int):
 
     @njit(cache=True, nogil=True)
     def step_kernel(frame, stem_w, stem_bn, stem_lif, stem_cfg, blk_w, blk_lif, code, aw, n_aw,
-                    alif, n_alif, ai, af, n_av, head_w, head_b, layout, state, new,
-                    logits):  # pragma: no cover - compiled
+                    alif, n_alif, ai, af, n_av, head_w, head_b, layout, state, new_state,
+                    logits, floats, ints, cursor):  # pragma: no cover - compiled
         """One timestep of the packed model: `frame[H, W, P]` (any strides) in, the logits into
-        `logits[C]`. `state` and `new` are flat: `layout[i] = (offset, rows, columns)` places
-        leaf i, stem layer i's membrane `[H * W, C]` channels-last (the last stem layer is the
-        relative position embedding, added to the stem's output), then each block's leaves."""
+        `logits[C]`. `state` and `new_state` are flat: `layout[i] = (offset, rows, columns)`
+        places leaf i, stem layer i's membrane `[H * W, C]` channels-last (the last stem layer
+        is the relative position embedding, added to the stem's output), then each block's
+        leaves. Scratch comes from the workspace `floats`, `ints`, `cursor`
+        (`numba_kernels.take`); afterwards `cursor[2:]` holds what the step needed."""
+        ws = (floats, ints, cursor)
+        cursor[:] = 0
+        st = (state, new_state, layout)
         last = len(stem_w) - 1
-        v, v_new = [], []
-        for i in range(layout.shape[0]):
-            o, rows, cols = layout[i, 0], layout[i, 1], layout[i, 2]
-            v.append(state[o:o + rows * cols].reshape((rows, cols)))
-            v_new.append(new[o:o + rows * cols].reshape((rows, cols)))
         x = stem_layer(frame, stem_w[0], stem_bn[0], stem_lif[0], stem_cfg[0, 0],
-                       stem_cfg[0, 1], v[0], v_new[0])
+                       stem_cfg[0, 1], old(st, 0), new(st, 0), ws)
         for i in range(1, last):
             x = stem_layer(x, stem_w[i], stem_bn[i], stem_lif[i], stem_cfg[i, 0],
-                           stem_cfg[i, 1], v[i], v_new[i])
+                           stem_cfg[i, 1], old(st, i), new(st, i), ws)
         y = stem_layer(x, stem_w[last], stem_bn[last], stem_lif[last], stem_cfg[last, 0],
-                       stem_cfg[last, 1], v[last], v_new[last])
+                       stem_cfg[last, 1], old(st, last), new(st, last), ws)
         gh, gw, d = x.shape
-        tokens = (x + y).reshape((gh * gw, d))
+        tokens = y.reshape((gh * gw, d))
+        add_into(tokens, x.reshape((gh * gw, d)))
         per_block = 3 + n_av
         for j in range(len(blk_w) // BLOCK_ARRAYS):
-            tokens = block(tokens, j, blk_w, blk_lif, v, v_new, last + 1 + j * per_block, code,
-                           aw, n_aw, alif, n_alif, ai, af, n_av, gh, gw)
+            block(tokens, j, blk_w, blk_lif, st, last + 1 + j * per_block, code, aw, n_aw,
+                  alif, n_alif, ai, af, n_av, gh, gw, ws)
         n = tokens.shape[0]
-        mean = np.zeros(d, np.float32)
+        mean = take_zeros(ws, 1, d)[0]
         for i in range(n):
             for o in range(d):
                 mean[o] += tokens[i, o]

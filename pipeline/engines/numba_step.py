@@ -12,7 +12,8 @@ after the thread has idled (the live-stream case; see `benchmarks/streaming.py`)
 State is one flat array holding the leaves of the model's nested state (`model.init_state`,
 in `torch.utils._pytree` order; stem maps channels-last), and `to_model_state` /
 `from_model_state` convert, so a `NumbaStep` and `model.step` can take over from each other
-mid-stream. Results agree with `model.step` to float rounding (sums run in another order);
+mid-stream. The kernels take their scratch from a workspace the first step sizes
+(`numba_kernels.take`), so no later step allocates an array. Results agree with `model.step` to float rounding (sums run in another order);
 `engines.make_step` checks that over a few steps before it uses one.
 
 Supported: batch 1 on the CPU in float32, the `spikestream` block layout, LIF neurons, max- or
@@ -143,6 +144,15 @@ class NumbaStep:
         self._states = (self.init_state(1), self.init_state(1))
         self._logits = np.zeros((1, self.num_classes), np.float32)
         self._logits_t = torch.from_numpy(self._logits)
+        # the kernels' scratch (`numba_kernels.take`): empty until the first step says how much
+        # it needs, then allocated once; steps after that allocate nothing
+        self._floats, self._ints, self._cursor = K.workspace()
+
+    @property
+    def scratch_nbytes(self) -> int:
+        """Bytes of the kernels' workspace: the most a step needs besides its state, input and
+        logits (0 before the first step)."""
+        return self._floats.nbytes + self._ints.nbytes
 
     def init_state(self, batch: int = 1) -> np.ndarray:
         """Zero membranes: one flat float32 array (`to_model_state` names its parts)."""
@@ -175,7 +185,8 @@ class NumbaStep:
     def step(self, frame: Tensor, state: np.ndarray) -> tuple[Tensor, np.ndarray]:
         """One timestep: `frame[1, P, H, W]` -> `(logits[1, C], new flat state)`.
 
-        Both outputs are this engine's own buffers and a step allocates no state: the logits
+        After the first step no array is allocated: the kernels' scratch is a workspace sized
+        by that step (`scratch_nbytes`). Both outputs are this engine's own buffers: the logits
         are overwritten by the next step; the new state is one of two buffers, the one `state`
         is not, so feeding it back keeps it until the step after next (a step from any other
         array may write into it). Copy what must outlive that."""
@@ -188,12 +199,21 @@ class NumbaStep:
             raise ValueError(f"numba step expects a flat float32 state of shape "
                              f"{self._states[0].shape}, got {state.dtype} {state.shape}")
         new = self._states[1] if np.may_share_memory(state, self._states[0]) else self._states[0]
-        step_kernel(
-            frame.detach().numpy()[0].transpose(1, 2, 0), self._stem_w, self._stem_bn,
-            self._stem_lif, self._stem_cfg, self._blk_w, self._blk_lif, self._kernel,
-            self._attn_w, self._n_aw, self._attn_lif, self._n_alif, self._attn_i, self._attn_f,
-            self._n_av, self._head_w, self._head_b, self._layout, state, new, self._logits[0],
-        )  # fmt: skip
+        step_kernel(*self.kernel_args(frame.detach().numpy()[0].transpose(1, 2, 0), state, new))
+        need_floats, need_ints = int(self._cursor[2]), int(self._cursor[3])
+        if need_floats > self._floats.size or need_ints > self._ints.size:
+            # this step took its scratch from fresh arrays: size the workspace for the next
+            self._floats = np.zeros(max(need_floats, self._floats.size), np.float32)
+            self._ints = np.zeros(max(need_ints, self._ints.size), np.int64)
         return self._logits_t, new
+
+    def kernel_args(self, frame: np.ndarray, state: np.ndarray, new: np.ndarray) -> tuple:
+        """The arguments of `numba_network.step_kernel` for one step from `frame[H, W, P]`:
+        `state` is read, `new` written, the logits go to this engine's buffer."""
+        return (frame, self._stem_w, self._stem_bn, self._stem_lif, self._stem_cfg,
+                self._blk_w, self._blk_lif, self._kernel, self._attn_w, self._n_aw,
+                self._attn_lif, self._n_alif, self._attn_i, self._attn_f, self._n_av,
+                self._head_w, self._head_b, self._layout, state, new, self._logits[0],
+                self._floats, self._ints, self._cursor)
 
     __call__ = step
