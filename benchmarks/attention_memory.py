@@ -16,15 +16,19 @@ option measured beside it; `statten` runs in its causal (streaming) mode. The wh
 `spikformer-2-256` (128x128 input, 2 blocks, D = 256, 16 heads) whose first 4, 3, 2 or 1 stem
 stages down-sample, giving 64, 256, 1024 or 4096 tokens.
 
-Engines: the whole model at N = 1024 (`spikformer-2-256` at 128x128 with two pooling stem
-stages, and at 512x512 with all four) stepped by each engine of `make_step` (eager, TorchScript,
-numba), the same peak after warm-up. A functional step returns a new state while the caller
-still holds the old one, so the eager and TorchScript figures include a whole new state (at
-512x512 the stem's membranes alone are 62 MiB); the numba engine writes into two state buffers
-it owns, so its figure is the scratch of its kernels (also shown as tracemalloc's peak, which
-sees numpy's and numba's arrays).
+Engines: the whole model at N = 1024 (`spikformer-2-256`'s sizes in the `spikestream` layout,
+which every engine runs, at 128x128 with two pooling stem stages, and at 512x512 with all four)
+stepped by each engine of `make_step` (eager, TorchScript, numba) and by `model.step` with the
+state donated (`eager-donated`, as `run_stream` steps), the same peak after warm-up. A
+functional step returns a new state while the caller still holds the old one, so the eager and
+TorchScript figures include a whole new state (at 512x512 the stem's membranes alone are
+62 MiB); a donated step updates the membranes in place; the numba engine writes into two state
+buffers it owns and takes its scratch from a workspace sized by its first step, so its figure
+is that workspace (plus any growth over the step: none). For the numba engine the benchmark
+also counts, with numba's runtime statistics, the allocations a step makes after the first,
+for every key.
 
-    python benchmarks/attention_memory.py [--quick] [--device cuda] [--no-engines]
+    python benchmarks/attention_memory.py [--quick] [--device cuda] [--no-engines | --engines-only]
         [--json out.json]
 """
 
@@ -120,11 +124,43 @@ def worker(spec: dict) -> dict:
             "state_bytes": state_nbytes(state)}
 
 
+def _numba_allocations_per_step(step, x, state) -> float:
+    """numba runtime allocations of one `NumbaStep` step, the arguments left out: steps run
+    in a compiled loop that wraps its arguments once, and (allocations of 7 steps - of 1) / 6
+    is what a step itself allocates."""
+    from numba import njit
+    from numba.core.runtime import _nrt_python, rtsys
+
+    from spikestream.pipeline.engines.numba_network import step_kernel
+
+    @njit
+    def steps(count, args, other):
+        for i in range(count):
+            step_kernel(*(args if i % 2 == 0 else other))
+
+    hwc = x.numpy()[0].transpose(1, 2, 0)
+    a, b = state.copy(), state.copy()
+    args, other = step.kernel_args(hwc, a, b), step.kernel_args(hwc, b, a)
+    steps(1, args, other)  # compile
+    counts = []
+    _nrt_python.memsys_enable_stats()
+    try:
+        for count in (1, 7):
+            before = rtsys.get_allocation_stats().alloc
+            steps(count, args, other)
+            counts.append(rtsys.get_allocation_stats().alloc - before)
+    finally:
+        _nrt_python.memsys_disable_stats()
+    return (counts[1] - counts[0]) / 6
+
+
 def engine_worker(spec: dict) -> dict:
-    """Whole-model step memory of one engine (`make_step`): `spikformer-2-256` at
-    `spec["input"]` pixels with the stem pools giving `spec["tokens"]` tokens; the peak as in
-    `worker` (resident memory over the step, state and input already resident), and for the
-    numba engine also what tracemalloc sees allocated during a step (numpy and numba arrays)."""
+    """Whole-model step memory of one engine (`make_step`; `eager-donated` is `model.step`
+    with `donate=True`, as `run_stream` steps): `spikformer-2-256`'s sizes in the
+    `spikestream` layout (the one the numba engine runs) at `spec["input"]` pixels, the stem
+    pools giving `spec["tokens"]` tokens; the peak as in `worker` (resident memory over the
+    step, state and input already resident), tracemalloc's peak over a step, and for the numba
+    engine its workspace and the allocations a step makes after the first."""
     import gc
     import tracemalloc
 
@@ -138,38 +174,50 @@ def engine_worker(spec: dict) -> dict:
     side, n = spec["input"], spec["tokens"]
     pools = tuple(bool(p) for p in ENGINE_POOLS[(side, n)])
     model = create_model("spikformer-2-256", spec["key"], input_size=(side, side),
-                         stem_pool=pools).eval()
+                         stem_pool=pools, layout="spikestream",
+                         attention_kwargs=spec["kwargs"]).eval()
     assert model.num_tokens == n
     x = (torch.rand(1, 2, side, side) < 0.05).float()
+    engine = spec["engine"]
+    donate = engine == "eager-donated"
     with torch.inference_mode():
-        step = make_step(model, x, spec["engine"])
+        step = make_step(model, x, "eager" if donate else engine)
         state = step.init_state(1)
+
+        def one(state):
+            return model.step(x, state, donate=True) if donate else step.step(x, state)
+
         for _ in range(2):  # warm-up; the numba engine's second step fills its second buffer
-            _, state = step.step(x, state)
+            _, state = one(state)
         gc.collect()
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         before = _proc_kib("VmRSS")
-        _, state = step.step(x, state)
+        _, state = one(state)
         peak = (_proc_kib("VmHWM") - before) * 1024
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
-        _, state = step.step(x, state)
+        _, state = one(state)
         traced = tracemalloc.get_traced_memory()[1] - base
         tracemalloc.stop()
         times = []
         for _ in range(spec["reps"]):
             t0 = time.perf_counter()
-            _, state = step.step(x, state)
+            _, state = one(state)
             times.append(time.perf_counter() - t0)
-    return {"peak_bytes": max(peak, 0), "traced_bytes": traced, "mode": step.mode,
-            "step_s": statistics.median(times)}
+        out = {"peak_bytes": max(peak, 0), "traced_bytes": traced, "mode": step.mode,
+               "step_s": statistics.median(times)}
+        if step.mode == "numba":  # its step memory is the workspace it keeps between steps
+            out["workspace_bytes"] = step.scratch_nbytes
+            out["peak_bytes"] += step.scratch_nbytes
+            out["allocations_per_step"] = _numba_allocations_per_step(step, x, state)
+    return out
 
 
 #: (input side, tokens) -> stem pools of `spikformer-2-256` in the engine comparison.
 ENGINE_POOLS = {(128, 1024): (1, 1, 0, 0), (512, 1024): (1, 1, 1, 1)}
-ENGINES = ("eager", "torchscript", "numba")
+ENGINES = ("eager", "eager-donated", "torchscript", "numba")
 
 
 # Every block of 64 KiB or more is mmapped and unmapped on free, and freed heap tops are
@@ -206,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="write all results to this file")
     ap.add_argument("--no-engines", action="store_true",
                     help="leave out the per-engine whole-model step memory")
+    ap.add_argument("--engines-only", action="store_true",
+                    help="only the per-engine whole-model step memory")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -217,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     tokens = QUICK_TOKENS if args.quick else TOKENS
     reps = args.reps or (2 if args.quick else 3)
     vs = variants()
-    jobs = [(what, label, key, kw) for what in ("attention", "model") for label, key, kw in vs]
+    jobs = [] if args.engines_only else [
+        (what, label, key, kw) for what in ("attention", "model") for label, key, kw in vs]
     results: dict[tuple[str, str, int], dict] = {}
     with Progress(transient=True) as bar:
         task = bar.add_task("measuring", total=len(jobs))
@@ -230,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[(what, label, n)] = r
             bar.advance(task)
 
-    for what in ("attention", "model"):
+    for what in () if args.engines_only else ("attention", "model"):
         title = (f"attention alone, D={args.dim}, {args.heads} heads, batch 1"
                  if what == "attention"
                  else "whole model spikformer-2-256, 128x128 input, batch 1")
@@ -246,9 +297,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:<12}" + "".join(f"{c:>30}" for c in cells))
 
     if not args.no_engines:
-        print("\n== whole model spikformer-2-256, N=1024 tokens, one step per engine: peak "
-              "memory [MiB] over the step (state and input resident before it), tracemalloc's "
-              "peak during the step [MiB] (numpy and numba arrays), time per step [ms]")
+        print("\n== whole model, spikformer-2-256's sizes in the spikestream layout, N=1024 "
+              "tokens, one step per engine: peak memory [MiB] over the step (state and input "
+              "resident before it; numba: its workspace, kept between steps, plus that), "
+              "tracemalloc's peak during the step [MiB] (numpy and numba arrays), time per "
+              "step [ms]")
         print(f"{'input':<9}{'mechanism':<10}" + "".join(f"{e:>36}" for e in ENGINES))
         engine_rows = {}
         for side, n in ENGINE_POOLS:
@@ -259,8 +312,9 @@ def main(argv: list[str] | None = None) -> int:
                 rs = [measure([spec])[0] for spec in specs]
                 engine_rows[(side, key)] = rs
                 cells = [f"{mib(r['peak_bytes'])} {mib(r['traced_bytes'])} "
-                         f"{r['step_s'] * 1e3:8.1f}ms" + ("" if r["mode"] in (e, "frozen")
-                                                          else f" ({r['mode']})")
+                         f"{r['step_s'] * 1e3:8.1f}ms"
+                         + ("" if r["mode"] in (e.removesuffix("-donated"), "frozen")
+                            else f" ({r['mode']})")
                          for e, r in zip(ENGINES, rs, strict=True)]
                 print(f"{side}x{side:<5}{key:<10}" + "".join(f"{c:>36}" for c in cells))
         for side, _ in ENGINE_POOLS:
@@ -269,6 +323,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lrf_dyn / ssa at {side}x{side}: " + ", ".join(
                 f"{e} {r:.3f}" for e, r in zip(ENGINES, ratios, strict=True))
                 + " (target <= 0.25)")
+        print("\n== numba engine, every key, 128x128 input, N=1024: workspace [MiB] (sized by "
+              "the first step), allocations per step after it (numba's runtime count; target 0)")
+        from spikestream.pipeline.network.attention import ATTENTION
+
+        for key in sorted(ATTENTION, key=lambda k: (k != "ssa", k)):
+            kw = {"mode": "causal"} if key == "statten" else {}
+            r = measure([{"what": "engine", "key": key, "engine": "numba", "input": 128,
+                          "tokens": 1024, "kwargs": kw, "dim": args.dim, "heads": args.heads,
+                          "device": "cpu", "reps": reps}])[0]
+            if r["mode"] != "numba":
+                print(f"{key:<10} runs on {r['mode']}, not numba")
+                continue
+            print(f"{key:<10} workspace {mib(r['workspace_bytes'])}, step peak "
+                  f"{mib(r['peak_bytes'])}, {r['allocations_per_step']:g} allocations per step, "
+                  f"{r['step_s'] * 1e3:.1f} ms")
 
     print("\n== targets")
     if ("attention", "lrf_dyn", 1024) in results:
@@ -286,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             saving = 1 - dyn_m / ssa_m
             print(f"whole model at 128x128, N={n}: lrf_dyn uses {saving:6.1%} less than ssa "
                   f"(target >= 50%): {'met' if saving >= 0.5 else 'NOT met'}")
-    else:
+    elif not args.engines_only:
         print("lrf_dyn is not registered: no target to check")
     if args.json:
         rows = [{"what": w, "mechanism": lab, "tokens": n, **r}
