@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -22,6 +23,7 @@ from spikestream.pipeline.engines import numba_kernels as K
 from spikestream.pipeline.engines.numba_step import NumbaStep, unsupported
 from spikestream.pipeline.network.attention import LocalRF
 from spikestream.pipeline.network.attention.lrf_dyn import DendriticCore
+from spikestream.pipeline.network.model import LAYOUTS
 from spikestream.pipeline.network.state import flat_state, map_state
 
 
@@ -182,15 +184,72 @@ def test_numba_step_rejects_what_it_cannot_run():
         NumbaStep(lrf)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("key", KEYS)
-def test_every_steppable_key_runs_on_numba(key):
-    """The registry covers every mechanism that can step; make_step checks each against eager
-    steps on random sparse frames before it returns the numba step."""
-    model = excite(create_model("tiny", key, attention_kwargs(key), input_size=32), seed=2)
+def test_every_steppable_key_runs_on_numba(key, layout):
+    """The registry covers every mechanism that can step, in every block layout; make_step
+    checks each against eager steps on random sparse frames before it returns the numba
+    step."""
+    model = excite(create_model("tiny", key, attention_kwargs(key), input_size=32,
+                                layout=layout), seed=2)
     assert unsupported(model) is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert make_step(model, torch.zeros(1, 2, 32, 32), "numba").mode == "numba"
+
+
+@pytest.mark.parametrize(("config", "options", "size"), [
+    ("spikformer-2-256", {}, 64),  # SSA scale 0.25, biases, Spikformer blocks
+    ("sdt-2-256", {}, 64),  # MS-SPS, membrane shortcut, head neuron
+    ("statten-2-256", {"mode": "causal"}, 32),  # and STAtten's DVS branch
+])
+def test_the_papers_configs_run_on_numba(config, options, size):
+    """The papers' models (smaller inputs, the same layers) step on numba like eager; each
+    step compared from eager's state, all but rounding flips (`make_step`'s check)."""
+    torch.manual_seed(0)
+    model = excite(create_model(config, attention_kwargs=options, input_size=size), seed=2)
+    frame = torch.from_numpy(sparse_maps((1, 2, size, size), 0.05, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        step = make_step(model, frame, "numba")
+    assert step.mode == "numba"
+    state, eager = step.init_state(1), model.init_state(1)
+    with torch.inference_mode():
+        for _ in range(3):
+            got, state = step.step(frame, state)
+            want, eager = model.step(frame, eager)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_forced_check_excuses_a_rare_flip_and_catches_a_wrong_step():
+    """`verify_step(forced=True)`: a step that differs from eager once (one membrane fired
+    the other way, the logits moved) passes; one that differs at every step does not."""
+    from spikestream.pipeline.engines import verify_step
+
+    torch.manual_seed(0)
+    model = excite(create_model("tiny", "ssa", input_size=32), seed=2).eval()
+    frames = [torch.from_numpy(sparse_maps((1, 2, 32, 32), 0.1, i)) for i in range(8)]
+    calls = []
+
+    def flips_once(frame, state):
+        logits, new = model.step(frame, state)
+        calls.append(1)
+        if len(calls) == 3:
+            new["blocks"][0]["mlp_in"][0, 0, 0] += 1.0
+            logits = logits + 0.01
+        return logits, new
+
+    def biased(frame, state):
+        logits, new = model.step(frame, state)
+        return logits + 0.01, new
+
+    args = dict(atol=1e-4, rtol=1e-4, max_off=1e-3)
+    assert verify_step(model, flips_once, frames, model.init_state(1), forced=True,
+                       **args) is None
+    calls.clear()
+    assert "step 2" in verify_step(model, flips_once, frames, model.init_state(1), **args)
+    assert "logits differ" in verify_step(model, biased, frames, model.init_state(1),
+                                          forced=True, **args)
 
 
 def test_statten_chunk_mode_is_refused():
@@ -287,13 +346,11 @@ def test_step_reuses_its_output_buffers():
     assert peak < buffered.nbytes, (peak, buffered.nbytes)
 
 
-@pytest.mark.parametrize("key", KEYS)
-def test_steps_after_the_first_allocate_nothing(key):
-    """Counted by numba's runtime: a compiled loop of steps (the arguments wrapped once, as
-    the loop's own) allocates as often for 6 steps as for 1, so a step allocates nothing once
-    the first has sized the workspace; results equal eager steps throughout."""
+@functools.cache
+def _steps():
+    """A compiled loop of `count` steps, alternating between two argument tuples (compiled
+    once: every model has the same argument types)."""
     from numba import njit
-    from numba.core.runtime import _nrt_python, rtsys
 
     from spikestream.pipeline.engines.numba_network import step_kernel
 
@@ -301,6 +358,16 @@ def test_steps_after_the_first_allocate_nothing(key):
     def steps(count, args, other):
         for i in range(count):
             step_kernel(*(args if i % 2 == 0 else other))
+
+    return steps
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_steps_after_the_first_allocate_nothing(key):
+    """Counted by numba's runtime: a compiled loop of steps (the arguments wrapped once, as
+    the loop's own) allocates as often for 6 steps as for 1, so a step allocates nothing once
+    the first has sized the workspace; results equal eager steps throughout."""
+    from numba.core.runtime import _nrt_python, rtsys
 
     torch.manual_seed(0)
     model = excite(create_model("tiny", key, attention_kwargs(key), input_size=32),
@@ -318,7 +385,7 @@ def test_steps_after_the_first_allocate_nothing(key):
         for count in (1, 6, 1):
             a[:] = 0
             before = rtsys.get_allocation_stats().alloc
-            steps(count, args, other)
+            _steps()(count, args, other)
             counts.append(rtsys.get_allocation_stats().alloc - before)
     finally:
         _nrt_python.memsys_disable_stats()

@@ -27,15 +27,16 @@ def f32(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().cpu().to(torch.float32).numpy())
 
 
-def pack_bn(bn: nn.modules.batchnorm._BatchNorm) -> np.ndarray:
-    """Eval batch norm as `[alpha; shift]` (`y * alpha + shift`), in float32 as ATen's CPU
-    kernel computes it."""
+def pack_bn(bn: nn.modules.batchnorm._BatchNorm, bias: torch.Tensor | None = None) -> np.ndarray:
+    """Eval batch norm as `[alpha; shift; bias]` (`(y + bias) * alpha + shift`, `bias` that of
+    the layer before it, zeros without one), in float32 as ATen's CPU kernel computes it."""
     mean, var = f32(bn.running_mean), f32(bn.running_var)
     invstd = np.float32(1.0) / np.sqrt(var + np.float32(bn.eps))
     gamma = f32(bn.weight) if bn.weight is not None else np.ones_like(mean)
     beta = f32(bn.bias) if bn.bias is not None else np.zeros_like(mean)
     alpha = (invstd * gamma).astype(np.float32)
-    return np.stack([alpha, (beta - mean * alpha).astype(np.float32)])
+    b = f32(bias) if bias is not None else np.zeros_like(mean)
+    return np.stack([alpha, (beta - mean * alpha).astype(np.float32), b])
 
 
 def pack_lif(lif: nn.Module) -> tuple[float, float, float]:
@@ -46,8 +47,8 @@ def pack_lif(lif: nn.Module) -> tuple[float, float, float]:
 
 
 def pack_proj(p: nn.Module) -> list[np.ndarray]:
-    """A `TokenProj` as `[W^T, BN]`."""
-    return [f32(p.linear.weight.t()), pack_bn(p.bn)]
+    """A `TokenProj` as `[W^T, BN]` (its linear's bias, if any, in the norm's third row)."""
+    return [f32(p.linear.weight.t()), pack_bn(p.bn, p.linear.bias)]
 
 
 def pack_local(local: nn.Module) -> np.ndarray:
@@ -174,14 +175,12 @@ def _pack_sssa(attn: Attention) -> Packed:
 
 
 def _causal(attn: Attention) -> str | None:
-    if attn.dvs:
-        return "its DVS branch (pooled Q, K, V and gating) has no kernel"
     return None if attn.causal else "its chunk mode is not causal (mode='causal' streams)"
 
 
 @register_numba("statten", AK.KERNEL_STATTEN, check=_causal)
 def _pack_statten(attn: Attention) -> Packed:
     packed = _shared(attn)
-    packed.ints.append(attn.chunk)
+    packed.ints += [attn.chunk, int(attn.dvs)]
     packed.floats.append(attn.scale)
     return packed

@@ -370,10 +370,17 @@ def sssa(s, aw, wi, alif, li, ai, af, st, vi, gh, gw, ws):  # pragma: no cover -
 def statten(s, aw, wi, alif, li, ai, af, st, vi, gh, gw, ws):  # pragma: no cover - compiled
     """STAtten, causal mode: the chunk's running `sum K^T V` (state 4, `[h * d, d]`), cleared
     when the step within the chunk (state 5, `[1, 1]`) is 0; `a = scale * Q (KV)`, then
-    `BN(W_o SN_0.5(a))`; `ai = (heads, chunk)`, `af = (scale,)`."""
+    `BN(W_o SN_0.5(a))`; `ai = (heads, chunk, dvs)`, `af = (scale,)`. The DVS branch (`dvs`)
+    max-pools Q, K and V over the token grid and gates: `BN(W_o (SN_0.5(a) * p + p))`, `p` the
+    pooled input spikes."""
     sq = _qkv(s, aw, wi, alif, li, st, vi, 0, ws)
     sk = _qkv(s, aw, wi, alif, li, st, vi, 1, ws)
     sv = _qkv(s, aw, wi, alif, li, st, vi, 2, ws)
+    dvs = ai[2] != 0
+    if dvs:
+        sq = token_max_pool_3s1(sq, gh, gw, ws)
+        sk = token_max_pool_3s1(sk, gh, gw, ws)
+        sv = token_max_pool_3s1(sv, gh, gw, ws)
     heads = ai[0]
     n, d_all = sq.shape
     d = d_all // heads
@@ -400,7 +407,14 @@ def statten(s, aw, wi, alif, li, ai, af, st, vi, gh, gw, ws):  # pragma: no cove
         for j in range(d_all):
             a[t, j] = a[t, j] * af[0]
     new(st, vi + 5)[0, 0] = (pos + 1) % ai[1]
-    return _fire_proj(a, aw, wi, alif[li + 3], old(st, vi + 3), new(st, vi + 3), ws)
+    if not dvs:
+        return _fire_proj(a, aw, wi, alif[li + 3], old(st, vi + 3), new(st, vi + 3), ws)
+    lif_tokens(a, alif[li + 3], old(st, vi + 3), new(st, vi + 3), a)  # spikes in a
+    pooled = token_max_pool_3s1(s, gh, gw, ws)
+    for t in range(n):
+        for j in range(d_all):
+            a[t, j] = a[t, j] * pooled[t, j] + pooled[t, j]
+    return proj(a, aw[wi + 6], aw[wi + 7], ws)
 
 
 @njit(cache=False, nogil=True)

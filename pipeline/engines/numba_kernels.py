@@ -24,9 +24,10 @@ sets the cursor back with `release`). `cursor = [float top, int top, float high-
 high-water]`. A workspace too small for a step is not an error: `take` then allocates, the
 high-water marks record what the step needed, and the owner grows the workspace after it.
 
-Packed parameters (see `numba_step`): `lif[i] = (tau, beta, v_th)`; `bn[i] = [alpha; shift]`
-(`[2, C]`); linear weights `[D_in, D_out]`; stem layers `cfg[i] = (stride, pool)` with pool 0
-none, 1 max 3/2/1, 2 avg 2/2.
+Packed parameters (see `numba_step`): `lif[i] = (tau, beta, v_th)`; `bn[i] = [alpha; shift;
+bias]` (`[3, C]`; the bias is the linear layer's before the norm, zeros where it has none);
+linear weights `[D_in, D_out]`; stem layers `cfg[i] = (stride, pool)` with pool 0 none, 1 max
+3/2/1, 2 avg 2/2.
 """
 
 from __future__ import annotations
@@ -261,10 +262,20 @@ def stem_layer(x, w, bn, lif, stride, pool, v, v_new, ws):  # pragma: no cover -
     return out
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _biased(ws, rows, bn):  # pragma: no cover - compiled
+    """`[rows, C]` from `ws`, every row the bias `bn[2]`."""
+    acc = take(ws, rows, bn.shape[1])
+    for i in range(rows):
+        for o in range(bn.shape[1]):
+            acc[i, o] = bn[2, o]
+    return acc
+
+
 @njit(cache=True, nogil=True)
 def proj(x, wt, bn, ws):  # pragma: no cover - compiled
-    """`BN(W x)` of tokens `x[N, D_in]`: `[N, D_out]`, taken from `ws`."""
-    acc = take_zeros(ws, x.shape[0], wt.shape[1])
+    """`BN(W x + b)` of tokens `x[N, D_in]`: `[N, D_out]`, taken from `ws`."""
+    acc = _biased(ws, x.shape[0], bn)
     linear_scatter(x, wt, acc, ws)
     batch_norm(acc, bn)
     return acc
@@ -272,9 +283,9 @@ def proj(x, wt, bn, ws):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def proj_fire(x, wt, bn, lif, v, v_new, ws):  # pragma: no cover - compiled
-    """`SN(BN(W x))` of tokens `x[N, D_in]`: spikes `[N, D_out]` taken from `ws`, membranes
-    `v -> v_new`."""
-    acc = take_zeros(ws, x.shape[0], wt.shape[1])
+    """`SN(BN(W x + b))` of tokens `x[N, D_in]`: spikes `[N, D_out]` taken from `ws`,
+    membranes `v -> v_new`."""
+    acc = _biased(ws, x.shape[0], bn)
     linear_scatter(x, wt, acc, ws)
     bn_lif(acc, bn, lif, v, v_new, acc)  # spikes in the accumulator's storage
     return acc

@@ -13,12 +13,14 @@ State is one flat array holding the leaves of the model's nested state (`model.i
 in `torch.utils._pytree` order; stem maps channels-last), and `to_model_state` /
 `from_model_state` convert, so a `NumbaStep` and `model.step` can take over from each other
 mid-stream. The kernels take their scratch from a workspace the first step sizes
-(`numba_kernels.take`), so no later step allocates an array. Results agree with `model.step` to float rounding (sums run in another order);
-`engines.make_step` checks that over a few steps before it uses one.
+(`numba_kernels.take`), so no later step allocates an array. Results agree with `model.step`
+to float rounding (sums run in another order); `engines.make_step` checks that over a few
+steps before it uses one.
 
-Supported: batch 1 on the CPU in float32, the `spikestream` block layout, LIF neurons, max- or
-average-pooling stems with any stem stride, and the attention mechanisms registered in
-`numba_attention.NUMBA_ATTENTION`.
+Supported: batch 1 on the CPU in float32, every block layout (`spikestream`, `spikformer`,
+`ms`: biases, head neuron and MS-SPS stem included), LIF neurons, max- or average-pooling stems
+with any stem stride, and the attention mechanisms registered in
+`numba_attention.NUMBA_ATTENTION` (in the options their checks accept).
 `unsupported(model)` says why another model cannot run here.
 """
 
@@ -41,7 +43,13 @@ from spikestream.pipeline.engines.numba_attention import (
     pack_lif,
     pack_proj,
 )
-from spikestream.pipeline.engines.numba_network import step_kernel
+from spikestream.pipeline.engines.numba_network import (
+    BLOCK_MS,
+    BLOCK_SPIKFORMER,
+    STEM_MS_SPS,
+    STEM_SPS,
+    step_kernel,
+)
 from spikestream.pipeline.network.state import State, named_leaves
 
 __all__ = ["NumbaStep", "unsupported"]
@@ -63,9 +71,6 @@ def unsupported(model: Any) -> str | None:
 
     if not isinstance(model, SpikingTransformer):
         return f"{type(model).__name__} is not a SpikingTransformer"
-    if model.config["layout"] != "spikestream":
-        return (f"layout {model.config['layout']!r}: the kernels run the spikestream layout "
-                "only (SPS stem, membrane-shortcut blocks without biases, linear head)")
     entry = NUMBA_ATTENTION.get(model.attention_key)
     if entry is None:
         return (f"attention {model.attention_key!r} has no numba kernels "
@@ -79,7 +84,11 @@ def unsupported(model: Any) -> str | None:
     return None
 
 
-def _pool_code(pool: nn.Module) -> int:
+#: the packed parameters of a layer without a neuron (never read)
+NO_NEURON = (1.0, 0.0, 1.0)
+
+
+def _pool_code(pool: nn.Module | None) -> int:
     if isinstance(pool, nn.MaxPool2d):
         return K.POOL_MAX
     if isinstance(pool, nn.AvgPool2d):
@@ -103,16 +112,26 @@ class NumbaStep:
         self.input_size = model.input_size
         self.in_channels = model.in_channels
         self.frame_shape = (1, model.in_channels, *model.input_size)
+        layout = model.layout
+        # the stem's stages, then its position embedding (MS-SPS's has no neuron and no pool)
         stages = [*model.sps.stages, model.sps.rpe]
         # weights as [C_in, K, K, C_out]: a spike adds contiguous rows
         self._stem_w = _list(f32(st.conv.weight.permute(1, 2, 3, 0)) for st in stages)
         self._stem_bn = _list(pack_bn(st.bn) for st in stages)
-        self._stem_lif = np.array([pack_lif(st.lif) for st in stages], np.float32)
-        self._stem_cfg = np.array([(st.conv.stride[0], _pool_code(st.pool)) for st in stages],
-                                  np.int64)
+        self._stem_lif = np.array([pack_lif(st.lif) if hasattr(st, "lif") else NO_NEURON
+                                   for st in stages], np.float32)
+        self._stem_cfg = np.array([(st.conv.stride[0], _pool_code(getattr(st, "pool", None)))
+                                   for st in stages], np.int64)
+        self._kinds = np.array([STEM_SPS if layout.stem == "sps" else STEM_MS_SPS,
+                                BLOCK_MS if layout.block == "ms" else BLOCK_SPIKFORMER,
+                                int(layout.head_lif)], np.int64)
         self._blk_w = _list(a for b in model.blocks for p in (b.fc1, b.fc2) for a in pack_proj(p))
-        self._blk_lif = np.array([pack_lif(n) for b in model.blocks
-                                  for n in (b.attn_in, b.mlp_in, b.mlp_lif)], np.float32)
+        neurons = (("attn_in", "mlp_in", "mlp_lif") if layout.block == "ms"
+                   else ("attn_out", "mlp_lif", "mlp_out"))
+        self._blk_lif = np.array([pack_lif(getattr(b, n)) for b in model.blocks for n in neurons],
+                                 np.float32)
+        self._head_lif = np.array(pack_lif(model.head_lif) if layout.head_lif else NO_NEURON,
+                                  np.float32)
         entry = NUMBA_ATTENTION[model.attention_key]
         packed = [entry.pack(b.attn) for b in model.blocks]
         self._kernel = entry.kernel
@@ -213,7 +232,8 @@ class NumbaStep:
         return (frame, self._stem_w, self._stem_bn, self._stem_lif, self._stem_cfg,
                 self._blk_w, self._blk_lif, self._kernel, self._attn_w, self._n_aw,
                 self._attn_lif, self._n_alif, self._attn_i, self._attn_f, self._n_av,
-                self._head_w, self._head_b, self._layout, state, new, self._logits[0],
+                self._head_w, self._head_b, self._head_lif, self._kinds, self._layout, state,
+                new, self._logits[0],
                 self._floats, self._ints, self._cursor)
 
     __call__ = step
