@@ -128,21 +128,25 @@ def test_head_lif_reads_the_token_mean():
         torch.testing.assert_close(model(x), want)
 
 
-def test_numba_refuses_new_layouts_and_auto_falls_back():
+def test_numba_runs_every_layout_and_the_papers_options():
+    """`auto` picks numba for every layout and for the options the papers' code uses (the
+    ternary neuron's decay form, STAtten's DVS branch); each checked against eager steps."""
     x = torch.zeros(1, 2, 16, 16)
     for layout in ("spikformer", "ms"):
         model = create_model("tiny", "ssa", layout=layout, input_size=(16, 16),
                              stem_pool=(False, True, True), **SMALL)
-        reason = unsupported(model)
-        assert reason is not None and f"layout {layout!r}" in reason
+        assert unsupported(model) is None
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # auto passes quietly over an unsupported model
-            step = make_step(model, x, "auto")
-        assert step.mode in ("frozen", "traced")
-    a2 = create_model("tiny", "a2os2a", {"ternary_decay": 0.25, "ternary_threshold": 0.5})
-    assert "decay" in unsupported(a2)
-    st = create_model("tiny", "statten", {"mode": "causal", "dvs": True})
-    assert "DVS" in unsupported(st)
+            warnings.simplefilter("error")
+            assert make_step(model, x, "auto").mode == "numba"
+    for key, options in (("a2os2a", {"ternary_decay": 0.25, "ternary_threshold": 0.5}),
+                         ("statten", {"mode": "causal", "dvs": True})):
+        model = excite(create_model("tiny", key, options, input_size=(16, 16),
+                                    stem_pool=(False, True, True), **SMALL), seed=1)
+        assert unsupported(model) is None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert make_step(model, x, "numba").mode == "numba"
 
 
 def test_ternary_neuron_decay_and_threshold():

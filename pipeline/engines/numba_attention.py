@@ -148,17 +148,13 @@ def _pack_lrf_ssa(attn: Attention) -> Packed:
     return packed
 
 
-def _ternary_tau(attn: Attention) -> str | None:
-    if attn.v_lif.decay is not None:
-        return "its ternary neuron charges as decay * V + X; the kernel runs the tau form only"
-    return None
-
-
-@register_numba("a2os2a", AK.KERNEL_A2OS2A, check=_ternary_tau)
+@register_numba("a2os2a", AK.KERNEL_A2OS2A)
 def _pack_a2os2a(attn: Attention) -> Packed:
     arrays = [*pack_proj(attn.q.proj), *pack_proj(attn.k), *pack_proj(attn.v),
               *pack_proj(attn.proj)]
-    v_lif = (attn.v_lif.tau, 0.0, attn.v_lif.v_th)  # the ternary neuron: tau and v_th
+    decay = attn.v_lif.decay
+    # the ternary neuron: tau, decay (-1: the tau form) and v_th
+    v_lif = (attn.v_lif.tau, -1.0 if decay is None else decay, attn.v_lif.v_th)
     return Packed(arrays, [pack_lif(attn.q.lif), v_lif, pack_lif(attn.attn_lif)],
                   [attn.heads, int(attn.reassociate)], [1.0])
 

@@ -161,6 +161,22 @@ def local_rf(x, w, dilations, gh, gw, ws):  # pragma: no cover - compiled
 
 
 @njit(cache=False, nogil=True)
+def _charge(out, a, lw, up, g, here, below, above, u):  # pragma: no cover - compiled
+    """One compartment of every channel: `out = ((a here + lw below) + up above) + g u`. A
+    function of its own, not inlined into the scan, so that LLVM vectorises it (inlined, the
+    aliasing checks between its many rows stop it): 1.5-1.7x faster scans."""
+    for c in range(out.shape[0]):
+        out[c] = ((a[c] * here[c] + lw[c] * below[c]) + up[c] * above[c]) + g[c] * u[c]
+
+
+@njit(cache=False, nogil=True)
+def _read(y, r, row):  # pragma: no cover - compiled
+    """`y += r * row`: one compartment's share of the readout."""
+    for c in range(y.shape[0]):
+        y[c] += r[c] * row[c]
+
+
+@njit(cache=False, nogil=True)
 def dendritic_scan(u, x, x_new, decay, lower, upper, gamma, readout, theta, heads,
                    ws):  # pragma: no cover - compiled
     """`DendriticCore.step`: the N tokens of `u[N, D]` in order through each channel's k
@@ -191,28 +207,12 @@ def dendritic_scan(u, x, x_new, decay, lower, upper, gamma, readout, theta, head
     for t in range(n):
         ut = u[t]
         y[:] = ZERO
-        for j in range(k):
-            a, lw, up, g, r = coef[0, j], coef[1, j], coef[2, j], coef[3, j], coef[4, j]
-            row, here = nxt[j], cur[j]
-            below = cur[j - 1] if j > 0 else here
-            above = cur[j + 1] if j < k - 1 else here
-            if j > 0 and j < k - 1:
-                for c in range(d_all):
-                    row[c] = ((a[c] * here[c] + lw[c] * below[c]) + up[c] * above[c]) \
-                        + g[c] * ut[c]
-                    y[c] += r[c] * row[c]
-            elif j > 0:
-                for c in range(d_all):
-                    row[c] = (a[c] * here[c] + lw[c] * below[c]) + g[c] * ut[c]
-                    y[c] += r[c] * row[c]
-            elif j < k - 1:
-                for c in range(d_all):
-                    row[c] = (a[c] * here[c] + up[c] * above[c]) + g[c] * ut[c]
-                    y[c] += r[c] * row[c]
-            else:
-                for c in range(d_all):
-                    row[c] = a[c] * here[c] + g[c] * ut[c]
-                    y[c] += r[c] * row[c]
+        for j in range(k):  # lower[0] and upper[k - 1] are zero: the same sums at the ends
+            below = cur[j - 1] if j > 0 else cur[j]
+            above = cur[j + 1] if j < k - 1 else cur[j]
+            _charge(nxt[j], coef[0, j], coef[1, j], coef[2, j], coef[3, j], cur[j], below,
+                    above, ut)
+            _read(y, coef[4, j], nxt[j])
         cur, nxt = nxt, cur
         for c in range(d_all):
             if y[c] - theta >= 0:
@@ -228,13 +228,17 @@ def dendritic_scan(u, x, x_new, decay, lower, upper, gamma, readout, theta, head
 
 @njit(cache=False, nogil=True)
 def ternary_tokens(x, lif, v, v_new, s):  # pragma: no cover - compiled
-    """`TernaryLIF.step` on `x[N, D]`: `H = V + (X - V) / tau`, +1 at `H >= v_th`, -1 at
-    `H <= -v_th`, reset to zero on either; membranes `v, v_new`, spikes `s`."""
+    """`TernaryLIF.step` on `x[N, D]`: `H = V + (X - V) / tau` (or `decay * V + X` where
+    `lif = (tau, decay, v_th)` has `decay >= 0`), +1 at `H >= v_th`, -1 at `H <= -v_th`, reset
+    to zero on either; membranes `v, v_new`, spikes `s` (which may be `x`)."""
     n, d = x.shape
-    tau, v_th = lif[0], lif[2]
+    tau, decay, v_th = lif[0], lif[1], lif[2]
     for i in range(n):
         for o in range(d):
-            h = v[i, o] + (x[i, o] - v[i, o]) / tau
+            if decay >= 0:
+                h = decay * v[i, o] + x[i, o]
+            else:
+                h = v[i, o] + (x[i, o] - v[i, o]) / tau
             pos = np.float32(h - v_th >= 0)
             neg = np.float32(-h - v_th >= 0)
             s[i, o] = pos - neg
