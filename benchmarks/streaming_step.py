@@ -171,7 +171,28 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['window_s'] * 1e3 / min(ms):9.1f}  "
               + ("constant " if len(sizes) == 1 else "CHANGED ") + str(sorted(sizes)))
     print(f"target (flat within 20%, constant state): {'met' if ok else 'NOT met'}")
+    speedups(results, positions)
     return 0
+
+
+def speedups(results: list[dict], positions: list[int]) -> None:
+    """Per model and key: the TorchScript step's time over the numba step's (each its fastest
+    position), target >= 5x."""
+    best = {(r["config"], r["attention"], r["engine"]): (
+        min(r["positions"][p]["step_s"] for p in positions), r["mode"]) for r in results}
+    pairs = sorted({(c, k) for c, k, e in best if e == "numba"} & {
+        (c, k) for c, k, e in best if e == "torchscript"})
+    if not pairs:
+        return
+    print("\n== numba against TorchScript (fastest step of each; target >= 5x)")
+    for config, key in pairs:
+        fast, fmode = best[(config, key, "numba")]
+        ts, tmode = best[(config, key, "torchscript")]
+        ratio = ts / fast
+        verdict = ("met" if ratio >= 5 else "NOT met") if fmode == "numba" else (
+            f"numba fell back to {fmode}")
+        print(f"{config}/{key:<10} torchscript {ts * 1e3:8.3f} ms ({tmode}), numba "
+              f"{fast * 1e3:8.3f} ms: {ratio:6.1f}x  {verdict}")
 
 
 if __name__ == "__main__":
