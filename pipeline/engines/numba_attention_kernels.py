@@ -161,19 +161,17 @@ def local_rf(x, w, dilations, gh, gw, ws):  # pragma: no cover - compiled
 
 
 @njit(cache=False, nogil=True)
-def _charge(out, a, lw, up, g, here, below, above, u):  # pragma: no cover - compiled
-    """One compartment of every channel: `out = ((a here + lw below) + up above) + g u`. A
-    function of its own, not inlined into the scan, so that LLVM vectorises it (inlined, the
-    aliasing checks between its many rows stop it): 1.5-1.7x faster scans."""
-    for c in range(out.shape[0]):
-        out[c] = ((a[c] * here[c] + lw[c] * below[c]) + up[c] * above[c]) + g[c] * u[c]
-
-
-@njit(cache=False, nogil=True)
-def _read(y, r, row):  # pragma: no cover - compiled
-    """`y += r * row`: one compartment's share of the readout."""
-    for c in range(y.shape[0]):
-        y[c] += r[c] * row[c]
+def _charge(nxt, coef, cur, j, below, above, u, y):  # pragma: no cover - compiled
+    """Compartment `j` of every channel, `nxt[j] = ((a cur[j] + l cur[below]) + up cur[above])
+    + g u`, and its share of the readout, `y += r nxt[j]` (`coef = [a, l, up, g, r]`). A
+    function of its own, indexing whole arrays rather than row views, so that LLVM vectorises
+    both loops (inlined into the scan, the aliasing checks between its many rows stop it):
+    2-2.5x faster scans than one loop over the rows."""
+    for c in range(nxt.shape[1]):
+        nxt[j, c] = ((coef[0, j, c] * cur[j, c] + coef[1, j, c] * cur[below, c])
+                     + coef[2, j, c] * cur[above, c]) + coef[3, j, c] * u[c]
+    for c in range(nxt.shape[1]):
+        y[c] += coef[4, j, c] * nxt[j, c]
 
 
 @njit(cache=False, nogil=True)
@@ -188,7 +186,7 @@ def dendritic_scan(u, x, x_new, decay, lower, upper, gamma, readout, theta, head
     n, d_all = u.shape
     d = d_all // heads
     k = decay.shape[1]
-    s = take_zeros(ws, n, d_all)
+    s = take(ws, n, d_all)
     tops = mark(ws)
     coef = take_zeros(ws, 5 * k, d_all).reshape((5, k, d_all))  # decay, lower, upper, ...
     cur = take(ws, k, d_all)
@@ -205,19 +203,16 @@ def dendritic_scan(u, x, x_new, decay, lower, upper, gamma, readout, theta, head
     nxt = take(ws, k, d_all)
     y = take(ws, 1, d_all)[0]
     for t in range(n):
-        ut = u[t]
-        y[:] = ZERO
-        for j in range(k):  # lower[0] and upper[k - 1] are zero: the same sums at the ends
-            below = cur[j - 1] if j > 0 else cur[j]
-            above = cur[j + 1] if j < k - 1 else cur[j]
-            _charge(nxt[j], coef[0, j], coef[1, j], coef[2, j], coef[3, j], cur[j], below,
-                    above, ut)
-            _read(y, coef[4, j], nxt[j])
-        cur, nxt = nxt, cur
+        ut, st = u[t], s[t]
         for c in range(d_all):
-            if y[c] - theta >= 0:
-                s[t, c] = 1.0
-                cur[0, c] -= theta
+            y[c] = ZERO
+        for j in range(k):  # lower[0] and upper[k - 1] are zero: the same sums at the ends
+            _charge(nxt, coef, cur, j, max(j - 1, 0), min(j + 1, k - 1), ut, y)
+        cur, nxt = nxt, cur
+        for c in range(d_all):  # fire and subtract theta from the soma, without branches
+            fired = np.float32(y[c] - theta >= 0)
+            st[c] = fired
+            cur[0, c] -= theta * fired
     for h in range(heads):
         for j in range(k):
             for c in range(d):
