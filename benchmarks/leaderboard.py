@@ -4,26 +4,33 @@ Every key (`ssa`, `sdsa`, `statten` in its causal mode, `a2os2a`, `sssa`, `lrf_s
 `lrf_dyn`) is trained on the 1,000 real N-MNIST recordings of `nmnist-small/train` with the
 shipped `nmnist` checkpoint's settings (`tiny`, 32x32 frames, 8 equal time bins, stem pool
 110, batch 32, AdamW at 2e-3 with one warm-up epoch and a cosine decay, roll + drop
-augmentation, seed 0, CPU, one torch thread per run). Data: the dataset registry's seeded
+augmentation, CPU, one torch thread per run), once per training seed (`--seeds`, default
+0,1,2: initialisation, batch order and augmentation). Data: the dataset registry's seeded
 stratified split (801 train / 199 held out); a validation part is carved from the training
-part with the same stratified split (`--val-fraction`, seed 0) and picks the epoch of each run
-(`best.pt`) and the mechanism that would be shipped; the held-out part is only scored.
+part with the same stratified split (`--val-fraction`, seed 0); both stay the same for every
+training seed. Validation picks the epoch of each run (`best.pt`) and, by its mean over seeds,
+the mechanism that would be shipped (its best-validation seed's run); the held-out part is
+only scored.
 
-Per key: validation and held-out accuracy (running decision after 1, 2, 4 and 8 steps, as
-`spikestream eval` decides), parameters, synaptic operations and energy per step
+Per key and seed: validation and held-out accuracy (running decision after 1, 2, 4 and 8
+steps, as `spikestream eval` decides), parameters, synaptic operations and energy per step
 (`network.energy`, over every held-out sample), the peak memory of one eager `model.step` (the
 allocator's running total of live bytes, from torch's profiler, above what was live before the
 step: activations and the new state on top of weights, old state and input), the state's bytes,
 and the step latency of each engine (`make_step`: eager, torchscript, numba; batch 1, one
-thread, median of timed steps after a warm-up; a fallback shows as the mode that ran).
+thread, median of timed steps after a warm-up; a fallback shows as the mode that ran). Each
+seed's runs go to `OUT/seed-N/` (`KEY/best.pt`, `KEY/train.json` once a run finished, and the
+seed's `leaderboard.json`), so `--reuse` resumes an interrupted board; `aggregate` takes them
+over seeds.
 
-Writes `docs/leaderboard.md` (the protocol above a table) and `docs/leaderboard.png`
-(held-out accuracy against energy per step). Training runs in `--jobs` processes at once;
-every measurement runs afterwards, one at a time, in this process.
+Writes `docs/leaderboard.md` (the protocol above a table over seeds and each seed's scores)
+and `docs/leaderboard.png` (held-out accuracy against energy per step, min-max over seeds).
+Training runs in `--jobs` processes at once; every measurement runs afterwards, one at a time,
+in this process. `--from-json OUT` writes the docs from the seeds that finished.
 
     SPIKESTREAM_REAL_DATA=/work/shared/data OMP_NUM_THREADS=1 \\
         .venv/bin/python benchmarks/leaderboard.py [--epochs N] [--keys ssa,lrf_dyn] [--quick]
-        [--jobs 2] [--out DIR] [--ship]
+        [--seeds 0,1,2] [--jobs 2] [--out DIR] [--reuse] [--ship] [--from-json OUT]
 """
 
 from __future__ import annotations
