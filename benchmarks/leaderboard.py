@@ -65,6 +65,8 @@ SHIPPED_CORRECT, SHIPPED_SAMPLES = 195, 199
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_RECORD = "train.json"
 DEFAULT_SEEDS = (0, 1, 2)
+# figures set by the shapes alone: the first seed's run's stand for every seed
+SHAPE_FIGURES = ("parameters", "peak_step_bytes", "peak_attention_bytes", "state_bytes")
 
 
 @dataclass
@@ -426,7 +428,8 @@ def aggregate(rows_per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, 
     std, min and max of validation and held-out accuracy with each seed's held-out count;
     mean accuracy after 1 / 2 / 4 / 8 steps, synaptic operations, energy, latency and train
     time; parameters, peak memory and state from the first seed's run (they depend on shapes
-    only). `runs` keeps each seed's validation and held-out figures and checkpoint."""
+    only; `shapes_agree` says whether every seed gave the same). `runs` keeps each seed's
+    validation and held-out figures and checkpoint."""
     seeds = sorted(rows_per_seed)
     keys: list[str] = []
     for s in seeds:
@@ -462,6 +465,7 @@ def aggregate(rows_per_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, 
             "engine_mode": {e: "/".join(sorted({str(r["engine_mode"][e]) for r in rs}))
                             for e in engines},
             "train_cpu_s": float(np.mean([r["train_cpu_s"] for r in rs])),
+            "shapes_agree": all(r[k] == first[k] for r in rs for k in SHAPE_FIGURES),
             "runs": {s: {k: r[k] for k in ("val_accuracy", "best_epoch", "test_correct",
                                            "test_samples", "checkpoint")}
                      for s, r in runs.items()},
@@ -547,6 +551,8 @@ def markdown(agg: list[dict[str, Any]], protocol: Protocol, seeds: list[int],
     n_tr, n_val = splits_meta.get("train_samples"), splits_meta.get("val_samples")
     n_test = splits_meta.get("held_out_samples")
     seed_list = ", ".join(str(s) for s in seeds)
+    agree = ("every seed's run gave the same" if all(r.get("shapes_agree", True) for r in agg)
+             else "some differ between seeds")
     return f"""# Attention leaderboard (N-MNIST)
 
 Every attention mechanism trained and measured under one protocol, by
@@ -580,11 +586,12 @@ steps (the argmax of the mean logits so far, as `spikestream eval` decides), and
 and 4 steps (means); synaptic operations and energy per step (means over seeds) from
 `pipeline/network/energy.py` (0.9 pJ per accumulate, 4.6 pJ per multiply-accumulate, 45 nm)
 averaged over the held-out samples; parameters, peak memory and state are those of the first
-seed's run (they depend on the shapes only, not on the weights); peak step memory: the most
-bytes live during one eager `model.step` (batch 1) above those live before it (activations and
-the new state, not the weights, the old state or the input), from torch's profiler's record of
-every CPU allocation and free; peak attention memory: the same for the first block's attention
-step alone, on the input and state the step gave it; state: the bytes of the model's state;
+seed's run (they depend on the shapes only, not on the weights; {agree}); peak step
+memory: the most bytes live during one eager `model.step` (batch 1) above those live before it
+(activations and the new state, not the weights, the old state or the input), from torch's
+profiler's record of every CPU allocation and free; peak attention memory: the same for the
+first block's attention step alone, on the input and state the step gave it; state: the bytes
+of the model's state;
 eager / torchscript / numba: the mean over seeds of the median time of one step of each engine
 (`make_step`) at batch 1 on one thread, {protocol.latency_steps} timed steps after
 {protocol.latency_warmup} warm-up steps, on a 2-core machine shared with other jobs (compare

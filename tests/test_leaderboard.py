@@ -178,6 +178,7 @@ def test_aggregate_over_seeds_and_its_markdown(tmp_path: Path) -> None:
     assert ssa["ac_per_step"] == pytest.approx(101.0)
     assert ssa["latency_ms"]["eager"] == pytest.approx(2.0)
     assert ssa["train_cpu_s"] == pytest.approx(120.0)
+    assert ssa["shapes_agree"] and ssa["peak_step_bytes"] == 4096
     assert dyn["test_counts"] == [172, 176, 180]
     assert dyn["val_accuracy"] == pytest.approx((0.85 + 0.83 + 0.86) / 3)
     # chosen by mean validation; the run shipped is that key's best-validation seed
