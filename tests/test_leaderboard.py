@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset
@@ -108,28 +109,99 @@ def test_rows_are_recounted_from_the_run(run) -> None:
 
 def test_table_columns_and_choice(run, tmp_path: Path) -> None:
     protocol, splits, rows = run
-    cells = board.table_rows(rows)
+    agg = board.aggregate({0: rows})
+    cells = board.table_rows(agg)
     assert all(len(c) == len(board.COLUMNS) for c in cells)
     assert [c[0] for c in cells] == ["`ssa`", "`lrf_dyn`"]
     for c, r in zip(cells, rows, strict=True):
-        assert f"({r['test_correct']}/{r['test_samples']})" in c[2]
+        assert f"({r['test_correct']} /{r['test_samples']})" in c[2]
         assert c[4] == f"{r['parameters']:,}"
         assert c[13] == "-"  # numba not measured here
-    pick = board.choose(rows)
+    pick = board.choose(agg)
     best = max(r["val_accuracy"] for r in rows)
-    assert pick["val_accuracy"] == best
+    assert pick["val_accuracy"] == best and pick["seed"] == 0
     assert pick["beats_shipped"] == (pick["test_correct"] / pick["test_samples"] > 195 / 199)
-    says = board.verdicts(rows, pick, shipped=False)
+    says = board.verdicts(agg, pick, shipped=False)
     assert says[0].startswith("LRF-Dyn against SSA")
+    # one seed's leaderboard.json, as `run_seeds` writes it, gives the docs
     results = {"protocol": board.asdict(protocol), "data": splits.meta, "rows": rows,
-               "choice": pick, "verdicts": says, "wall_s": 1.0, "jobs": 1,
-               "date": "today", "machine": "here"}
+               "wall_s": 1.0, "jobs": 1, "date": "today", "machine": "here"}
     (tmp_path / "r.json").write_text(json.dumps(results))
     assert board.main(["--from-json", str(tmp_path / "r.json"), "--docs", str(tmp_path)]) == 0
     md = (tmp_path / "leaderboard.md").read_text()
     assert "| " + " | ".join(board.COLUMNS) + " |" in md
-    assert md.count("\n| `") == 2
+    assert md.count("\n| `") == 4  # the table over seeds and each seed's table
     assert (tmp_path / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_finished_runs_are_not_trained_again(run, monkeypatch: pytest.MonkeyPatch) -> None:
+    protocol, splits, rows = run
+    out = Path(rows[0]["checkpoint"]).parents[1]
+    done = board.finished_runs(out, ["ssa", "lrf_dyn", "sdsa"], protocol)
+    assert sorted(done) == ["lrf_dyn", "ssa"]  # sdsa never ran
+    assert board.finished_runs(out, ["ssa"], board.replace(protocol, seed=1)) == {}
+    monkeypatch.setattr(board, "train_key", lambda *a, **k: pytest.fail("trained again"))
+    again = board.run_board(["ssa"], protocol, splits, out, engines=("eager",), trained=done)
+    assert again[0]["test_correct"] == rows[0]["test_correct"]
+    assert again[0]["val_accuracy"] == rows[0]["val_accuracy"]
+
+
+def _row(key: str, val: float, correct: int, energy: float, seed: int) -> dict:
+    """A hand-made row of one (key, seed) run, as `run_board` gives it."""
+    return {"key": key, "val_accuracy": val, "best_epoch": 3 + seed, "test_correct": correct,
+            "test_samples": 199, "test_accuracy": correct / 199,
+            "accuracy_at": {"1": 0.5, "2": 0.7, "4": 0.8, "8": correct / 199},
+            "parameters": 1000, "ac_per_step": 100.0 + seed, "mac_per_step": 50.0,
+            "energy_uj_per_step": energy, "peak_step_bytes": 4096, "peak_attention_bytes": 1024,
+            "state_bytes": 2048, "latency_ms": {"eager": 1.0 + seed}, "engine_mode":
+            {"eager": "eager"}, "train_cpu_s": 60.0 * (1 + seed),
+            "checkpoint": f"seed-{seed}/{key}/best.pt"}
+
+
+def test_aggregate_over_seeds_and_its_markdown(tmp_path: Path) -> None:
+    per_seed = {
+        0: [_row("ssa", 0.80, 178, 1.8, 0), _row("lrf_dyn", 0.85, 172, 1.7, 0)],
+        1: [_row("ssa", 0.84, 176, 1.8, 1), _row("lrf_dyn", 0.83, 176, 1.7, 1)],
+        2: [_row("ssa", 0.82, 179, 1.8, 2), _row("lrf_dyn", 0.86, 180, 1.7, 2)],
+    }
+    agg = board.aggregate(per_seed)
+    ssa, dyn = agg
+    assert [r["key"] for r in agg] == ["ssa", "lrf_dyn"]
+    assert ssa["seeds"] == [0, 1, 2]
+    assert ssa["test_counts"] == [178, 176, 179] and ssa["test_samples"] == 199
+    assert ssa["test_accuracy"] == pytest.approx((178 + 176 + 179) / 3 / 199)
+    assert ssa["test_min"] == pytest.approx(176 / 199)
+    assert ssa["test_max"] == pytest.approx(179 / 199)
+    assert ssa["test_std"] == pytest.approx(float(np.std([178, 176, 179], ddof=1)) / 199)
+    assert ssa["val_accuracy"] == pytest.approx(0.82)
+    assert ssa["best_epochs"] == [3, 4, 5]
+    assert ssa["ac_per_step"] == pytest.approx(101.0)
+    assert ssa["latency_ms"]["eager"] == pytest.approx(2.0)
+    assert ssa["train_cpu_s"] == pytest.approx(120.0)
+    assert ssa["shapes_agree"] and ssa["peak_step_bytes"] == 4096
+    assert dyn["test_counts"] == [172, 176, 180]
+    assert dyn["val_accuracy"] == pytest.approx((0.85 + 0.83 + 0.86) / 3)
+    # chosen by mean validation; the run shipped is that key's best-validation seed
+    pick = board.choose(agg)
+    assert (pick["key"], pick["seed"], pick["test_correct"]) == ("lrf_dyn", 2, 180)
+    assert pick["checkpoint"] == "seed-2/lrf_dyn/best.pt"
+    says = board.verdicts(agg, pick, shipped=False)
+    assert "wins 1, ties 1 and loses 1" in says[0]
+    assert "within the seed spread" in says[0]
+    assert "seed 2" in says[1]
+    # the docs show every seed's held-out count
+    results = {"protocol": board.asdict(board.Protocol()), "seeds": [0, 1, 2],
+               "data": {"train_samples": 639, "val_samples": 162, "held_out_samples": 199},
+               "runs": {str(s): rows for s, rows in per_seed.items()}, "verdicts": says,
+               "seed_wall_s": {"0": 60.0, "1": 60.0, "2": 60.0}, "wall_s": 180.0, "jobs": 1,
+               "date": "today", "machine": "here"}
+    md_path, _ = board.write_docs(json.loads(json.dumps(results)), tmp_path)
+    md = md_path.read_text()
+    assert "(178, 176, 179 /199)" in md and "(172, 176, 180 /199)" in md
+    for rows in per_seed.values():
+        for r in rows:
+            assert f"{r['test_correct']}/199" in md.split("Each seed's runs")[1]
+    assert "seed 0: val (epoch), held out | seed 1" in md
 
 
 def test_refuses_without_the_recordings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
