@@ -394,3 +394,17 @@ def test_steps_after_the_first_allocate_nothing(key):
         want, st = model.step(frame, model.init_state(1))
     np.testing.assert_allclose(b, fast.from_model_state(st), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(fast._logits, want.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_packed_arrays_come_back_as_views():
+    """`pack_arrays` then `mat` / `conv_weights`: each array back, in its shape, as a view of
+    the one flat array (no copy per step)."""
+    rng = np.random.default_rng(8)
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in ((3, 5), (2, 3, 3, 4), (7,))]
+    packed = K.pack_arrays(arrays)
+    np.testing.assert_array_equal(K.mat(packed, 0), arrays[0])
+    np.testing.assert_array_equal(K.conv_weights(packed, 1), arrays[1])
+    np.testing.assert_array_equal(K.mat(packed, 2), arrays[2][:, None])
+    assert np.shares_memory(K.mat(packed, 0), packed[0])
+    with pytest.raises(ValueError, match="4-dimensional"):
+        K.pack_arrays([np.zeros((1, 1, 1, 1, 1), np.float32)])

@@ -2,7 +2,7 @@
 dispatches on the code (`numba_attention` says which mechanism uses which code).
 
 Every kernel takes input spike tokens `s[N, D]`, the block's packed attention arrays
-`aw[wi:]` (linear weights `[D_in, D_out]`, norms `[2, C]`, other parameters as 2-D float32
+`mat(aw, wi:)` (linear weights `[D_in, D_out]`, norms `[2, C]`, other parameters as 2-D float32
 arrays), neurons `alif[li:]` (`(tau, beta, v_th)`), integer and float options `ai`, `af`, and
 the attention's own state leaves from leaf `vi` of the flat states `st = (state, new, layout)`
 (in the order of its `init_state`, each as `[rows, last axis]`: `old(st, i)` is read,
@@ -23,6 +23,7 @@ from spikestream.pipeline.engines.numba_kernels import (
     leaf,
     lif_tokens,
     mark,
+    mat,
     proj,
     proj_fire,
     release,
@@ -276,7 +277,7 @@ def kv_product(q, k, v, heads, scale, ws):  # pragma: no cover - compiled
 @njit(cache=False, nogil=True)
 def _qkv(s, aw, wi, alif, li, st, vi, which, ws):  # pragma: no cover - compiled
     """Q (0), K (1) or V (2) of `SpikingQKV`: `SN(BN(W s))`."""
-    return proj_fire(s, aw[wi + 2 * which], aw[wi + 2 * which + 1], alif[li + which],
+    return proj_fire(s, mat(aw, wi + 2 * which), mat(aw, wi + 2 * which + 1), alif[li + which],
                      old(st, vi + which), new(st, vi + which), ws)
 
 
@@ -285,7 +286,7 @@ def _fire_proj(a, aw, wi, lif, va, va_new, ws):  # pragma: no cover - compiled
     """`BN(W_o SN_0.5(a))`: the attention neuron and the output projection."""
     spikes = take(ws, a.shape[0], a.shape[1])
     lif_tokens(a, lif, va, va_new, spikes)
-    return proj(spikes, aw[wi + 6], aw[wi + 7], ws)
+    return proj(spikes, mat(aw, wi + 6), mat(aw, wi + 7), ws)
 
 
 @njit(cache=False, nogil=True)
@@ -295,13 +296,13 @@ def lrf_dyn(s, aw, wi, alif, li, ai, af, st, vi, gh, gw, ws):  # pragma: no cove
     `af = (theta,)`; state q, k, v, attn, core `[h * k, d]`."""
     sv = _qkv(s, aw, wi, alif, li, st, vi, 2, ws)
     sk = _qkv(s, aw, wi, alif, li, st, vi, 1, ws)
-    local = local_rf(sv, aw[wi + 13], ai[2:2 + ai[1]], gh, gw, ws)
+    local = local_rf(sv, mat(aw, wi + 13), ai[2:2 + ai[1]], gh, gw, ws)
     n, d = sk.shape
     for i in range(n):  # k * v, in k's storage
         for o in range(d):
             sk[i, o] = sk[i, o] * sv[i, o]
-    core = dendritic_scan(sk, old(st, vi + 4), new(st, vi + 4), aw[wi + 8], aw[wi + 9],
-                          aw[wi + 10], aw[wi + 11], aw[wi + 12], af[0], ai[0], ws)
+    core = dendritic_scan(sk, old(st, vi + 4), new(st, vi + 4), mat(aw, wi + 8), mat(aw, wi + 9),
+                          mat(aw, wi + 10), mat(aw, wi + 11), mat(aw, wi + 12), af[0], ai[0], ws)
     a = _qkv(s, aw, wi, alif, li, st, vi, 0, ws)
     for i in range(n):  # q * core + local, in q's storage
         for o in range(d):
@@ -313,12 +314,12 @@ def lrf_dyn(s, aw, wi, alif, li, ai, af, st, vi, gh, gw, ws):  # pragma: no cove
 def a2os2a(s, aw, wi, alif, li, ai, af, st, vi, gh, gw, ws):  # pragma: no cover - compiled
     """A²OS²A: binary Q, real `K = ReLU(BN(W_k s))`, ternary V, `SN_0.5(Q K^T V)`; neurons
     q, v (ternary), attn; state q, v, attn; `ai = (heads, reassociate)`."""
-    sq = proj_fire(s, aw[wi], aw[wi + 1], alif[li], old(st, vi), new(st, vi), ws)
-    k = proj(s, aw[wi + 2], aw[wi + 3], ws)
+    sq = proj_fire(s, mat(aw, wi), mat(aw, wi + 1), alif[li], old(st, vi), new(st, vi), ws)
+    k = proj(s, mat(aw, wi + 2), mat(aw, wi + 3), ws)
     for i in range(k.shape[0]):
         for o in range(k.shape[1]):
             k[i, o] = max(k[i, o], ZERO)
-    x = proj(s, aw[wi + 4], aw[wi + 5], ws)
+    x = proj(s, mat(aw, wi + 4), mat(aw, wi + 5), ws)
     ternary_tokens(x, alif[li + 1], old(st, vi + 1), new(st, vi + 1), x)  # spikes in x
     return _fire_proj(kv_product(sq, k, x, ai[0], ONE, ws), aw, wi, alif[li + 2],
                       old(st, vi + 2), new(st, vi + 2), ws)
@@ -333,7 +334,7 @@ def sssa(s, aw, wi, alif, li, ai, af, st, vi, gh, gw, ws):  # pragma: no cover -
     sq = _qkv(s, aw, wi, alif, li, st, vi, 0, ws)
     sk = _qkv(s, aw, wi, alif, li, st, vi, 1, ws)
     sv = _qkv(s, aw, wi, alif, li, st, vi, 2, ws)
-    lam, w, th = aw[wi + 8], aw[wi + 9], aw[wi + 10]
+    lam, w, th = mat(aw, wi + 8), mat(aw, wi + 9), mat(aw, wi + 10)
     heads = ai[0]
     n, d_all = sq.shape
     d = d_all // heads
@@ -362,7 +363,7 @@ def sssa(s, aw, wi, alif, li, ai, af, st, vi, gh, gw, ws):  # pragma: no cover -
             if total - th[0, head] >= 0:
                 for o in range(lo, lo + d):
                     gated[t, o] = sv[t, o]
-    return proj(gated, aw[wi + 6], aw[wi + 7], ws)
+    return proj(gated, mat(aw, wi + 6), mat(aw, wi + 7), ws)
 
 
 @njit(cache=False, nogil=True)
@@ -413,7 +414,7 @@ def statten(s, aw, wi, alif, li, ai, af, st, vi, gh, gw, ws):  # pragma: no cove
     for t in range(n):
         for j in range(d_all):
             a[t, j] = a[t, j] * pooled[t, j] + pooled[t, j]
-    return proj(a, aw[wi + 6], aw[wi + 7], ws)
+    return proj(a, mat(aw, wi + 6), mat(aw, wi + 7), ws)
 
 
 @njit(cache=False, nogil=True)
@@ -434,11 +435,11 @@ def attend(code, s, aw, wi, alif, li, ai, af, st, vi, gh, gw, ws):  # pragma: no
         if ai[1]:
             sk, sv = token_max_pool_3s1(sk, gh, gw, ws), token_max_pool_3s1(sv, gh, gw, ws)
         return proj(sdsa_mask(sq, sk, sv, alif[li + 3], old(st, vi + 3), new(st, vi + 3), ws),
-                    aw[wi + 6], aw[wi + 7], ws)
+                    mat(aw, wi + 6), mat(aw, wi + 7), ws)
     # ssa and lrf_ssa: ai = (heads,), af = (scale,) or (scale, lam)
     a = ssa_scores(sq, sk, sv, ai[0], af[0], ws)
     if code == KERNEL_LRF_SSA:
-        local = local_rf(sv, aw[wi + 8], ai[2:2 + ai[1]], gh, gw, ws)
+        local = local_rf(sv, mat(aw, wi + 8), ai[2:2 + ai[1]], gh, gw, ws)
         lam = af[1]
         for t in range(a.shape[0]):
             for o in range(a.shape[1]):

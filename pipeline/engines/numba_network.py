@@ -27,8 +27,10 @@ from spikestream.pipeline.engines.numba_kernels import (
     ZERO,
     batch_norm,
     conv_scatter,
+    conv_weights,
     lif_tokens,
     mark,
+    mat,
     max_pool_3s2,
     proj,
     proj_fire,
@@ -73,8 +75,8 @@ def ms_block(x, j, w, lif, st, vi, code, aw, n_aw, alif, n_alif, ai, af, n_av, g
     m = vi + 1 + n_av
     s = take(ws, n, d)
     lif_tokens(x, lif[ni + 1], old(st, m), new(st, m), s)
-    h = proj_fire(s, w[wi], w[wi + 1], lif[ni + 2], old(st, m + 1), new(st, m + 1), ws)
-    add_into(x, proj(h, w[wi + 2], w[wi + 3], ws))
+    h = proj_fire(s, mat(w, wi), mat(w, wi + 1), lif[ni + 2], old(st, m + 1), new(st, m + 1), ws)
+    add_into(x, proj(h, mat(w, wi + 2), mat(w, wi + 3), ws))
     release(ws, tops)
 
 
@@ -91,8 +93,8 @@ def spikformer_block(x, j, w, lif, st, vi, code, aw, n_aw, alif, n_alif, ai, af,
     lif_tokens(a, lif[ni], old(st, m), new(st, m), a)  # spikes in a's storage
     add_into(x, a)
     release(ws, tops)
-    h = proj_fire(x, w[wi], w[wi + 1], lif[ni + 1], old(st, m + 1), new(st, m + 1), ws)
-    o = proj(h, w[wi + 2], w[wi + 3], ws)
+    h = proj_fire(x, mat(w, wi), mat(w, wi + 1), lif[ni + 1], old(st, m + 1), new(st, m + 1), ws)
+    o = proj(h, mat(w, wi + 2), mat(w, wi + 3), ws)
     lif_tokens(o, lif[ni + 2], old(st, m + 2), new(st, m + 2), o)
     add_into(x, o)
     release(ws, tops)
@@ -132,6 +134,13 @@ def ms_stem_end(x, w, bn, lif, pool, w_rpe, bn_rpe, v, v_new, ws):  # pragma: no
     return tokens, gh, gw
 
 
+@njit(cache=False, nogil=True)
+def _stage(x, stem_w, stem_bn, stem_lif, stem_cfg, i, st, ws):  # pragma: no cover - compiled
+    """Stem layer `i` (conv - BN - LIF - pool) on maps `x`, its membrane state leaf `i`."""
+    return stem_layer(x, conv_weights(stem_w, i), mat(stem_bn, i), stem_lif[i], stem_cfg[i, 0],
+                      stem_cfg[i, 1], old(st, i), new(st, i), ws)
+
+
 def _step_kernel(sources_digest: int):
     """`step_kernel`, cached under `sources_digest` (module docstring)."""
 
@@ -149,15 +158,12 @@ def _step_kernel(sources_digest: int):
         ws = (floats, ints, cursor)
         cursor[:] = 0
         st = (state, new_state, layout)
-        last = len(stem_w) - 1  # the position embedding
+        last = stem_w[1].shape[0] - 1  # the position embedding
         if kinds[0] == STEM_SPS:
-            x = stem_layer(frame, stem_w[0], stem_bn[0], stem_lif[0], stem_cfg[0, 0],
-                           stem_cfg[0, 1], old(st, 0), new(st, 0), ws)
+            x = _stage(frame, stem_w, stem_bn, stem_lif, stem_cfg, 0, st, ws)
             for i in range(1, last):
-                x = stem_layer(x, stem_w[i], stem_bn[i], stem_lif[i], stem_cfg[i, 0],
-                               stem_cfg[i, 1], old(st, i), new(st, i), ws)
-            y = stem_layer(x, stem_w[last], stem_bn[last], stem_lif[last], stem_cfg[last, 0],
-                           stem_cfg[last, 1], old(st, last), new(st, last), ws)
+                x = _stage(x, stem_w, stem_bn, stem_lif, stem_cfg, i, st, ws)
+            y = _stage(x, stem_w, stem_bn, stem_lif, stem_cfg, last, st, ws)
             gh, gw, d = x.shape
             tokens = y.reshape((gh * gw, d))
             add_into(tokens, x.reshape((gh * gw, d)))
@@ -165,15 +171,15 @@ def _step_kernel(sources_digest: int):
         else:  # STEM_MS_SPS: stages, the pool-first stage, the embedding without a neuron
             maps = frame
             for i in range(last - 1):
-                maps = stem_layer(maps, stem_w[i], stem_bn[i], stem_lif[i], stem_cfg[i, 0],
-                                  stem_cfg[i, 1], old(st, i), new(st, i), ws)
-            tokens, gh, gw = ms_stem_end(maps, stem_w[last - 1], stem_bn[last - 1],
-                                         stem_lif[last - 1], stem_cfg[last - 1, 1], stem_w[last],
-                                         stem_bn[last], old(st, last - 1), new(st, last - 1), ws)
+                maps = _stage(maps, stem_w, stem_bn, stem_lif, stem_cfg, i, st, ws)
+            tokens, gh, gw = ms_stem_end(
+                maps, conv_weights(stem_w, last - 1), mat(stem_bn, last - 1), stem_lif[last - 1],
+                stem_cfg[last - 1, 1], conv_weights(stem_w, last), mat(stem_bn, last),
+                old(st, last - 1), new(st, last - 1), ws)
             d = tokens.shape[1]
             vi = last
         per_block = 3 + n_av
-        for j in range(len(blk_w) // BLOCK_ARRAYS):
+        for j in range(blk_w[1].shape[0] // BLOCK_ARRAYS):
             if kinds[1] == BLOCK_MS:
                 ms_block(tokens, j, blk_w, blk_lif, st, vi + j * per_block, code, aw, n_aw,
                          alif, n_alif, ai, af, n_av, gh, gw, ws)

@@ -26,12 +26,10 @@ with any stem stride, and the attention mechanisms registered in
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
-from numba.typed import List
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
@@ -53,15 +51,6 @@ from spikestream.pipeline.engines.numba_network import (
 from spikestream.pipeline.network.state import State, named_leaves
 
 __all__ = ["NumbaStep", "unsupported"]
-
-
-def _list(arrays: Iterable[np.ndarray]) -> List:
-    """Arrays of one type as a numba typed list: its type does not depend on the length, so
-    one compiled kernel serves every depth and number of stem stages."""
-    out = List()
-    for a in arrays:
-        out.append(a)
-    return out
 
 
 def unsupported(model: Any) -> str | None:
@@ -116,8 +105,8 @@ class NumbaStep:
         # the stem's stages, then its position embedding (MS-SPS's has no neuron and no pool)
         stages = [*model.sps.stages, model.sps.rpe]
         # weights as [C_in, K, K, C_out]: a spike adds contiguous rows
-        self._stem_w = _list(f32(st.conv.weight.permute(1, 2, 3, 0)) for st in stages)
-        self._stem_bn = _list(pack_bn(st.bn) for st in stages)
+        self._stem_w = K.pack_arrays(f32(st.conv.weight.permute(1, 2, 3, 0)) for st in stages)
+        self._stem_bn = K.pack_arrays(pack_bn(st.bn) for st in stages)
         self._stem_lif = np.array([pack_lif(st.lif) if hasattr(st, "lif") else NO_NEURON
                                    for st in stages], np.float32)
         self._stem_cfg = np.array([(st.conv.stride[0], _pool_code(getattr(st, "pool", None)))
@@ -125,7 +114,8 @@ class NumbaStep:
         self._kinds = np.array([STEM_SPS if layout.stem == "sps" else STEM_MS_SPS,
                                 BLOCK_MS if layout.block == "ms" else BLOCK_SPIKFORMER,
                                 int(layout.head_lif)], np.int64)
-        self._blk_w = _list(a for b in model.blocks for p in (b.fc1, b.fc2) for a in pack_proj(p))
+        self._blk_w = K.pack_arrays(a for b in model.blocks for p in (b.fc1, b.fc2)
+                                    for a in pack_proj(p))
         neurons = (("attn_in", "mlp_in", "mlp_lif") if layout.block == "ms"
                    else ("attn_out", "mlp_lif", "mlp_out"))
         self._blk_lif = np.array([pack_lif(getattr(b, n)) for b in model.blocks for n in neurons],
@@ -135,7 +125,8 @@ class NumbaStep:
         entry = NUMBA_ATTENTION[model.attention_key]
         packed = [entry.pack(b.attn) for b in model.blocks]
         self._kernel = entry.kernel
-        self._attn_w = _list(a for p in packed for a in p.arrays)  # [D_in, D_out] or [rows, C]
+        # [D_in, D_out] or [rows, C] each
+        self._attn_w = K.pack_arrays(a for p in packed for a in p.arrays)
         self._n_aw = len(packed[0].arrays)
         self._attn_lif = np.array([n for p in packed for n in p.neurons], np.float32)
         self._n_alif = len(packed[0].neurons)
