@@ -166,13 +166,22 @@ def conv_scatter(x, w, stride, acc, out_w, ws):  # pragma: no cover - compiled
     x_lo, x_hi = _reach(wd, out_w, k, stride, ws)
     cols = take_ints(ws, wd * c_in)
     chans = take_ints(ws, wd * c_in)
+    # a frame `[P, H, W]` seen as `[H, W, P]` has its channels far apart: scan it plane by plane
+    channels_last = x.strides[2] <= x.strides[1]
     for y in range(h):
         n = 0
-        for xx in range(wd):  # the row's non-zero inputs, without a branch per input
+        if channels_last:  # the row's non-zero inputs, in memory order, without branches
+            for xx in range(wd):
+                for c in range(c_in):
+                    cols[n] = xx
+                    chans[n] = c
+                    n += x[y, xx, c] != 0
+        else:
             for c in range(c_in):
-                cols[n] = xx
-                chans[n] = c
-                n += x[y, xx, c] != 0
+                for xx in range(wd):
+                    cols[n] = xx
+                    chans[n] = c
+                    n += x[y, xx, c] != 0
         for e in range(n):
             xx, c = cols[e], chans[e]
             val = x[y, xx, c]
