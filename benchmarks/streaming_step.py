@@ -41,12 +41,14 @@ def nbytes(state) -> int:
     return state.nbytes if isinstance(state, np.ndarray) else state_nbytes(state)
 
 
-def timed_steps(model, frames, state, pos: int, reps: int, reference=None):
+def timed_steps(model, frames, state, pos: int, reps: int, reference=None, ref_model=None):
     """Run `reps` steps from `pos`; returns (fastest step in seconds, state, new position,
     fastest step from `reference`). The minimum is the cost of a step without interference
     from other processes, which is what could change with the stream position. Steps from the
     reference state (a snapshot of the stream at the first position, stepped and discarded)
-    are interleaved with the stream's own steps, so that their ratio resists load changes."""
+    are interleaved with the stream's own steps, so that their ratio resists load changes;
+    `ref_model` steps them where a step writes into buffers the stream's state lives in (the
+    numba engine's)."""
     times, ref_times = [], []
     for _ in range(reps):
         x = frames[pos % len(frames)]
@@ -55,7 +57,7 @@ def timed_steps(model, frames, state, pos: int, reps: int, reference=None):
         times.append(time.perf_counter() - t0)
         if reference is not None:
             t0 = time.perf_counter()
-            model.step(x, reference)
+            (ref_model or model).step(x, reference)
             ref_times.append(time.perf_counter() - t0)
         pos += 1
     ref = min(ref_times) if ref_times else None
@@ -74,6 +76,8 @@ def run_one(config: str, key: str, engine: str, size: tuple[int, int] | None, po
         warnings.simplefilter("ignore")  # a fallback shows in the reported mode
         stepper = make_step(model, frames[0], engine)
         fast = stepper
+        # the numba step writes into its own two state buffers: the reference steps get theirs
+        ref_stepper = make_step(model, frames[0], engine) if stepper.mode == "numba" else stepper
         if stepper.mode == "eager" and not eager_fast_forward:
             fast = make_step(model, frames[0], "torchscript")
     state = stepper.init_state(1)
@@ -96,9 +100,10 @@ def run_one(config: str, key: str, engine: str, size: tuple[int, int] | None, po
                 if pos % 500 == 0:
                     bar.update(task, completed=pos)
             snapshot = reference
-            if reference is None:
-                reference = state  # the stream at the first position (steps do not mutate it)
-            sec, state, pos, ref = timed_steps(stepper, frames, state, pos, reps, snapshot)
+            if reference is None:  # the stream at the first position (steps do not mutate it)
+                reference = state.copy() if isinstance(state, np.ndarray) else state
+            sec, state, pos, ref = timed_steps(stepper, frames, state, pos, reps, snapshot,
+                                               ref_stepper)
             out["positions"][target] = {"step_s": sec, "state_bytes": nbytes(state),
                                         "ratio_to_first": sec / ref if ref else 1.0}
             bar.update(task, completed=pos)
