@@ -69,14 +69,20 @@ def encoding_of(lines: list[str], suffix: str) -> str | None:
     return "dat" if suffix == ".dat" else None
 
 
+_GEOMETRY = re.compile(r"geometry\s+(\d+)x(\d+)")
+_WIDTH = re.compile(r"width[=\s]+(\d+)", re.I)
+_HEIGHT = re.compile(r"height[=\s]+(\d+)", re.I)
+_T0 = re.compile(r"t0\s+(\d+)", re.I)
+
+
 def header_size(lines: list[str]) -> tuple[int, int] | None:
     """(width, height) named by the header, if any."""
     text = "\n".join(lines)
-    m = re.search(r"geometry\s+(\d+)x(\d+)", text)
+    m = _GEOMETRY.search(text)
     if m:
         return int(m.group(1)), int(m.group(2))
-    w = re.search(r"width[=\s]+(\d+)", text, re.I)
-    h = re.search(r"height[=\s]+(\d+)", text, re.I)
+    w = _WIDTH.search(text)
+    h = _HEIGHT.search(text)
     if w and h:
         return int(w.group(1)), int(h.group(1))
     low = text.lower()
@@ -91,7 +97,7 @@ def header_t0(lines: list[str]) -> int:
     timestamp (as Metavision and faery write it for recordings past the 32-bit µs range); 0
     without one."""
     for ln in lines:
-        m = re.fullmatch(r"t0\s+(\d+)", ln.strip(), re.I)
+        m = _T0.fullmatch(ln.strip())
         if m:
             return int(m.group(1))
     return 0
@@ -213,10 +219,19 @@ def open_source(
 ) -> tuple[SensorSize | None, DecodedPackets, dict[str, Any]]:
     """Sensor size (None if the header names none), packets, metadata of an EVT2/EVT3/DAT file."""
     with open(path, "rb") as f:
-        start, lines = parse_header(path, f)
+        head = f.read(HEAD_BYTES)
+        size = os.fstat(f.fileno()).st_size
+        try:  # parsed once per distinct head (`_head_header`), when the header ends in it
+            start, cached = _head_header(head) if head.startswith(b"%") else (0, ())
+        except EventFormatError:
+            start, cached = len(head), ()
+        if start < len(head) or size == len(head):
+            lines = list(cached)
+        else:  # a header longer than `head`, or cut by its end: the file's own error
+            f.seek(0)
+            start, lines = parse_header(path, f)
         f.seek(start)
         ts = f.read(2)  # DAT: the event type and size bytes
-        size = os.fstat(f.fileno()).st_size
     enc = encoding or encoding_of(lines, path.suffix.lower())
     if enc not in ("evt2", "evt3", "dat"):
         raise EventFormatError(path, "the '%' header names no event encoding",
