@@ -235,3 +235,42 @@ def test_model_info_command(capsys) -> None:
     assert info["num_tokens"] == 64 and info["ac_per_step"] > 0  # binary frames: AC only
     expected = (info["ac_per_step"] * 0.9 + info["mac_per_step"] * 4.6) * 1e-6
     assert abs(info["energy_uj_per_step"] - expected) < 1e-9
+
+
+@pytest.mark.parametrize(("stride", "pool", "layout"), [
+    (1, (True, True, False), "spikestream"), (2, (False, True, True), "spikestream"),
+    (4, (True, False, True), "spikformer"), (8, (False, False, True), "spikestream"),
+    (1, (True, True, True), "ms"),
+])
+def test_donated_stem_in_bands_is_the_same_step(monkeypatch, stride, pool, layout) -> None:
+    """A donated step computes large stem maps a band of rows at a time (`stem.BAND_BYTES`,
+    set small here so that every stage goes by 2-row bands, an odd number of them included):
+    the same logits and state, bit for bit, as the step over whole maps."""
+    from spikestream.pipeline.network import stem
+
+    torch.manual_seed(0)
+    size = (24 * stride, 24 * stride) if stride > 1 else (24, 24)
+    model = excite(create_model("tiny", "lrf_dyn", input_size=size, stem_stride=stride,
+                                stem_pool=pool, layout=layout, embed_dim=32, heads=2,
+                                num_classes=5), seed=3)
+    x = frames(4, 1, size, seed=2)
+    whole, banded = model.init_state(1), model.init_state(1)
+    bands = []
+    real = stem.StemStage._step_in_bands
+
+    def spy(self, inp, v):
+        bands.append(v.shape)
+        return real(self, inp, v)
+
+    with torch.inference_mode():
+        for frame in x:
+            want, whole = model.step(frame, whole)
+            monkeypatch.setattr(stem, "BAND_BYTES", 1)
+            monkeypatch.setattr(stem.StemStage, "_step_in_bands", spy)
+            got, banded = model.step(frame, banded, donate=True)
+            monkeypatch.undo()
+            assert torch.equal(got, want)
+            for k, v in flat_state(whole).items():
+                assert torch.equal(flat_state(banded)[k], v), k
+    assert bands  # the banded path ran
+    assert any(v.abs().sum() > 0 for k, v in flat_state(banded).items() if k.startswith("stem"))

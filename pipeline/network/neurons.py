@@ -68,6 +68,11 @@ def donated_state(on: bool = True) -> Iterator[None]:
         _DONATED.reset(token)
 
 
+def state_donated() -> bool:
+    """Whether the step running now was given its state to update in place (`donated_state`)."""
+    return _DONATED.get()
+
+
 def lif_update(lif: LIF, x: Tensor, v: Tensor, *, in_place: bool,
                consume: bool = False) -> tuple[Tensor, Tensor]:
     """The LIF update: `H = V + (X - V) / tau`, `S = [H >= v_th]`, `V' = H (1 - S)`.

@@ -16,11 +16,14 @@ import torch
 from torch import Tensor, nn
 
 from spikestream.pipeline.network.layers import batch_norm_
-from spikestream.pipeline.network.neurons import LIF, grad_free
+from spikestream.pipeline.network.neurons import LIF, grad_free, state_donated
 from spikestream.pipeline.network.state import State
 
 POOLS = ("max", "avg")
 STEM_STRIDES = (1, 2, 4, 8)
+#: A donated stem step whose conv output would exceed this many bytes computes it in bands of
+#: rows (`StemStage.step`): what the step needs then grows with the band, not the map.
+BAND_BYTES = 1 << 18
 
 
 def _time_batched(layer: nn.Module, x: Tensor) -> Tensor:
@@ -90,6 +93,8 @@ class StemStage(nn.Module):
             raise ValueError(f"pool must be one of {POOLS} or None, got {pool!r}")
 
     def step(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self._in_bands(v):
+            return self._step_in_bands(x, v)
         # without autograd: BN and the membrane in the conv's output, max-pooling by views
         h = batch_norm_(self.bn, self.conv(x))
         s, v = self.lif.step(h, v, consume=True)
@@ -97,6 +102,56 @@ class StemStage(nn.Module):
                 and not (h.shape[-1] % 2 or h.shape[-2] % 2)):
             return max_pool_3s2_(s), v
         return self.pool(s), v
+
+    def _in_bands(self, v: Tensor) -> bool:
+        """Whether `step` goes by bands of rows: a grad-free step with the state donated, a
+        large map on the CPU, no pooling or max-pooling of an even-sized map."""
+        if not (grad_free() and state_donated() and v.device.type == "cpu"
+                and v.numel() * v.element_size() > BAND_BYTES and v.is_contiguous()):
+            return False
+        if isinstance(self.pool, nn.MaxPool2d):
+            return v.shape[-2] % 2 == 0 and v.shape[-1] % 2 == 0
+        return isinstance(self.pool, nn.Identity)
+
+    def _step_in_bands(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """`step` computed a band of output rows at a time, the membrane `v` updated in place:
+        the same values (a conv output row depends on its input rows only, and BN, the neuron
+        and max-pooling are exact row by row), with temporaries of a band's size. The conv's
+        vertical padding is a zero row added to the first and last band's input; max-pooling
+        reaches one spike row back into the band before (zeros above the first: spikes are
+        never negative, so that equals the pool's padding)."""
+        stride, k = self.conv.stride[0], self.conv.kernel_size[0]
+        batch, chans, rows, cols = v.shape
+        per_row = batch * chans * cols * v.element_size()
+        band = max(2, BAND_BYTES // per_row // 2 * 2)
+        pooled = isinstance(self.pool, nn.MaxPool2d)
+        out = v.new_empty(batch, chans, rows // 2, cols // 2) if pooled else v.new_empty(v.shape)
+        last = v.new_zeros(batch, chans, 1, cols)  # the spike row above the band
+        for r0 in range(0, rows, band):
+            r1 = min(r0 + band, rows)
+            lo, hi = r0 * stride - 1, (r1 - 1) * stride + k - 1  # input rows, padded by one
+            piece = x[..., max(lo, 0):min(hi, x.shape[-2]), :]
+            if lo < 0 or hi > x.shape[-2]:
+                pad_top, pad_bottom = max(0, -lo), max(0, hi - x.shape[-2])
+                piece = nn.functional.pad(piece, (0, 0, pad_top, pad_bottom))
+            h = nn.functional.conv2d(piece, self.conv.weight, None, stride, (0, 1))
+            h = batch_norm_(self.bn, h)
+            vb = v[..., r0:r1, :]
+            s, vn = self.lif.step(h, vb, consume=True)
+            if vn.data_ptr() != vb.data_ptr():
+                vb.copy_(vn)
+            if not pooled:
+                out[..., r0:r1, :] = s
+                continue
+            up = torch.cat([last, s], dim=-2)  # spike rows r0 - 1 .. r1 - 1
+            m = torch.maximum(torch.maximum(up[..., 0:-1:2, :], up[..., 1::2, :]),
+                              up[..., 2::2, :])
+            a, b = m[..., 0::2], m[..., 1::2]
+            o = out[..., r0 // 2:r1 // 2, :]
+            torch.maximum(a, b, out=o)
+            o[..., 1:] = torch.maximum(o[..., 1:], b[..., :-1])
+            last = s[..., -1:, :]
+        return out, v
 
     def forward(self, x: Tensor) -> Tensor:
         s = self.lif(_time_batched(lambda z: self.bn(self.conv(z)), x))
