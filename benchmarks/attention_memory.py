@@ -22,7 +22,8 @@ stepped by each engine of `make_step` (eager, TorchScript, numba) and by `model.
 state donated (`eager-donated`, as `run_stream` steps), the same peak after warm-up. A
 functional step returns a new state while the caller still holds the old one, so the eager and
 TorchScript figures include a whole new state (at 512x512 the stem's membranes alone are
-62 MiB); a donated step updates the membranes in place; the numba engine writes into two state
+62 MiB); a donated step updates the membranes in place and computes large stem maps in bands
+of rows; the numba engine writes into two state
 buffers it owns and takes its scratch from a workspace sized by its first step, so its figure
 is that workspace (plus any growth over the step: none). For the numba engine the benchmark
 also counts, with numba's runtime statistics, the allocations a step makes after the first,
