@@ -2,8 +2,8 @@
 
 The attention kernels are in `numba_attention`, the block and the whole step in
 `numba_network`; `numba_step` packs a model's weights and state for them. Convolutions and
-linear layers are computed by scattering: every non-zero input (an event count in the first layer, a
-spike after it) adds its row of weights, `val * w`, to the outputs it reaches, so the work
+linear layers are computed by scattering: every non-zero input (an event count in the first
+layer, a spike after it) adds its row of weights, `val * w`, to the outputs it reaches, so the work
 grows with the number of spikes rather than the size of the map, and a spike costs additions
 only. Accumulators are channels-last (`[positions, C]`) so that those additions run over
 contiguous channels, and so are maps and membranes (`[H, W, C]` in the stem, tokens `[N, D]`
@@ -27,7 +27,8 @@ high-water marks record what the step needed, and the owner grows the workspace 
 Packed parameters (see `numba_step`): `lif[i] = (tau, beta, v_th)`; `bn[i] = [alpha; shift;
 bias]` (`[3, C]`; the bias is the linear layer's before the norm, zeros where it has none);
 linear weights `[D_in, D_out]`; stem layers `cfg[i] = (stride, pool)` with pool 0 none, 1 max
-3/2/1, 2 avg 2/2.
+3/2/1, 2 avg 2/2. Lists of weight arrays travel as one flat array and a shape table
+(`pack_arrays`; `mat` and `conv_weights` give each back as a view).
 """
 
 from __future__ import annotations
