@@ -1,9 +1,10 @@
 """Numba kernels of the attention mechanisms, one per kernel code, and `attend`, which
 dispatches on the code (`numba_attention` says which mechanism uses which code).
 
-Every kernel takes input spike tokens `s[N, D]`, the block's packed attention arrays
-`mat(aw, wi:)` (linear weights `[D_in, D_out]`, norms `[2, C]`, other parameters as 2-D float32
-arrays), neurons `alif[li:]` (`(tau, beta, v_th)`), integer and float options `ai`, `af`, and
+Every kernel takes input spike tokens `s[N, D]`, the block's packed attention arrays from
+`mat(aw, wi)` on (`numba_kernels.pack_arrays`: linear weights `[D_in, D_out]`, norms
+`[3, C]`, other parameters as 2-D float32 arrays), neurons `alif[li:]` (`(tau, beta, v_th)`),
+integer and float options `ai`, `af`, and
 the attention's own state leaves from leaf `vi` of the flat states `st = (state, new, layout)`
 (in the order of its `init_state`, each as `[rows, last axis]`: `old(st, i)` is read,
 `new(st, i)` written), and the workspace `ws` its scratch comes from (`numba_kernels.take`),
@@ -20,10 +21,11 @@ from numba import njit
 from spikestream.pipeline.engines.numba_kernels import (
     ONE,
     ZERO,
-    leaf,
     lif_tokens,
     mark,
     mat,
+    new,
+    old,
     proj,
     proj_fire,
     release,
@@ -34,18 +36,6 @@ from spikestream.pipeline.engines.numba_kernels import (
 
 (KERNEL_SSA, KERNEL_SDSA, KERNEL_LRF_DYN, KERNEL_LRF_SSA, KERNEL_A2OS2A, KERNEL_SSSA,
  KERNEL_STATTEN) = range(7)
-
-
-@njit(cache=False, nogil=True, inline="always")
-def old(st, i):  # pragma: no cover - compiled
-    """State leaf `i` before the step."""
-    return leaf(st[0], st[2], i)
-
-
-@njit(cache=False, nogil=True, inline="always")
-def new(st, i):  # pragma: no cover - compiled
-    """State leaf `i` after the step (written by it)."""
-    return leaf(st[1], st[2], i)
 
 
 @njit(cache=False, nogil=True)

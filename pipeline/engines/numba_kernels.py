@@ -136,11 +136,23 @@ def release(ws, tops):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def leaf(flat, layout, i):  # pragma: no cover - compiled
+def _leaf(flat, layout, i):  # pragma: no cover - compiled
     """State leaf `i` of a flat state: `layout[i] = (offset, rows, columns)`, as `[rows,
     columns]` (a view)."""
     start, rows, cols = layout[i, 0], layout[i, 1], layout[i, 2]
     return flat[start:start + rows * cols].reshape((rows, cols))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def old(st, i):  # pragma: no cover - compiled
+    """State leaf `i` before the step, of the flat states `st = (state, new, layout)`."""
+    return _leaf(st[0], st[2], i)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def new(st, i):  # pragma: no cover - compiled
+    """State leaf `i` after the step (written by it), of `st = (state, new, layout)`."""
+    return _leaf(st[1], st[2], i)
 
 
 @njit(cache=True, nogil=True)

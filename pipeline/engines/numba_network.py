@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit
 
 from spikestream.pipeline.engines import numba_attention_kernels, numba_kernels
-from spikestream.pipeline.engines.numba_attention_kernels import attend, new, old
+from spikestream.pipeline.engines.numba_attention_kernels import attend
 from spikestream.pipeline.engines.numba_kernels import (
     POOL_MAX,
     ZERO,
@@ -32,6 +32,8 @@ from spikestream.pipeline.engines.numba_kernels import (
     mark,
     mat,
     max_pool_3s2,
+    new,
+    old,
     proj,
     proj_fire,
     release,
@@ -107,24 +109,22 @@ def ms_stem_end(x, w, bn, lif, pool, w_rpe, bn_rpe, v, v_new, ws):  # pragma: no
     h, wd, _ = x.shape
     d = w.shape[3]
     gh, gw = (h // 2, wd // 2) if pool == POOL_MAX else (h, wd)
-    tokens = take(ws, gh * gw, d)
-    f = take(ws, gh * gw, d)
+    tokens = take_zeros(ws, gh * gw, d)
     tops = mark(ws)
-    acc = take_zeros(ws, h * wd, d)
-    conv_scatter(x, w, 1, acc, wd, ws)
-    batch_norm(acc, bn)
     if pool == POOL_MAX:
+        f = take(ws, gh * gw, d)
+        inner = mark(ws)
+        acc = take_zeros(ws, h * wd, d)
+        conv_scatter(x, w, 1, acc, wd, ws)
+        batch_norm(acc, bn)
         max_pool_3s2(acc.reshape((h, wd, d)), f.reshape((gh, gw, d)), ws)
+        release(ws, inner)
     else:
-        for i in range(gh * gw):
-            for o in range(d):
-                f[i, o] = acc[i, o]
-    release(ws, tops)
+        f = take_zeros(ws, gh * gw, d)
+        conv_scatter(x, w, 1, f, wd, ws)
+        batch_norm(f, bn)
     s = take(ws, gh * gw, d)
     lif_tokens(f, lif, v, v_new, s)
-    for i in range(gh * gw):
-        for o in range(d):
-            tokens[i, o] = ZERO
     conv_scatter(s.reshape((gh, gw, d)), w_rpe, 1, tokens, gw, ws)
     batch_norm(tokens, bn_rpe)
     for i in range(gh * gw):  # f + rpe, in the embedding's storage

@@ -38,6 +38,11 @@ def max_pool_3s2_(x: Tensor) -> Tensor:
     a, b = x[..., 0::2, :], x[..., 1::2, :]
     r = torch.maximum(a, b)  # rows 2i, 2i+1
     r[..., 1:, :] = torch.maximum(r[..., 1:, :], b[..., :-1, :])  # and row 2i-1
+    return _max_pool_cols_3s2(r)
+
+
+def _max_pool_cols_3s2(r: Tensor) -> Tensor:
+    """The column half of `max_pool_3s2_`: columns 2j-1, 2j, 2j+1 of each row."""
     a, b = r[..., 0::2], r[..., 1::2]
     out = torch.maximum(a, b)
     out[..., 1:] = torch.maximum(out[..., 1:], b[..., :-1])
@@ -118,15 +123,15 @@ class StemStage(nn.Module):
         the same values (a conv output row depends on its input rows only, and BN, the neuron
         and max-pooling are exact row by row), with temporaries of a band's size. The conv's
         vertical padding is a zero row added to the first and last band's input; max-pooling
-        reaches one spike row back into the band before (zeros above the first: spikes are
-        never negative, so that equals the pool's padding)."""
+        reaches one spike row back into the band before (the maximum of rows pooled by
+        columns is the column pooling of their maximum)."""
         stride, k = self.conv.stride[0], self.conv.kernel_size[0]
         batch, chans, rows, cols = v.shape
         per_row = batch * chans * cols * v.element_size()
         band = max(2, BAND_BYTES // per_row // 2 * 2)
         pooled = isinstance(self.pool, nn.MaxPool2d)
         out = v.new_empty(batch, chans, rows // 2, cols // 2) if pooled else v.new_empty(v.shape)
-        last = v.new_zeros(batch, chans, 1, cols)  # the spike row above the band
+        last = None  # the spike row above the band
         for r0 in range(0, rows, band):
             r1 = min(r0 + band, rows)
             lo, hi = r0 * stride - 1, (r1 - 1) * stride + k - 1  # input rows, padded by one
@@ -143,13 +148,10 @@ class StemStage(nn.Module):
             if not pooled:
                 out[..., r0:r1, :] = s
                 continue
-            up = torch.cat([last, s], dim=-2)  # spike rows r0 - 1 .. r1 - 1
-            m = torch.maximum(torch.maximum(up[..., 0:-1:2, :], up[..., 1::2, :]),
-                              up[..., 2::2, :])
-            a, b = m[..., 0::2], m[..., 1::2]
-            o = out[..., r0 // 2:r1 // 2, :]
-            torch.maximum(a, b, out=o)
-            o[..., 1:] = torch.maximum(o[..., 1:], b[..., :-1])
+            o = max_pool_3s2_(s)  # its first row misses the spike row above the band
+            if last is not None:
+                o[..., :1, :] = torch.maximum(o[..., :1, :], _max_pool_cols_3s2(last))
+            out[..., r0 // 2:r1 // 2, :] = o
             last = s[..., -1:, :]
         return out, v
 
