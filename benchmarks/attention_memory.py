@@ -125,36 +125,6 @@ def worker(spec: dict) -> dict:
             "state_bytes": state_nbytes(state)}
 
 
-def _numba_allocations_per_step(step, x, state) -> float:
-    """numba runtime allocations of one `NumbaStep` step, the arguments left out: steps run
-    in a compiled loop that wraps its arguments once, and (allocations of 7 steps - of 1) / 6
-    is what a step itself allocates."""
-    from numba import njit
-    from numba.core.runtime import _nrt_python, rtsys
-
-    from spikestream.pipeline.engines.numba_network import step_kernel
-
-    @njit
-    def steps(count, args, other):
-        for i in range(count):
-            step_kernel(*(args if i % 2 == 0 else other))
-
-    hwc = x.numpy()[0].transpose(1, 2, 0)
-    a, b = state.copy(), state.copy()
-    args, other = step.kernel_args(hwc, a, b), step.kernel_args(hwc, b, a)
-    steps(1, args, other)  # compile
-    counts = []
-    _nrt_python.memsys_enable_stats()
-    try:
-        for count in (1, 7):
-            before = rtsys.get_allocation_stats().alloc
-            steps(count, args, other)
-            counts.append(rtsys.get_allocation_stats().alloc - before)
-    finally:
-        _nrt_python.memsys_disable_stats()
-    return (counts[1] - counts[0]) / 6
-
-
 def engine_worker(spec: dict) -> dict:
     """Whole-model step memory of one engine (`make_step`; `eager-donated` is `model.step`
     with `donate=True`, as `run_stream` steps): `spikformer-2-256`'s sizes in the
@@ -212,7 +182,9 @@ def engine_worker(spec: dict) -> dict:
         if step.mode == "numba":  # its step memory is the workspace it keeps between steps
             out["workspace_bytes"] = step.scratch_nbytes
             out["peak_bytes"] += step.scratch_nbytes
-            out["allocations_per_step"] = _numba_allocations_per_step(step, x, state)
+            from spikestream.pipeline.engines.numba_step import allocations_per_step
+
+            out["allocations_per_step"] = allocations_per_step(step, x)
     return out
 
 

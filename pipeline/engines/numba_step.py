@@ -26,6 +26,7 @@ with any stem stride, and the attention mechanisms registered in
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ from spikestream.pipeline.engines.numba_network import (
 )
 from spikestream.pipeline.network.state import State, named_leaves
 
-__all__ = ["NumbaStep", "unsupported"]
+__all__ = ["NumbaStep", "allocations_per_step", "unsupported"]
 
 
 def unsupported(model: Any) -> str | None:
@@ -228,3 +229,40 @@ class NumbaStep:
                 self._floats, self._ints, self._cursor)
 
     __call__ = step
+
+
+@functools.cache
+def _step_loop() -> Any:
+    """A compiled loop of `count` steps alternating between two argument tuples (compiled on
+    first use; every model has the same argument types)."""
+    from numba import njit
+
+    @njit
+    def steps(count, args, other):  # pragma: no cover - compiled
+        for i in range(count):
+            step_kernel(*(args if i % 2 == 0 else other))
+
+    return steps
+
+
+def allocations_per_step(step: NumbaStep, frame: Tensor, steps: int = 6) -> float:
+    """What one step allocates, counted by numba's runtime: steps from `frame[1, P, H, W]` run
+    in a compiled loop that wraps its arguments once, and (allocations of `steps + 1` steps -
+    of 1) / `steps` is a step's own. 0 once the first step has sized the workspace."""
+    from numba.core.runtime import _nrt_python, rtsys
+
+    hwc = frame.detach().to("cpu", torch.float32).numpy()[0].transpose(1, 2, 0)
+    a, b = step.init_state(1), step.init_state(1)
+    args, other = step.kernel_args(hwc, a, b), step.kernel_args(hwc, b, a)
+    loop = _step_loop()
+    loop(1, args, other)  # compiled before counting
+    counts = []
+    _nrt_python.memsys_enable_stats()
+    try:
+        for count in (1, steps + 1):
+            before = rtsys.get_allocation_stats().alloc
+            loop(count, args, other)
+            counts.append(rtsys.get_allocation_stats().alloc - before)
+    finally:
+        _nrt_python.memsys_disable_stats()
+    return (counts[1] - counts[0]) / steps
