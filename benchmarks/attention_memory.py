@@ -16,18 +16,17 @@ option measured beside it; `statten` runs in its causal (streaming) mode. The wh
 `spikformer-2-256` (128x128 input, 2 blocks, D = 256, 16 heads) whose first 4, 3, 2 or 1 stem
 stages down-sample, giving 64, 256, 1024 or 4096 tokens.
 
-Engines: the whole model at N = 1024 (`spikformer-2-256`'s sizes in the `spikestream` layout,
-which every engine runs, at 128x128 with two pooling stem stages, and at 512x512 with all four)
-stepped by each engine of `make_step` (eager, TorchScript, numba) and by `model.step` with the
-state donated (`eager-donated`, as `run_stream` steps), the same peak after warm-up. A
-functional step returns a new state while the caller still holds the old one, so the eager and
-TorchScript figures include a whole new state (at 512x512 the stem's membranes alone are
-62 MiB); a donated step updates the membranes in place and computes large stem maps in bands
-of rows; the numba engine writes into two state
-buffers it owns and takes its scratch from a workspace sized by its first step, so its figure
-is that workspace (plus any growth over the step: none). For the numba engine the benchmark
-also counts, with numba's runtime statistics, the allocations a step makes after the first,
-for every key.
+Engines: the whole model at N = 1024 (`spikformer-2-256` at 128x128 with two pooling stem
+stages, and at 512x512 with all four) stepped by each engine of `make_step` (eager,
+TorchScript, numba) and by `model.step` with the state donated (`eager-donated`, as
+`run_stream` steps), the same peak after warm-up. A functional step returns a new state while
+the caller still holds the old one, so the eager and TorchScript figures include a whole new
+state (at 512x512 the stem's membranes alone are 62 MiB); a donated step updates the
+membranes in place and computes large stem maps in bands of rows; the numba engine writes
+into two state buffers it owns and takes its scratch from a workspace sized by its first
+step, so its figure is that workspace (plus any growth over the step: none). For the numba
+engine the benchmark also counts, with numba's runtime statistics, the allocations a step
+makes after the first, for every key.
 
     python benchmarks/attention_memory.py [--quick] [--device cuda] [--no-engines | --engines-only]
         [--json out.json]
@@ -127,8 +126,8 @@ def worker(spec: dict) -> dict:
 
 def engine_worker(spec: dict) -> dict:
     """Whole-model step memory of one engine (`make_step`; `eager-donated` is `model.step`
-    with `donate=True`, as `run_stream` steps): `spikformer-2-256`'s sizes in the
-    `spikestream` layout (the one the numba engine runs) at `spec["input"]` pixels, the stem
+    with `donate=True`, as `run_stream` steps): `spikformer-2-256` at `spec["input"]`
+    pixels, the stem
     pools giving `spec["tokens"]` tokens; the peak as in `worker` (resident memory over the
     step, state and input already resident), tracemalloc's peak over a step, and for the numba
     engine its workspace and the allocations a step makes after the first."""
@@ -145,8 +144,7 @@ def engine_worker(spec: dict) -> dict:
     side, n = spec["input"], spec["tokens"]
     pools = tuple(bool(p) for p in ENGINE_POOLS[(side, n)])
     model = create_model("spikformer-2-256", spec["key"], input_size=(side, side),
-                         stem_pool=pools, layout="spikestream",
-                         attention_kwargs=spec["kwargs"]).eval()
+                         stem_pool=pools, attention_kwargs=spec["kwargs"]).eval()
     assert model.num_tokens == n
     x = (torch.rand(1, 2, side, side) < 0.05).float()
     engine = spec["engine"]
@@ -270,11 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:<12}" + "".join(f"{c:>30}" for c in cells))
 
     if not args.no_engines:
-        print("\n== whole model, spikformer-2-256's sizes in the spikestream layout, N=1024 "
-              "tokens, one step per engine: peak memory [MiB] over the step (state and input "
-              "resident before it; numba: its workspace, kept between steps, plus that), "
-              "tracemalloc's peak during the step [MiB] (numpy and numba arrays), time per "
-              "step [ms]")
+        print("\n== whole model spikformer-2-256, N=1024 tokens, one step per engine: peak "
+              "memory [MiB] over the step (state and input resident before it; numba: its "
+              "workspace, kept between steps, plus that), tracemalloc's peak during the step "
+              "[MiB] (numpy and numba arrays), time per step [ms]")
         print(f"{'input':<9}{'mechanism':<10}" + "".join(f"{e:>36}" for e in ENGINES))
         engine_rows = {}
         for side, n in ENGINE_POOLS:
